@@ -1,0 +1,311 @@
+"""Envelope v1: the Kafka record values the bridge promises to its consumers.
+
+This module is the contract. It imports only msgspec and the standard library so that a consumer
+can vendor it and decode records with the same types (``msgspec.json.decode(value,
+type=RoomCreatedEnvelope)``). JSON Schemas in ``schemas/`` are generated from these types by
+``python -m bridge schemas write`` and checked by ``python -m bridge schemas check``.
+
+Record value: a CloudEvents 1.0 event in structured JSON mode (UTF-8), Kafka header
+``content-type: application/cloudevents+json; charset=utf-8``; the Kafka key is ``partitionkey``
+(UTF-8). See README "Envelope v1" for the attribute table and the versioning policy.
+
+``data`` keeps Lark's field names and nesting, with types normalized: numeric strings become
+integers (units in each field's description), ids stay strings. Fields the bridge does not model
+yet are never dropped: they are carried in ``data._unmodelled`` as ``{JSON pointer into the Lark
+payload: value}`` (RFC 6901), so a field the platform adds tomorrow reaches consumers at once,
+and modelling it later (in a new schema version) cannot change the type of an existing field.
+Token fields are never carried.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+ENVELOPE_VERSION: Final = 1
+CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
+DATA_CONTENT_TYPE: Final = "application/json"
+SCHEMA_ID_BASE: Final = "urn:lark-bridge:schema"
+
+ROOM_CREATED: Final = "vc.room.created_v1"
+RESERVE_CONFIG_UPDATED: Final = "vc.reserve_config.updated_v1"
+THIRD_PARTY_CREATED: Final = "third_party_meeting_room_event_created"
+THIRD_PARTY_UPDATED: Final = "third_party_meeting_room_event_updated"
+THIRD_PARTY_DELETED: Final = "third_party_meeting_room_event_deleted"
+THIRD_PARTY_TYPES: Final = (THIRD_PARTY_CREATED, THIRD_PARTY_UPDATED, THIRD_PARTY_DELETED)
+LARK_TYPES: Final = (ROOM_CREATED, RESERVE_CONFIG_UPDATED, *THIRD_PARTY_TYPES)
+DEAD_LETTER_TYPE: Final = "lark.bridge.dead_letter"
+
+
+def dataschema_id(lark_type: str, version: int = ENVELOPE_VERSION) -> str:
+    """The ``$id`` of an envelope schema, also the envelope's ``dataschema`` attribute."""
+    return f"{SCHEMA_ID_BASE}:envelope:v{version}:{lark_type}"
+
+
+def dead_letter_schema_id(version: int = 1) -> str:
+    """The ``$id`` of the dead-letter record schema."""
+    return f"{SCHEMA_ID_BASE}:dead_letter:v{version}"
+
+
+NonEmptyStr = Annotated[str, Meta(min_length=1)]
+UnixSeconds = Annotated[int, Meta(ge=0, description="Unix time in seconds; 0 means permanent.")]
+UnixMillis = Annotated[int, Meta(ge=0, description="Unix time in milliseconds.")]
+SecondsOfDay = Annotated[int, Meta(ge=0, le=86400, description="Seconds since 00:00 local time.")]
+Unmodelled = Annotated[
+    dict[str, Any],
+    Meta(
+        description="Fields of the Lark payload this envelope version does not model, keyed by "
+        "RFC 6901 JSON pointer from the payload root (e.g. '/event/room/new_field'). Absent when "
+        "there are none. Token fields are never carried."
+    ),
+]
+
+
+class _Data(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Base of event data: absent optional fields are omitted, not null."""
+
+    unmodelled: Unmodelled | None = msgspec.field(default=None, name="_unmodelled")
+
+
+class UserId(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A user's ids. ``user_id`` needs scope ``contact:user.employee_id:readonly``."""
+
+    user_id: str | None = None
+    open_id: str | None = None
+    union_id: str | None = None
+
+
+# ---- vc.room.created_v1 (DOC-ROOM, PROTOCOL.md §9.2) ------------------------------------------
+
+
+class RoomStatus(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Room status; ``disable_*_time`` arrive as numeric strings and become integers."""
+
+    status: bool | None = None
+    schedule_status: bool | None = None
+    disable_start_time: UnixSeconds | None = None
+    disable_end_time: UnixSeconds | None = None
+    disable_reason: str | None = None
+    contact_ids: list[UserId] | None = None
+    disable_notice: bool | None = None
+    resume_notice: bool | None = None
+
+
+class Device(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A device in the room."""
+
+    name: str | None = None
+
+
+class Room(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A meeting room; ``room_id`` (``omm_…``) is the partition key."""
+
+    room_id: NonEmptyStr
+    name: str | None = None
+    capacity: int | None = None
+    description: str | None = None
+    display_id: str | None = None
+    custom_room_id: str | None = None
+    room_level_id: str | None = None
+    path: list[str] | None = None
+    room_status: RoomStatus | None = None
+    device: list[Device] | None = None
+
+
+class RoomCreatedData(_Data, kw_only=True):
+    """``data`` of ``vc.room.created_v1``: Lark's ``event`` object."""
+
+    room: Room
+
+
+# ---- vc.reserve_config.updated_v1 (DOC-RCFG, PROTOCOL.md §9.3) --------------------------------
+
+
+class SubscribeUser(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """An approver or an allowed user."""
+
+    user_id: UserId | None = None
+
+
+class ApproveConfig(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Approval settings (Lark's key is ``approve_config``)."""
+
+    approval_switch: Annotated[int, Meta(description="0 off, 1 on.")] | None = None
+    approval_condition: Annotated[int, Meta(description="0 all, 1 conditional.")] | None = None
+    meeting_duration: Annotated[float, Meta(description="Hours.")] | None = None
+    approvers: list[SubscribeUser] | None = None
+
+
+class TimeConfig(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Booking time limits; ``opening_hour``/``start_time``/``end_time`` become integers."""
+
+    if_cover_child_scope: bool | None = None
+    time_switch: int | None = None
+    days_in_advance: Annotated[int, Meta(description="Days, 1-730.")] | None = None
+    opening_hour: SecondsOfDay | None = None
+    start_time: SecondsOfDay | None = None
+    end_time: SecondsOfDay | None = None
+    max_duration: Annotated[int, Meta(description="Hours, 1-99.")] | None = None
+
+
+class SubscribeDepartment(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """An allowed department; ``department_id`` (``od-…``) stays a string."""
+
+    department_id: str | None = None
+    department_name: str | None = None
+
+
+class ReserveScopeConfig(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Who may book."""
+
+    allow_all_users: Annotated[int, Meta(description="0 some, 1 all.")] | None = None
+    allow_users: list[SubscribeUser] | None = None
+    allow_depts: list[SubscribeDepartment] | None = None
+
+
+class ReserveConfigUpdatedData(_Data, kw_only=True):
+    """``data`` of ``vc.reserve_config.updated_v1``; ``scope_id`` is the partition key."""
+
+    scope_id: Annotated[str, Meta(min_length=1, description="Room (omm_…) or room level (omb_…).")]
+    scope_type: Annotated[int, Meta(description="1 room level, 2 room.")] | None = None
+    approve_config: ApproveConfig | None = None
+    time_config: TimeConfig | None = None
+    reserve_scope_config: ReserveScopeConfig | None = None
+
+
+# ---- third_party_meeting_room_event_* (DOC-3RD, PROTOCOL.md §9.1) -----------------------------
+
+
+class TimeStamp(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Start or end of the calendar event."""
+
+    time_stamp: UnixMillis | None = None
+
+
+class MeetingRoom(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A third-party meeting room (``omm_…``)."""
+
+    open_id: NonEmptyStr
+
+
+class Organizer(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """The calendar event's organizer."""
+
+    open_id: str | None = None
+    user_id: str | None = None
+    union_id: str | None = None
+
+
+class ThirdPartyMeetingRoomEventData(_Data, kw_only=True):
+    """``data`` of the three ``third_party_meeting_room_event_*`` types: Lark's ``event`` object.
+
+    One record per room: ``meeting_room`` is the room this record is keyed by (absent when the
+    event lists no rooms; then the key is ``uid``). ``event_id`` is the *calendar* event id
+    (``{uid}_{original_time}``), not a delivery id.
+    """
+
+    app_id: str | None = None
+    tenant_key: str | None = None
+    type: str | None = None
+    event_id: str | None = None
+    event_time: UnixMillis | None = None
+    uid: NonEmptyStr
+    original_time: int | None = None
+    start: TimeStamp | None = None
+    end: TimeStamp | None = None
+    meeting_rooms: list[MeetingRoom] | None = None
+    organizer: Organizer | None = None
+    meeting_room: MeetingRoom | None = None
+
+
+EventData = RoomCreatedData | ReserveConfigUpdatedData | ThirdPartyMeetingRoomEventData
+D = TypeVar("D", RoomCreatedData, ReserveConfigUpdatedData, ThirdPartyMeetingRoomEventData)
+
+RFC3339 = Annotated[
+    str,
+    Meta(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+        extra_json_schema={"format": "date-time"},
+        description="RFC 3339, UTC, milliseconds.",
+    ),
+]
+
+
+class CloudEvent(msgspec.Struct, Generic[D], frozen=True, kw_only=True):
+    """Envelope v1 of one Lark event record: CloudEvents 1.0, structured JSON mode.
+
+    ``id`` is unique per record: Lark's delivery id, or ``{delivery id}:{room open_id}`` for the
+    fan-out of third-party room events; ``larkeventid`` is always the delivery id.
+    ``subject`` == ``partitionkey`` == the Kafka key.
+    """
+
+    specversion: Literal["1.0"]
+    id: NonEmptyStr
+    source: Annotated[str, Meta(description="/lark/apps/{app_id}/tenants/{tenant_key}")]
+    type: Annotated[str, Meta(description="The Lark event type, verbatim.")]
+    subject: NonEmptyStr
+    time: RFC3339
+    datacontenttype: Literal["application/json"]
+    dataschema: str
+    partitionkey: NonEmptyStr
+    larkeventid: Annotated[str, Meta(min_length=1, description="Lark's delivery id.")]
+    tenantkey: str
+    appid: str
+    envelopeversion: Literal[1]
+    data: D
+
+
+RoomCreatedEnvelope = CloudEvent[RoomCreatedData]
+ReserveConfigUpdatedEnvelope = CloudEvent[ReserveConfigUpdatedData]
+ThirdPartyMeetingRoomEventEnvelope = CloudEvent[ThirdPartyMeetingRoomEventData]
+
+DATA_TYPES: Final[dict[str, type[Any]]] = {
+    ROOM_CREATED: RoomCreatedData,
+    RESERVE_CONFIG_UPDATED: ReserveConfigUpdatedData,
+    **{t: ThirdPartyMeetingRoomEventData for t in THIRD_PARTY_TYPES},
+}
+
+# ---- dead letters ---------------------------------------------------------------------------
+
+DeadLetterReason = Literal["unknown_event_type", "invalid_event"]
+
+
+class DeadLetterData(msgspec.Struct, omit_defaults=True, kw_only=True, frozen=True):
+    """Why an authenticated event could not be normalized, and the event itself.
+
+    ``payload`` is the decrypted Lark payload with every token field's value replaced by
+    ``"[REDACTED]"``.
+    """
+
+    reason: DeadLetterReason
+    error: Annotated[str, Meta(description="What failed, with its JSON path.")]
+    path: Annotated[str, Meta(description="JSON path of the failing field, e.g. $.event.room.room_id")] | None = None
+    lark_type: str | None = None
+    lark_event_id: Annotated[str, Meta(description="Lark's delivery id, when known.")] | None = None
+    received_at: RFC3339
+    payload: dict[str, Any]
+
+
+class DeadLetterEnvelope(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True):
+    """Dead-letter record v1: a CloudEvent of type ``lark.bridge.dead_letter``.
+
+    ``id`` is the delivery id when known (else a digest of the payload); ``time`` is the receive
+    time. Extensions are present when the payload yielded them.
+    """
+
+    specversion: Literal["1.0"]
+    id: NonEmptyStr
+    source: str
+    type: Literal["lark.bridge.dead_letter"]
+    time: RFC3339
+    datacontenttype: Literal["application/json"]
+    dataschema: str
+    envelopeversion: Literal[1]
+    data: DeadLetterData
+    subject: str | None = None
+    partitionkey: str | None = None
+    larkeventid: str | None = None
+    tenantkey: str | None = None
+    appid: str | None = None

@@ -1,0 +1,97 @@
+"""The ingress error tree, mapped to HTTP in exactly one place (``bridge.app.error_middleware``).
+
+::
+
+    BridgeError                       base; ``status``, fixed public ``message``, ``reason`` label
+    ├── BadRequest          400       body is not a JSON object (``not_json``)
+    ├── BodyTooLarge        413       body over BRIDGE_HTTP_MAX_BODY_BYTES (``body_too_large``)
+    ├── AuthenticationError 401       signature, decryption, token or freshness failed;
+    │                                 ``reason`` is one of :data:`AUTH_REASONS`
+    └── Unavailable         503       the event could not be delivered now; the platform retries
+                                      (``publish_timeout``, ``broker_unavailable``,
+                                      ``shutting_down``); carries ``retry_after_s``
+
+The caller only ever sees ``{"msg": <message>}`` — a fixed text per class. The ``reason`` goes to
+the request log line and to metric labels (never a secret: reasons are fixed identifiers, and no
+exception here carries request data).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+AUTH_REASONS: Final = frozenset(
+    {
+        "signature_missing",  # encrypted event without X-Lark-* headers
+        "signature_malformed",  # header present but garbled (timestamp not an integer, …)
+        "signature_mismatch",  # hex SHA-256 matches none of the configured keys
+        "timestamp_stale",  # older than BRIDGE_LARK_MAX_SIGNATURE_AGE_S
+        "timestamp_future",  # more than 300 s ahead
+        "plaintext_rejected",  # plaintext body while an encrypt key is configured
+        "encrypt_key_not_configured",  # encrypted body, but no key configured
+        "bad_base64",
+        "bad_ciphertext_length",  # not a multiple of 16 bytes, or shorter than IV + 1 block
+        "bad_padding",  # PKCS#7 padding does not check out
+        "decrypted_not_json",  # decryption gave something other than a UTF-8 JSON object
+        "token_missing",
+        "token_mismatch",
+    }
+)
+
+
+class BridgeError(Exception):
+    """Base of every error the ingress turns into an HTTP answer.
+
+    ``status`` (int) and ``message`` (str) are fixed per class; ``reason`` is a short identifier
+    for logs and metrics. Never put request data or secrets in ``reason``.
+    """
+
+    status: ClassVar[int] = 500
+    message: ClassVar[str] = "internal error"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadRequest(BridgeError):
+    """400: the body is not a JSON object."""
+
+    status = 400
+    message = "bad request"
+
+
+class BodyTooLarge(BridgeError):
+    """413: the body is larger than ``BRIDGE_HTTP_MAX_BODY_BYTES``."""
+
+    status = 413
+    message = "request body too large"
+
+    def __init__(self) -> None:
+        super().__init__("body_too_large")
+
+
+class AuthenticationError(BridgeError):
+    """401: the request is not proven to come from the platform. ``reason`` ∈ :data:`AUTH_REASONS`."""
+
+    status = 401
+    message = "unauthorized"
+
+    def __init__(self, reason: str) -> None:
+        if reason not in AUTH_REASONS:  # a programming error, not a request error
+            raise ValueError(f"unknown authentication failure reason {reason!r}")
+        super().__init__(reason)
+
+
+class Unavailable(BridgeError):
+    """503 with ``Retry-After``: the event was not delivered now and must be retried.
+
+    ``retry_after_s`` (int, seconds) is sent as the ``Retry-After`` header.
+    """
+
+    status = 503
+    message = "temporarily unavailable, retry later"
+
+    def __init__(self, reason: str, retry_after_s: int = 15) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,173 @@
+"""Normalize stage: a :class:`~bridge.decode.DecodedEvent` → Kafka records carrying envelope v1.
+
+Pure functions. One record per event, except the third-party room events, which fan out to one
+record per room (issue #3) so that each room's history stays ordered in its own partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from bridge import envelope as ev
+from bridge.decode import DecodedEvent, DecodeFailure, redact_tokens
+
+_HEADERS: Final = (("content-type", ev.CONTENT_TYPE.encode("ascii")),)
+_encoder: Final = msgspec.json.Encoder()
+_generic: Final = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record to publish: ``topic``, ``key`` (UTF-8 bytes), ``value`` (envelope JSON),
+    ``headers`` (Kafka headers), and for logs/metrics the Lark type and delivery id."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    lark_type: str
+    delivery_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names by Lark type, and the dead-letter topic (``BRIDGE_TOPIC_*``)."""
+
+    by_type: Mapping[str, str]
+    dead_letter: str
+
+    @classmethod
+    def from_names(
+        cls, *, room_created: str, reserve_config_updated: str, third_party: str, dead_letter: str
+    ) -> Topics:
+        """Topics from the four configured names; all three third-party kinds share one topic."""
+        by_type = {ev.ROOM_CREATED: room_created, ev.RESERVE_CONFIG_UPDATED: reserve_config_updated}
+        by_type.update({t: third_party for t in ev.THIRD_PARTY_TYPES})
+        return cls(by_type=by_type, dead_letter=dead_letter)
+
+    def all(self) -> tuple[str, ...]:
+        """Every distinct topic name, sorted."""
+        return tuple(sorted({*self.by_type.values(), self.dead_letter}))
+
+
+def rfc3339_ms(ms: int) -> str:
+    """Unix milliseconds → ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC)."""
+    secs, frac = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:03d}Z"
+
+
+def _source(app_id: str, tenant_key: str) -> str:
+    return f"/lark/apps/{app_id}/tenants/{tenant_key}"
+
+
+def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
+    """Envelope records of one event, in the order they must be published.
+
+    Keys: ``room.room_id`` (room created), ``scope_id`` (reserve config), each
+    ``meeting_rooms[i].open_id`` (third-party; a room listed twice gives one record), or ``uid``
+    when no room is listed. Raises nothing for a :class:`DecodedEvent`.
+    """
+    data = event.data
+    topic = topics.by_type[event.lark_type]
+    common: dict[str, Any] = {
+        "specversion": "1.0",
+        "source": _source(event.app_id, event.tenant_key),
+        "type": event.lark_type,
+        "time": rfc3339_ms(event.time_ms),
+        "datacontenttype": ev.DATA_CONTENT_TYPE,
+        "dataschema": ev.dataschema_id(event.lark_type),
+        "larkeventid": event.delivery_id,
+        "tenantkey": event.tenant_key,
+        "appid": event.app_id,
+        "envelopeversion": ev.ENVELOPE_VERSION,
+    }
+    if isinstance(data, ev.RoomCreatedData):
+        keyed: list[tuple[str, str, Any]] = [(event.delivery_id, data.room.room_id, data)]
+    elif isinstance(data, ev.ReserveConfigUpdatedData):
+        keyed = [(event.delivery_id, data.scope_id, data)]
+    elif data.meeting_rooms:
+        seen: set[str] = set()
+        keyed = []
+        for room in data.meeting_rooms:
+            if room.open_id in seen:
+                continue
+            seen.add(room.open_id)
+            keyed.append(
+                (
+                    f"{event.delivery_id}:{room.open_id}",
+                    room.open_id,
+                    msgspec.structs.replace(data, meeting_room=ev.MeetingRoom(open_id=room.open_id)),
+                )
+            )
+    else:
+        keyed = [(event.delivery_id, data.uid, data)]
+    records = []
+    for record_id, key, record_data in keyed:
+        envelope = ev.CloudEvent(
+            id=record_id, subject=key, partitionkey=key, data=record_data, **common
+        )
+        records.append(
+            Record(
+                topic=topic,
+                key=key.encode("utf-8"),
+                value=_encoder.encode(envelope),
+                headers=_HEADERS,
+                lark_type=event.lark_type,
+                delivery_id=event.delivery_id,
+            )
+        )
+    return records
+
+
+def dead_letter(failure: DecodeFailure, payload: bytes, *, received_ms: int, topics: Topics) -> Record:
+    """The dead-letter record for an authenticated event that failed to decode.
+
+    ``payload``: the decrypted payload bytes (a JSON object — the verify stage checked); its token
+    fields are redacted. ``received_ms``: receive time, unix ms. Keyed by the delivery id when
+    known, else unkeyed. Raises nothing.
+    """
+    body = redact_tokens(_generic.decode(payload))
+    record_id = failure.delivery_id or "sha256:" + hashlib.sha256(payload).hexdigest()
+    source = (
+        _source(failure.app_id, failure.tenant_key)
+        if failure.app_id and failure.tenant_key
+        else "/lark-bridge"
+    )
+    envelope = ev.DeadLetterEnvelope(
+        specversion="1.0",
+        id=record_id,
+        source=source,
+        type=ev.DEAD_LETTER_TYPE,
+        time=rfc3339_ms(received_ms),
+        datacontenttype=ev.DATA_CONTENT_TYPE,
+        dataschema=ev.dead_letter_schema_id(),
+        envelopeversion=ev.ENVELOPE_VERSION,
+        subject=failure.delivery_id,
+        partitionkey=failure.delivery_id,
+        larkeventid=failure.delivery_id,
+        tenantkey=failure.tenant_key,
+        appid=failure.app_id,
+        data=ev.DeadLetterData(
+            reason=failure.reason,
+            error=failure.error,
+            path=failure.path,
+            lark_type=failure.lark_type,
+            lark_event_id=failure.delivery_id,
+            received_at=rfc3339_ms(received_ms),
+            payload=body,
+        ),
+    )
+    return Record(
+        topic=topics.dead_letter,
+        key=failure.delivery_id.encode("utf-8") if failure.delivery_id else None,
+        value=_encoder.encode(envelope),
+        headers=_HEADERS,
+        lark_type=failure.lark_type or "unknown",
+        delivery_id=failure.delivery_id,
+    )

@@ -1,0 +1,316 @@
+"""The bridge's configuration: one frozen pydantic-settings object read from ``BRIDGE_*``.
+
+Every field of :class:`Settings` is one environment variable, ``BRIDGE_`` + the field name in
+upper case (``http_port`` → ``BRIDGE_HTTP_PORT``). These names are the public interface: the Helm
+chart, the README reference and ``python -m bridge serve --help`` are all derived from this model
+(see :func:`setting_docs`), so they cannot drift apart.
+
+Secrets (the verification token, the encrypt keys, the SASL password) are ``SecretStr``: their
+``repr``/``str`` is masked, and :func:`load_settings` reports a bad value by variable name and
+reason only, never by value.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BRIDGE_"
+
+
+class LogFormat(enum.StrEnum):
+    """Log line format: ``json`` (one JSON object per line) or ``console`` (for humans)."""
+
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class SecurityProtocol(enum.StrEnum):
+    """Kafka ``security.protocol``."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(enum.StrEnum):
+    """Kafka ``sasl.mechanism`` values the bridge supports."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class Compression(enum.StrEnum):
+    """Producer ``compression.type``."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    SNAPPY = "snappy"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+
+class Settings(BaseSettings):
+    """All settings of one bridge process. Built once at start, then passed down; never mutated.
+
+    Units are in the names: ``_s`` seconds, ``_bytes`` bytes. Raises ``pydantic.ValidationError``
+    on construction when a value is missing or bad (use :func:`load_settings` for the friendly
+    exit-code-2 path).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,
+    )
+
+    # --- HTTP ingress -------------------------------------------------------------------------
+    http_host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    http_port: int = Field(8080, ge=1, le=65535, description="TCP port of the HTTP server.")
+    http_path: str = Field(
+        "/webhook/event",
+        pattern=r"^/[^\s?#]*$",
+        description="Path of the Lark event webhook (the URL you paste into the developer console).",
+    )
+    http_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted, in bytes; larger is 413."
+    )
+
+    # --- Lark protocol ------------------------------------------------------------------------
+    lark_verification_token: SecretStr = Field(
+        description="Verification Token from the developer console (required; secret).",
+    )
+    lark_encrypt_key: SecretStr | None = Field(
+        None,
+        description="Encrypt Key from the developer console. When set, bodies must be encrypted "
+        "and events signed (secret).",
+    )
+    lark_encrypt_key_previous: SecretStr | None = Field(
+        None,
+        description="The Encrypt Key before a rotation, accepted alongside the current one so "
+        "that in-flight retries are not lost (secret).",
+    )
+    lark_max_signature_age_s: int = Field(
+        28_800,
+        ge=60,
+        description="Oldest X-Lark-Request-Timestamp accepted, in seconds (the platform retries "
+        "for about 7.1 h).",
+    )
+
+    # --- Kafka --------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", min_length=1, description="Comma-separated host:port list."
+    )
+    kafka_client_id: str = Field("lark-bridge", description="Kafka client.id of the producer.")
+    kafka_security_protocol: SecurityProtocol = Field(
+        SecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL_* protocol)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    kafka_ssl_cafile: str | None = Field(
+        None, description="Path of a PEM CA bundle that signs the brokers' certificates."
+    )
+    kafka_compression: Compression = Field(
+        Compression.NONE, description="none, gzip, snappy, lz4 or zstd."
+    )
+    kafka_publish_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        lt=3.0,
+        description="Longest wait for the broker's ack before answering 503, in seconds (the "
+        "platform gives up after 3 s).",
+    )
+    kafka_create_topics: bool = Field(True, description="Create missing topics at start.")
+    kafka_topic_partitions: int = Field(
+        12, ge=1, description="Partitions of topics the bridge creates."
+    )
+    kafka_topic_replication_factor: int | None = Field(
+        None, ge=1, description="Replication of topics the bridge creates (unset: broker default)."
+    )
+
+    # --- Topics -------------------------------------------------------------------------------
+    topic_room_created: str = Field(
+        "lark.vc.room.created_v1", min_length=1, description="Topic of vc.room.created_v1."
+    )
+    topic_reserve_config_updated: str = Field(
+        "lark.vc.reserve_config.updated_v1",
+        min_length=1,
+        description="Topic of vc.reserve_config.updated_v1.",
+    )
+    topic_third_party_meeting_room_event: str = Field(
+        "lark.third_party_meeting_room_event",
+        min_length=1,
+        description="Topic of third_party_meeting_room_event_created/updated/deleted.",
+    )
+    topic_dead_letter: str = Field(
+        "lark.bridge.dead_letter", min_length=1, description="Dead-letter topic."
+    )
+
+    # --- Dedup --------------------------------------------------------------------------------
+    dedup_ttl_s: int = Field(
+        86_400,
+        ge=60,
+        description="How long a published delivery id is remembered, in seconds (>= "
+        "BRIDGE_LARK_MAX_SIGNATURE_AGE_S).",
+    )
+    dedup_max_entries: int = Field(
+        1_000_000, ge=1, description="Most delivery ids remembered; the oldest go first."
+    )
+
+    # --- Operations ---------------------------------------------------------------------------
+    log_level: Annotated[str, Field(pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")] = Field(
+        "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
+    log_format: LogFormat = Field(LogFormat.JSON, description="json or console.")
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Longest graceful shutdown after SIGTERM, in seconds (below Kubernetes' 30 s).",
+    )
+
+    @field_validator("lark_verification_token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("lark_encrypt_key", "lark_encrypt_key_previous", "kafka_sasl_password")
+    @classmethod
+    def _blank_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
+        # Helm renders unset optional values as "", which means "not configured".
+        if v is not None and v.get_secret_value() == "":
+            return None
+        return v
+
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_cafile", mode="before")
+    @classmethod
+    def _blank_str_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("kafka_topic_replication_factor", mode="before")
+    @classmethod
+    def _blank_int_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.lark_encrypt_key_previous is not None and self.lark_encrypt_key is None:
+            raise ValueError(
+                "BRIDGE_LARK_ENCRYPT_KEY_PREVIOUS is set but BRIDGE_LARK_ENCRYPT_KEY is not"
+            )
+        if self.dedup_ttl_s < self.lark_max_signature_age_s:
+            raise ValueError(
+                "BRIDGE_DEDUP_TTL_S must be >= BRIDGE_LARK_MAX_SIGNATURE_AGE_S, or a replay inside "
+                "the signature window would be published twice"
+            )
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError("BRIDGE_KAFKA_SASL_MECHANISM is required with a SASL_* protocol")
+            if not self.kafka_sasl_username or self.kafka_sasl_password is None:
+                raise ValueError(
+                    "BRIDGE_KAFKA_SASL_USERNAME and BRIDGE_KAFKA_SASL_PASSWORD are required "
+                    "with a SASL_* protocol"
+                )
+        return self
+
+    @property
+    def encrypt_keys(self) -> tuple[str, ...]:
+        """The accepted encrypt keys, current first; empty when encryption is off."""
+        keys = (self.lark_encrypt_key, self.lark_encrypt_key_previous)
+        return tuple(k.get_secret_value() for k in keys if k is not None)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret's plain value (for tests and log scrubbing checks)."""
+        secrets = (
+            self.lark_verification_token,
+            self.lark_encrypt_key,
+            self.lark_encrypt_key_previous,
+            self.kafka_sasl_password,
+        )
+        return tuple(s.get_secret_value() for s in secrets if s is not None)
+
+
+class SettingsError(Exception):
+    """Raised by :func:`load_settings`; ``str()`` names the variables, never their values."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a :class:`Settings` field: ``http_port`` → ``BRIDGE_HTTP_PORT``."""
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``).
+
+    Raises :class:`SettingsError` whose message lists each bad variable as
+    ``BRIDGE_X: reason`` — the offending value is never included (it may be a secret).
+    """
+    env = os.environ if environ is None else environ
+    values = {
+        k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)
+    }
+    known = {k: v for k, v in values.items() if k in Settings.model_fields}
+    try:
+        # Read only from the mapping given, not the process environment or a .env file.
+        return Settings.model_validate(known)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = err.get("loc") or ()
+            name = env_name(str(loc[0])) if loc else "settings"
+            lines.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingDoc:
+    """One row of the configuration reference: variable, default (as text), description."""
+
+    env: str
+    default: str
+    description: str
+    required: bool
+    secret: bool
+
+
+def setting_docs() -> list[SettingDoc]:
+    """The configuration reference derived from :class:`Settings`, in declaration order."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        required = field.is_required()
+        default = field.default
+        if required:
+            text = "(required)"
+        elif default is None:
+            text = "(unset)"
+        elif isinstance(default, enum.Enum):
+            text = str(default.value)
+        elif isinstance(default, bool):
+            text = "true" if default else "false"
+        else:
+            text = str(default)
+        ann = str(field.annotation)
+        rows.append(
+            SettingDoc(
+                env=env_name(name),
+                default=text,
+                description=field.description or "",
+                required=required,
+                secret="SecretStr" in ann,
+            )
+        )
+    return rows

@@ -1,0 +1,269 @@
+"""Verify stage: signature, freshness, decryption and verification token of one Lark push.
+
+Pure functions over bytes and header mappings; no I/O, no event loop, an injectable clock.
+The rules and their sources (``shared/protocol/PROTOCOL.md``):
+
+* Encryption (§3, DOC-SEND "加密原理", SDK-GO ``core/utils.go``): ``key = SHA-256(encrypt_key)``,
+  ``encrypt = base64(iv ‖ AES-256-CBC(key, iv, PKCS#7(plaintext)))``. We unpad strictly.
+* Signature (§4, DOC-RECV): ``X-Lark-Signature = hex(SHA-256(timestamp + nonce + encrypt_key +
+  raw_body))`` — plain SHA-256, not HMAC, over the raw bytes as received.
+* Handshake (§5): ``{"challenge", "token", "type": "url_verification"}``, plain or encrypted,
+  carries no signature headers; it is the only request accepted without them.
+* Token (§6): schema 2.0 ``header.token``; schema 1.0 and the handshake top-level ``token``.
+* Freshness: not a platform rule (no SDK checks it, §4) but ours: ``BRIDGE_LARK_MAX_SIGNATURE_AGE_S``
+  back (the platform retries for ≈7.1 h, §7) and :data:`MAX_FUTURE_SKEW_S` ahead.
+
+Every failure raises :class:`bridge.errors.AuthenticationError` (401) with a fixed reason, or
+:class:`bridge.errors.BadRequest` (400) when the body is not a JSON object.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from bridge.errors import AuthenticationError, BadRequest
+
+HEADER_TIMESTAMP: Final = "X-Lark-Request-Timestamp"
+HEADER_NONCE: Final = "X-Lark-Request-Nonce"
+HEADER_SIGNATURE: Final = "X-Lark-Signature"
+URL_VERIFICATION: Final = "url_verification"
+MAX_FUTURE_SKEW_S: Final = 300
+_BLOCK = 16
+
+
+class Outer(msgspec.Struct):
+    """The top level of a (decrypted) push, just what authentication and routing need.
+
+    Fields are loosely typed (``Any``) on purpose: a wrong type here is an invalid *event*
+    (dead-lettered later), not an unreadable request. ``event`` stays raw for the decode stage.
+    """
+
+    encrypt: Any = None
+    schema: Any = None
+    header: Any = None
+    token: Any = None
+    type: Any = None
+    challenge: Any = None
+    uuid: Any = None
+    ts: Any = None
+    event: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+_outer_decoder: Final = msgspec.json.Decoder(Outer)
+
+
+class Authenticated(msgspec.Struct, frozen=True):
+    """An authenticated request.
+
+    ``handshake`` is true for the URL-verification handshake (then ``challenge`` is the string to
+    echo). Otherwise ``payload`` holds the plaintext JSON bytes of the event (decrypted when it
+    came encrypted) and ``outer`` its top level, both for the decode stage.
+    """
+
+    handshake: bool
+    payload: bytes
+    outer: Outer
+    challenge: str | None = None
+
+
+def _aes_key(encrypt_key: str) -> bytes:
+    return hashlib.sha256(encrypt_key.encode("utf-8")).digest()
+
+
+def sign(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
+    """``X-Lark-Signature`` for a body: lower-case hex SHA-256 of ``timestamp + nonce + key + body``.
+
+    ``timestamp`` is unix seconds as a decimal string. Source: PROTOCOL.md §4 (DOC-RECV).
+    """
+    h = hashlib.sha256((timestamp + nonce + encrypt_key).encode("utf-8"))
+    h.update(body)
+    return h.hexdigest()
+
+
+def encrypt(plaintext: bytes, encrypt_key: str, *, iv: bytes | None = None) -> str:
+    """The platform's ``encrypt`` value: ``base64(iv ‖ AES-256-CBC(SHA-256(key), iv, PKCS#7(pt)))``.
+
+    ``iv`` (16 bytes) defaults to random. Source: PROTOCOL.md §3. Used by tests, the demo and the
+    benchmark to build requests exactly as the platform does.
+    """
+    iv = os.urandom(_BLOCK) if iv is None else iv
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plaintext) + padder.finalize()
+    enc = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(iv)).encryptor()
+    return base64.b64encode(iv + enc.update(padded) + enc.finalize()).decode("ascii")
+
+
+def decrypt(encrypted: str, encrypt_key: str) -> bytes:
+    """Decrypt an ``encrypt`` value (PROTOCOL.md §3) with strict PKCS#7 unpadding.
+
+    Returns the plaintext bytes. Raises :class:`AuthenticationError` with reason ``bad_base64``,
+    ``bad_ciphertext_length`` (not IV + n·16 bytes, n ≥ 1) or ``bad_padding``.
+    """
+    try:
+        raw = base64.b64decode(encrypted, validate=True)
+    except (binascii.Error, ValueError):
+        raise AuthenticationError("bad_base64") from None
+    if len(raw) < 2 * _BLOCK or len(raw) % _BLOCK:
+        raise AuthenticationError("bad_ciphertext_length")
+    dec = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(raw[:_BLOCK])).decryptor()
+    padded = dec.update(raw[_BLOCK:]) + dec.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise AuthenticationError("bad_padding") from None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup for any mapping (aiohttp's CIMultiDict is already)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lname = name.lower()
+    for k, v in headers.items():
+        if k.lower() == lname:
+            return v
+    return None
+
+
+def _token_of(outer: Outer) -> Any:
+    """Where the verification token sits (PROTOCOL.md §6)."""
+    if outer.schema is not None:
+        return outer.header.get("token") if isinstance(outer.header, dict) else None
+    return outer.token
+
+
+def _constant_time_equal(expected: str, got: Any) -> bool:
+    if not isinstance(got, str):
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), got.encode("utf-8"))
+
+
+class Verifier:
+    """Authenticates Lark pushes; built once from the secrets, then :meth:`verify` per request.
+
+    ``verification_token``: the console's Verification Token (non-empty). ``encrypt_keys``: the
+    accepted Encrypt Keys, current first (empty tuple = encryption off). ``max_age_s``: oldest
+    signature timestamp accepted, in seconds. The secrets never appear in ``repr`` or errors.
+    """
+
+    __slots__ = ("_token", "_keys", "_max_age_s")
+
+    def __init__(
+        self, verification_token: str, encrypt_keys: tuple[str, ...] = (), *, max_age_s: int
+    ) -> None:
+        if not verification_token:
+            raise ValueError("verification token must not be empty")
+        self._token = verification_token
+        self._keys = tuple(k for k in encrypt_keys if k)
+        self._max_age_s = max_age_s
+
+    def __repr__(self) -> str:
+        return f"Verifier(encrypted={bool(self._keys)}, keys={len(self._keys)}, max_age_s={self._max_age_s})"
+
+    @property
+    def encrypted(self) -> bool:
+        """True when an encrypt key is configured (bodies must be encrypted, events signed)."""
+        return bool(self._keys)
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Authenticated:
+        """Authenticate one request: ``body`` as received, ``headers`` (any case), ``now`` unix s.
+
+        Order (PROTOCOL.md §10): parse → [signature → freshness → decrypt] → token. Returns
+        :class:`Authenticated`. Raises :class:`BadRequest` (``not_json``) when the body is not a
+        JSON object, else :class:`AuthenticationError` with one of ``bridge.errors.AUTH_REASONS``.
+        """
+        try:
+            outer = _outer_decoder.decode(body)
+        except msgspec.DecodeError:  # includes ValidationError: JSON, but not an object
+            raise BadRequest("not_json") from None
+
+        if self._keys:
+            if not isinstance(outer.encrypt, str) or not outer.encrypt:
+                raise AuthenticationError("plaintext_rejected")
+            signed_key = self._check_signature(body, headers, now)
+            payload, outer = self._decrypt_outer(outer.encrypt, signed_key)
+        else:
+            if outer.encrypt is not None:
+                raise AuthenticationError("encrypt_key_not_configured")
+            signed_key = None
+            payload = body
+
+        is_handshake = outer.type == URL_VERIFICATION and outer.schema is None
+        token = _token_of(outer)
+        # Token (§6): required without encryption and on the unsigned handshake; with an encrypt
+        # key a signed event may omit it, but one that is present must match.
+        if token is None:
+            if not self._keys or is_handshake:
+                raise AuthenticationError("token_missing")
+        elif not _constant_time_equal(self._token, token):
+            raise AuthenticationError("token_mismatch")
+
+        if is_handshake:
+            if not isinstance(outer.challenge, str):
+                raise BadRequest("challenge_not_string")
+            return Authenticated(True, payload, outer, outer.challenge)
+        if self._keys and signed_key is None:
+            # Only the handshake may come without signature headers.
+            raise AuthenticationError("signature_missing")
+        return Authenticated(False, payload, outer)
+
+    def _check_signature(self, body: bytes, headers: Mapping[str, str], now: float) -> str | None:
+        """Returns the key that signed ``body``, or None when no signature header is present."""
+        ts = _header(headers, HEADER_TIMESTAMP)
+        nonce = _header(headers, HEADER_NONCE)
+        sig = _header(headers, HEADER_SIGNATURE)
+        if ts is None and nonce is None and sig is None:
+            return None  # acceptable for the handshake only; decided after decryption
+        if ts is None or nonce is None or sig is None:
+            raise AuthenticationError("signature_missing")
+        ts = ts.strip()
+        if not ts.isascii() or not ts.isdigit() or len(ts) > 12:
+            raise AuthenticationError("signature_malformed")
+        sig = sig.strip().lower()
+        if len(sig) != 64 or not sig.isascii():
+            raise AuthenticationError("signature_malformed")
+        matched = None
+        for key in self._keys:
+            if hmac.compare_digest(sign(ts, nonce, key, body), sig):
+                matched = key
+        if matched is None:
+            raise AuthenticationError("signature_mismatch")
+        age = now - int(ts)
+        if age > self._max_age_s:
+            raise AuthenticationError("timestamp_stale")
+        if age < -MAX_FUTURE_SKEW_S:
+            raise AuthenticationError("timestamp_future")
+        return matched
+
+    def _decrypt_outer(self, encrypted: str, signed_key: str | None) -> tuple[bytes, Outer]:
+        # A signed request is decrypted with the key that signed it; an unsigned one (the
+        # handshake) with each key in turn until one yields a JSON object.
+        keys = (signed_key,) if signed_key is not None else self._keys
+        error: AuthenticationError | None = None
+        for key in keys:
+            try:
+                plaintext = decrypt(encrypted, key)
+                return plaintext, _decode_plaintext(plaintext)
+            except AuthenticationError as exc:
+                error = error or exc
+        assert error is not None
+        raise error
+
+
+def _decode_plaintext(plaintext: bytes) -> Outer:
+    try:
+        outer = _outer_decoder.decode(plaintext)
+    except msgspec.DecodeError:
+        raise AuthenticationError("decrypted_not_json") from None
+    return outer
