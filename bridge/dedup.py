@@ -1,0 +1,106 @@
+"""Dedup window: which Lark delivery ids were already delivered to Kafka, and which are in flight.
+
+The platform delivers at least once and retries for ≈7.1 h with the same delivery id
+(PROTOCOL.md §7: dedupe on ``header.event_id`` / ``uuid``). An id is marked *delivered* only after
+the broker acknowledged its records (or its dead-letter record); a failed publish leaves it
+unmarked so the platform's retry publishes it.
+
+Memory: an entry is one 64-bit hash of the id (Python's per-process randomized ``hash(str)``) in a
+dict, plus a slot in its time bucket — about 90 bytes per id, ≈ 95 MB for the default 1,000,000
+(``benchmarks/dedup_memory.py`` measures it). Two different ids collide with probability
+≈ n/2⁶⁴ per lookup (≈ 5·10⁻¹⁴ at 10⁶ ids), the price of not storing the ids themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+_BUCKETS: Final = 64
+
+
+class DeliveryLedger:
+    """Delivered ids within ``ttl_s`` seconds (at most ``max_entries``, oldest evicted first), and
+    the futures of deliveries still in flight.
+
+    ``clock`` returns seconds (monotonic). Entries expire in buckets of ``ttl_s / 64``: an id is
+    remembered for at least ``ttl_s`` and at most ``ttl_s · (1 + 1/64)`` seconds.
+    """
+
+    __slots__ = ("_ttl_s", "_max", "_clock", "_span", "_gen", "_entries", "_buckets", "_in_flight")
+
+    def __init__(
+        self, ttl_s: float, max_entries: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if ttl_s <= 0 or max_entries < 1:
+            raise ValueError("ttl_s must be > 0 and max_entries >= 1")
+        self._ttl_s = ttl_s
+        self._max = max_entries
+        self._clock = clock
+        self._span = ttl_s / _BUCKETS
+        self._gen = 0
+        self._entries: dict[int, int] = {}  # hash(id) -> bucket generation
+        self._buckets: deque[tuple[int, float, list[int]]] = deque()  # (gen, start_s, hashes)
+        self._in_flight: dict[str, asyncio.Future[bool]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _expire(self, now: float) -> None:
+        buckets, entries = self._buckets, self._entries
+        while buckets and buckets[0][1] + self._span + self._ttl_s <= now:
+            gen, _, hashes = buckets.popleft()
+            for h in hashes:
+                if entries.get(h) == gen:
+                    del entries[h]
+
+    def delivered(self, delivery_id: str) -> bool:
+        """True when ``delivery_id`` was marked delivered within the window."""
+        self._expire(self._clock())
+        return hash(delivery_id) in self._entries
+
+    def mark_delivered(self, delivery_id: str) -> None:
+        """Remember ``delivery_id`` as delivered (idempotent), evicting the oldest past the bound."""
+        now = self._clock()
+        self._expire(now)
+        h = hash(delivery_id)
+        if h in self._entries:
+            return
+        if not self._buckets or self._buckets[-1][1] + self._span <= now:
+            self._gen += 1
+            self._buckets.append((self._gen, now, []))
+        gen, _, hashes = self._buckets[-1]
+        hashes.append(h)
+        self._entries[h] = gen
+        while len(self._entries) > self._max:
+            ogen, _, ohashes = self._buckets[0]
+            while ohashes and len(self._entries) > self._max:
+                oh = ohashes.pop()
+                if self._entries.get(oh) == ogen:
+                    del self._entries[oh]
+            if not ohashes:
+                self._buckets.popleft()
+
+    def in_flight(self, delivery_id: str) -> asyncio.Future[bool] | None:
+        """The future of a delivery of ``delivery_id`` still running (result: delivered?), or None."""
+        return self._in_flight.get(delivery_id)
+
+    def begin(self, delivery_id: str) -> asyncio.Future[bool]:
+        """Register a delivery in flight; finish it with :meth:`finish`. Raises RuntimeError if
+        one is already in flight for the id."""
+        if delivery_id in self._in_flight:
+            raise RuntimeError("delivery already in flight")
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._in_flight[delivery_id] = fut
+        return fut
+
+    def finish(self, delivery_id: str, delivered: bool) -> None:
+        """End the in-flight delivery; mark the id delivered when ``delivered``; wake waiters."""
+        if delivered:
+            self.mark_delivered(delivery_id)
+        fut = self._in_flight.pop(delivery_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(delivered)

@@ -1,0 +1,167 @@
+"""Deliver one authenticated event: dedup → decode → normalize (or dead-letter) → publish → ack.
+
+This is the narrow interface between the ingress and everything behind it: the HTTP handler
+calls :meth:`EventSink.deliver` and answers 200 only when it returns. The contract (issue #4):
+
+* returns only after every record of the event is acknowledged by the broker, or when the
+  delivery id was already delivered (a duplicate: no second record);
+* raises :class:`~bridge.errors.Unavailable` (503, the platform retries) when that could not
+  happen within ``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S``; a publish still running then goes on, and if
+  the broker acks it later the id counts as delivered;
+* a duplicate arriving while the first delivery is in flight waits for the first's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka.structs import RecordMetadata
+
+from bridge.decode import DecodeFailure, decode
+from bridge.dedup import DeliveryLedger
+from bridge.errors import Unavailable
+from bridge.metrics import Metrics
+from bridge.normalize import Record, Topics, dead_letter, normalize
+from bridge.verify import Authenticated, Outer
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one event: ``kind`` is ``published``, ``dead_lettered`` or ``duplicate``;
+    ``records`` lists ``(topic, partition, offset)`` of each acknowledged record."""
+
+    kind: str
+    lark_type: str | None = None
+    delivery_id: str | None = None
+    tenant_key: str | None = None
+    reason: str | None = None
+    records: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+class EventSink(Protocol):
+    """Where the ingress hands an authenticated event (a test may provide its own)."""
+
+    async def deliver(self, auth: Authenticated, *, received_ms: int) -> Outcome:
+        """Deliver or raise :class:`~bridge.errors.Unavailable`; see the module docstring."""
+        ...
+
+
+class RecordPublisher(Protocol):
+    """The publish stage as the delivery needs it (``bridge.publish.Publisher``)."""
+
+    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]: ...
+
+
+def delivery_id_of(outer: Outer) -> str | None:
+    """The platform's delivery id: ``header.event_id`` (2.0) or ``uuid`` (1.0); None if absent."""
+    if outer.schema is not None:
+        value = outer.header.get("event_id") if isinstance(outer.header, dict) else None
+    else:
+        value = outer.uuid
+    return value if isinstance(value, str) and value else None
+
+
+def _tenant_of(outer: Outer) -> str | None:
+    if isinstance(outer.header, dict):
+        value = outer.header.get("tenant_key")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a late failure after the request timed out is expected, not an error
+
+
+class KafkaDelivery:
+    """The production :class:`EventSink`: dedup window + decode/normalize + acked publish.
+
+    ``timeout_s``: the longest a request waits (``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S``), seconds.
+    """
+
+    def __init__(
+        self,
+        publisher: RecordPublisher,
+        topics: Topics,
+        ledger: DeliveryLedger,
+        metrics: Metrics,
+        *,
+        timeout_s: float,
+    ) -> None:
+        self._publisher = publisher
+        self._topics = topics
+        self._ledger = ledger
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def deliver(self, auth: Authenticated, *, received_ms: int) -> Outcome:
+        """See :class:`EventSink`. Raises :class:`Unavailable` (``publish_timeout`` or
+        ``broker_unavailable``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        delivery_id = delivery_id_of(auth.outer)
+        if delivery_id is not None:
+            if self._ledger.delivered(delivery_id):
+                return self._duplicate(auth, delivery_id)
+            pending = self._ledger.in_flight(delivery_id)
+            while pending is not None:
+                try:
+                    ok = await asyncio.wait_for(asyncio.shield(pending), deadline - loop.time())
+                except TimeoutError:
+                    raise Unavailable("publish_timeout") from None
+                if ok:
+                    return self._duplicate(auth, delivery_id)
+                pending = self._ledger.in_flight(delivery_id)
+
+        try:
+            event = decode(auth)
+            records = normalize(event, self._topics)
+            outcome = Outcome("published", event.lark_type, event.delivery_id, event.tenant_key)
+        except DecodeFailure as failure:
+            records = [dead_letter(failure, auth.payload, received_ms=received_ms, topics=self._topics)]
+            outcome = Outcome(
+                "dead_lettered", failure.lark_type, failure.delivery_id, failure.tenant_key, failure.reason
+            )
+
+        if delivery_id is not None:
+            self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
+        task = asyncio.create_task(self._publish(delivery_id, records, outcome))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_retrieve)
+        try:
+            metas = await asyncio.wait_for(asyncio.shield(task), deadline - loop.time())
+        except TimeoutError:
+            raise Unavailable("publish_timeout") from None
+        outcome.records = [(m.topic, m.partition, m.offset) for m in metas]
+        return outcome
+
+    def _duplicate(self, auth: Authenticated, delivery_id: str) -> Outcome:
+        self._metrics.duplicates.inc()
+        return Outcome("duplicate", None, delivery_id, _tenant_of(auth.outer))
+
+    async def _publish(
+        self, delivery_id: str | None, records: list[Record], outcome: Outcome
+    ) -> list[RecordMetadata]:
+        delivered = False
+        try:
+            metas = await self._publisher.publish(records)
+            delivered = True
+        finally:
+            if delivery_id is not None:
+                self._ledger.finish(delivery_id, delivered)
+                self._metrics.dedup_entries.set(len(self._ledger))
+        if outcome.kind == "dead_lettered":
+            self._metrics.dead_letters.labels(reason=outcome.reason or "").inc()
+        for r in records:
+            self._metrics.published.labels(lark_type=r.lark_type, topic=r.topic).inc()
+        return metas
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s`` s) for publishes whose requests already timed out."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)

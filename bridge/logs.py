@@ -1,0 +1,56 @@
+"""Logging: stdlib ``logging`` rendered by structlog, JSON lines by default (``BRIDGE_LOG_FORMAT``).
+
+One "canonical" line per webhook request is written by ``bridge.app`` (event ``request``); other
+libraries' records (aiokafka, aiohttp) go through the same formatter. Nothing here ever receives a
+body, a header, a token or a key (structlog docs, "Logging Best Practices").
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+from bridge.settings import LogFormat
+
+
+def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) -> None:
+    """Route all logging to ``stream`` (default stderr) as JSON or console lines at ``level``.
+
+    Process-wide by nature (the logging module is); call once at start.
+    """
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == LogFormat.JSON
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiokafka logs every failed reconnect at ERROR/WARNING; keep them but not at DEBUG noise.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,229 @@
+"""Publish stage: the one aiokafka producer of the process, its life, and acked sends.
+
+* Idempotent producer (``enable_idempotence=True`` ⇒ ``acks=all``), created by a supervisor task
+  started with the app (aiohttp cleanup context) so that a broker that is down at start does not
+  stop the bridge: until the producer is connected, :meth:`Publisher.publish` raises
+  :class:`~bridge.errors.Unavailable` (503) and the supervisor keeps retrying.
+* Missing topics are created at start (``BRIDGE_KAFKA_CREATE_TOPICS``).
+* A producer that hits a fatal idempotence error (``OutOfOrderSequenceNumber`` and friends, which
+  aiokafka does not recover from after a broker outage) is replaced by a new one.
+* Readiness (``/readyz``): producer connected and every topic known to the broker's metadata,
+  re-checked every :data:`PROBE_INTERVAL_S` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    DuplicateSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import RecordMetadata
+
+from bridge.errors import Unavailable
+from bridge.metrics import Metrics
+from bridge.normalize import Record, Topics
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.publish")
+
+PROBE_INTERVAL_S: Final = 1.0
+PROBE_TIMEOUT_S: Final = 2.0
+_FATAL: Final = (
+    OutOfOrderSequenceNumber,
+    DuplicateSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+    UnknownProducerId,
+)
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka connection keyword arguments (bootstrap, security, SASL, TLS) from settings."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": settings.kafka_client_id,
+        "security_protocol": settings.kafka_security_protocol.value,
+    }
+    if settings.kafka_security_protocol.endswith("SSL"):
+        opts["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_mechanism is not None and settings.kafka_sasl_password is not None
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism.value
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return opts
+
+
+class Publisher:
+    """Owns the producer; :meth:`publish` sends a request's records and awaits every broker ack.
+
+    Start with :meth:`start` (returns at once; connection happens in the background) and end with
+    :meth:`close`. ``ready`` is the readiness state; ``not_ready_reason`` says why not.
+    """
+
+    def __init__(self, settings: Settings, topics: Topics, metrics: Metrics) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._replace = asyncio.Event()
+        self._closing = False
+        self._connected = False
+        self._topics_known = False
+        self.not_ready_reason = "starting"
+
+    @property
+    def ready(self) -> bool:
+        """True while the producer is connected and all topics exist."""
+        return self._connected and self._topics_known and not self._closing
+
+    async def start(self) -> None:
+        """Start the supervisor that connects (and reconnects) the producer. Never raises."""
+        self._supervisor = asyncio.create_task(self._supervise(), name="bridge-producer-supervisor")
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Flush and stop the producer (at most ``timeout_s`` seconds), stop the supervisor."""
+        self._closing = True
+        self.not_ready_reason = "shutting_down"
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout_s)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self._settings
+        compression = None if s.kafka_compression.value == "none" else s.kafka_compression.value
+        return AIOKafkaProducer(
+            **kafka_client_options(s),
+            enable_idempotence=True,
+            acks="all",
+            compression_type=compression,
+            linger_ms=0,
+            request_timeout_ms=max(1000, int(s.kafka_publish_timeout_s * 1000)),
+            retry_backoff_ms=100,
+        )
+
+    async def _supervise(self) -> None:
+        backoff = 0.2
+        while not self._closing:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except Exception as exc:  # broker absent or refusing: stay up, answer 503, retry
+                self.not_ready_reason = "broker_unreachable"
+                log.warning("kafka producer could not connect: %s; retrying in %.1fs", type(exc).__name__, backoff)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            self._metrics.producer_starts.inc()
+            self._producer = producer
+            self._replace.clear()
+            try:
+                await self._watch(producer)
+            finally:
+                self._connected = False
+                if self._producer is producer:
+                    self._producer = None
+                if not self._closing:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.stop(), 5.0)
+
+    async def _watch(self, producer: AIOKafkaProducer) -> None:
+        """Probe metadata until the producer must be replaced; creates missing topics first."""
+        while not self._closing and not self._replace.is_set():
+            try:
+                metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), PROBE_TIMEOUT_S)
+                self._connected = True
+                missing = set(self._topics.all()) - set(metadata.topics())
+                if missing and self._settings.kafka_create_topics:
+                    await self._create_topics(sorted(missing))
+                    metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), PROBE_TIMEOUT_S)
+                    missing = set(self._topics.all()) - set(metadata.topics())
+                self._topics_known = not missing
+                self.not_ready_reason = "topics_missing" if missing else ""
+            except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+                self._connected = False
+                self.not_ready_reason = "broker_unreachable"
+                log.debug("metadata probe failed: %s", type(exc).__name__)
+            self._metrics.ready.set(1 if self.ready else 0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._replace.wait(), PROBE_INTERVAL_S)
+
+    async def _create_topics(self, names: Sequence[str]) -> None:
+        s = self._settings
+        admin = AIOKafkaAdminClient(**kafka_client_options(s), request_timeout_ms=5000)
+        await admin.start()
+        try:
+            new = [
+                NewTopic(
+                    name,
+                    num_partitions=s.kafka_topic_partitions,
+                    replication_factor=s.kafka_topic_replication_factor or -1,
+                )
+                for name in names
+            ]
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+            log.info("created topics %s", ",".join(names))
+        finally:
+            await admin.close()
+
+    def _mark_fatal(self, exc: BaseException) -> None:
+        name = type(exc).__name__
+        if not self._replace.is_set():
+            log.warning("producer hit %s; replacing it", name)
+            self._metrics.producer_replacements.labels(reason=name).inc()
+            self._connected = False
+            self._replace.set()
+
+    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+        """Send ``records`` in order and wait for every broker ack; returns their metadata.
+
+        No timeout of its own (the caller bounds it). Raises :class:`Unavailable`
+        (``broker_unavailable``) when there is no connected producer or the send failed; a fatal
+        idempotence error also schedules the producer's replacement.
+        """
+        producer = self._producer
+        if producer is None or self._closing:
+            raise Unavailable("broker_unavailable")
+        started = time.perf_counter()
+        try:
+            futures = [
+                await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+                for r in records
+            ]
+            results = list(await asyncio.gather(*futures))
+        except _FATAL as exc:
+            self._mark_fatal(exc)
+            self._metrics.publish_failures.labels(reason=type(exc).__name__).inc()
+            raise Unavailable("broker_unavailable") from exc
+        except KafkaError as exc:
+            self._metrics.publish_failures.labels(reason=type(exc).__name__).inc()
+            raise Unavailable("broker_unavailable") from exc
+        self._metrics.ack_latency.observe(time.perf_counter() - started)
+        return results

@@ -1,0 +1,140 @@
+"""JSON Schemas (2020-12) of envelope v1 and the dead-letter record, generated from the models.
+
+``python -m bridge schemas write`` writes them (and the examples) under ``schemas/``;
+``python -m bridge schemas check`` exits 1 when the checked-in files differ from what the models
+generate. Layout::
+
+    schemas/envelope/v1/<lark type>.schema.json      one per Lark event type
+    schemas/envelope/v1/examples/<lark type>.json    the normalized documented sample(s)
+    schemas/dead_letter/v1/dead_letter.schema.json
+    schemas/dead_letter/v1/examples/dead_letter.json
+    schemas/PUBLISHED.sha256                         hashes of released files (never change)
+
+Versioning policy: README "Schemas and versioning".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from bridge import envelope as ev
+
+DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _inline_root(schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema["$ref"].rsplit("/", 1)[-1]
+    defs = dict(schema.get("$defs", {}))
+    root = defs.pop(ref)
+    out: dict[str, Any] = {**root}
+    if defs:
+        out["$defs"] = defs
+    return out
+
+
+def envelope_schema(lark_type: str) -> dict[str, Any]:
+    """The schema of envelope v1 records of ``lark_type`` (a key of ``envelope.DATA_TYPES``)."""
+    data_type = ev.DATA_TYPES[lark_type]
+    root = _inline_root(msgspec.json.schema(ev.CloudEvent[data_type]))  # type: ignore[valid-type]
+    props = root["properties"]
+    props["type"] = {"const": lark_type, "description": "The Lark event type, verbatim."}
+    props["dataschema"] = {"const": ev.dataschema_id(lark_type)}
+    return {
+        "$schema": DRAFT,
+        "$id": ev.dataschema_id(lark_type),
+        **root,
+        "title": f"Lark {lark_type}, envelope v1 (CloudEvents 1.0, structured JSON)",
+    }
+
+
+def dead_letter_schema() -> dict[str, Any]:
+    """The schema of dead-letter records v1."""
+    root = _inline_root(msgspec.json.schema(ev.DeadLetterEnvelope))
+    root["properties"]["dataschema"] = {"const": ev.dead_letter_schema_id()}
+    return {
+        "$schema": DRAFT,
+        "$id": ev.dead_letter_schema_id(),
+        **root,
+        "title": "Lark bridge dead-letter record v1 (CloudEvents 1.0, structured JSON)",
+    }
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+EXAMPLE_RECEIVED_MS: Final = 1_608_725_990_000  # fixed, so that examples are reproducible
+
+
+def examples() -> dict[str, list[Any]]:
+    """``{schema file stem: [example records]}``: the documented samples, normalized, and one
+    dead letter (the room sample without ``room_id``). Third-party types other than ``_created``
+    reuse its sample with the type swapped (no documented sample exists, PROTOCOL.md §9.1)."""
+    from bridge.decode import DecodeFailure, decode
+    from bridge.normalize import Topics, dead_letter, normalize
+    from bridge.samples import sample
+    from bridge.verify import Verifier
+
+    topics = Topics.from_names(
+        room_created="t", reserve_config_updated="t", third_party="t", dead_letter="dlq"
+    )
+
+    def records_of(body: dict[str, Any]) -> list[Any]:
+        token = body["token"] if "token" in body else body["header"]["token"]
+        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        auth = Verifier(token, max_age_s=60).verify(raw, {}, now=0)
+        try:
+            recs = normalize(decode(auth), topics)
+        except DecodeFailure as failure:
+            recs = [dead_letter(failure, auth.payload, received_ms=EXAMPLE_RECEIVED_MS, topics=topics)]
+        return [json.loads(r.value) for r in recs]
+
+    out: dict[str, list[Any]] = {}
+    for t in ev.LARK_TYPES:
+        base = t if not t.startswith("third_party") else "third_party_meeting_room_event_created"
+        body = sample(base)
+        if base != t:
+            body["event"]["type"] = t
+        out[t] = records_of(body)
+    broken = sample("vc.room.created_v1")
+    del broken["event"]["room"]["room_id"]
+    out["dead_letter"] = records_of(broken)
+    return out
+
+
+def generated_files() -> dict[str, str]:
+    """``{path relative to schemas/: content}`` of every generated file: schemas and examples."""
+    files = {
+        f"envelope/v1/{t}.schema.json": _dump(envelope_schema(t)) for t in ev.LARK_TYPES
+    }
+    files["dead_letter/v1/dead_letter.schema.json"] = _dump(dead_letter_schema())
+    for stem, records in examples().items():
+        folder = "dead_letter/v1" if stem == "dead_letter" else "envelope/v1"
+        files[f"{folder}/examples/{stem}.json"] = _dump(records)
+    return files
+
+
+def write(root: Path) -> list[Path]:
+    """Write the generated schemas under ``root``; returns the paths written."""
+    written = []
+    for rel, content in generated_files().items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text(encoding="utf-8") != content:
+            path.write_text(content, encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def check(root: Path) -> list[str]:
+    """Relative paths under ``root`` whose content differs from the generated one (empty = ok)."""
+    stale = []
+    for rel, content in generated_files().items():
+        path = root / rel
+        if not path.exists() or path.read_text(encoding="utf-8") != content:
+            stale.append(rel)
+    return stale
