@@ -1,0 +1,217 @@
+"""Decode + normalize: the documented samples, keys, fan-out, type normalization, dead letters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bridge import envelope as ev
+from bridge.decode import DecodeFailure, decode, parse_create_time, parse_ts_seconds
+from bridge.devtools.platform import compact
+from bridge.normalize import Topics, dead_letter, normalize, rfc3339_ms
+from bridge.samples import sample
+from bridge.verify import Verifier
+
+TOPICS = Topics.from_names(
+    room_created="t.room", reserve_config_updated="t.cfg", third_party="t.3p", dead_letter="t.dlq"
+)
+TOKENS = ("rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV", "41a9425ea7df4536a7623e38fa321bae")
+
+
+def authenticate(payload: dict[str, Any]):
+    token = payload.get("token") or payload.get("header", {}).get("token") or TOKENS[0]
+    return Verifier(token, max_age_s=60).verify(compact(payload), {}, now=0)
+
+
+def records(payload: dict[str, Any]) -> list[tuple[str, bytes | None, dict[str, Any]]]:
+    return [(r.topic, r.key, json.loads(r.value)) for r in normalize(decode(authenticate(payload)), TOPICS)]
+
+
+def failure(payload: dict[str, Any]) -> DecodeFailure:
+    with pytest.raises(DecodeFailure) as info:
+        decode(authenticate(payload))
+    return info.value
+
+
+def test_room_created_sample() -> None:
+    [(topic, key, env)] = records(sample("vc.room.created_v1"))
+    assert topic == "t.room"
+    assert key == b"omm_4de32cf10a4358788ff4e09e37ebbf9b"
+    assert env["specversion"] == "1.0"
+    assert env["id"] == env["larkeventid"] == "5e3702a84e847582be8db7fb73283c02"
+    assert env["source"] == "/lark/apps/cli_9f5343c580712544/tenants/2ca1d211f64f6438"
+    assert env["type"] == "vc.room.created_v1"
+    assert env["subject"] == env["partitionkey"] == key.decode()
+    assert env["time"] == "2020-12-23T12:19:49.000Z"  # create_time 1608725989000 ms
+    assert env["tenantkey"] == "2ca1d211f64f6438" and env["appid"] == "cli_9f5343c580712544"
+    assert env["envelopeversion"] == 1 and env["datacontenttype"] == "application/json"
+    assert env["dataschema"] == ev.dataschema_id("vc.room.created_v1")
+    status = env["data"]["room"]["room_status"]
+    assert status["disable_start_time"] == 1652356050 and status["disable_end_time"] == 1652442450
+    assert env["data"]["room"]["name"] == "测试会议室"
+    assert "_unmodelled" not in env["data"]
+
+
+def test_reserve_config_sample_keys_by_scope_and_normalizes_seconds_of_day() -> None:
+    [(topic, key, env)] = records(sample("vc.reserve_config.updated_v1"))
+    assert topic == "t.cfg" and key == b"omm_3c5dd7e09bac0c1758fcf9511bd1a771"
+    tc = env["data"]["time_config"]
+    assert (tc["opening_hour"], tc["start_time"], tc["end_time"]) == (27900, 0, 86400)
+    assert env["data"]["reserve_scope_config"]["allow_depts"][0]["department_id"] == "od-47d8b570b0a011e9679a755efcc5f61a"
+
+
+def test_reserve_config_room_level_scope() -> None:
+    body = sample("vc.reserve_config.updated_v1")
+    body["event"].update(scope_id="omb_4ad1a2c7a2fbc5fc9570f38456931293", scope_type=1)
+    [(_, key, env)] = records(body)
+    assert key == b"omb_4ad1a2c7a2fbc5fc9570f38456931293" and env["data"]["scope_type"] == 1
+
+
+@pytest.mark.parametrize("lark_type", ev.THIRD_PARTY_TYPES)
+def test_third_party_fans_out_one_record_per_room(lark_type: str) -> None:
+    body = sample("third_party_meeting_room_event_created")
+    body["event"]["type"] = lark_type
+    out = records(body)
+    rooms = [r["open_id"] for r in body["event"]["meeting_rooms"]]
+    assert [k for _, k, _ in out] == [r.encode() for r in rooms]
+    for (topic, key, env), room in zip(out, rooms, strict=True):
+        assert topic == "t.3p" and env["type"] == lark_type
+        assert env["id"] == f"bc447199585340d1f3728d26b1c0297a:{room}"
+        assert env["larkeventid"] == "bc447199585340d1f3728d26b1c0297a"
+        assert env["data"]["meeting_room"] == {"open_id": room}
+        assert env["data"]["event_time"] == 1594979647635
+        assert env["data"]["start"] == {"time_stamp": 1553853600000}
+        assert env["time"] == "2020-07-17T09:54:07.635Z"
+        assert "token" not in json.dumps(env)
+
+
+def test_third_party_without_rooms_is_keyed_by_uid() -> None:
+    body = sample("third_party_meeting_room_event_created")
+    body["event"]["meeting_rooms"] = []
+    [(_, key, env)] = records(body)
+    assert key == b"bff6b51f-b7c1-40c6-b8ef-aef966c9ffc7"
+    assert env["id"] == "bc447199585340d1f3728d26b1c0297a" and "meeting_room" not in env["data"]
+
+
+def test_duplicate_room_in_list_gives_one_record() -> None:
+    body = sample("third_party_meeting_room_event_created")
+    body["event"]["meeting_rooms"].append(dict(body["event"]["meeting_rooms"][0]))
+    assert len(records(body)) == 2
+
+
+def test_third_party_time_falls_back_to_ts() -> None:
+    body = sample("third_party_meeting_room_event_created")
+    del body["event"]["event_time"]
+    env = records(body)[0][2]
+    assert env["time"] == "2017-08-08T13:33:27.717Z"  # ts "1502199207.7171419" s
+
+
+def test_microsecond_create_time() -> None:
+    body = sample("vc.room.created_v1")
+    body["header"]["create_time"] = "1603977298000000"
+    assert records(body)[0][2]["time"] == "2020-10-29T13:14:58.000Z"
+
+
+def test_unmodelled_fields_are_carried_with_json_pointers_and_tokens_dropped() -> None:
+    body = sample("vc.room.created_v1")
+    body["event"]["room"]["floor"] = {"name": "3F", "a/b": 1}
+    body["event"]["room"]["device"][0]["model"] = "X1"
+    body["header"]["region"] = "cn"
+    body["event"]["room"]["access_token"] = "secret-looking"
+    body["extra_top"] = [1, 2]
+    env = records(body)[0][2]
+    assert env["data"]["_unmodelled"] == {
+        "/event/room/floor": {"name": "3F", "a/b": 1},
+        "/event/room/device/0/model": "X1",
+        "/header/region": "cn",
+        "/extra_top": [1, 2],
+    }
+    assert "secret-looking" not in json.dumps(env)
+
+
+def test_token_never_in_envelope() -> None:
+    for t in ("vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"):
+        for _, _, env in records(sample(t)):
+            text = json.dumps(env)
+            assert not any(tok in text for tok in TOKENS) and '"token"' not in text
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda b: b["event"]["room"].pop("room_id"), "$.event.room"),
+        (lambda b: b["event"]["room"].update(room_id=""), "$.event.room.room_id"),
+        (lambda b: b["event"]["room"].update(capacity="many"), "$.event.room.capacity"),
+        (lambda b: b["event"]["room"]["room_status"].update(disable_start_time="soon"), "$.event.room.room_status.disable_start_time"),
+        (lambda b: b["header"].update(create_time="yesterday"), "$.header.create_time"),
+        (lambda b: b["header"].update(create_time="160872598"), "$.header.create_time"),
+        (lambda b: b["header"].pop("event_id"), "$.header"),
+        (lambda b: b.update(event=[1]), "$.event"),
+        (lambda b: b.update(schema="3.0"), "$.schema"),
+    ],
+)
+def test_invalid_room_events(mutate: Any, path: str) -> None:
+    body = sample("vc.room.created_v1")
+    mutate(body)
+    f = failure(body)
+    assert f.reason == "invalid_event"
+    assert f.path == path and path in f.error
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda b: b["event"]["meeting_rooms"][1].update(open_id=""), "$.event.meeting_rooms[1].open_id"),
+        (lambda b: b["event"]["start"].update(time_stamp="noon"), "$.event.start.time_stamp"),
+        (lambda b: b["event"].pop("uid"), "$.event"),
+        (lambda b: b.pop("uuid"), "$.uuid"),
+        (lambda b: b["event"].pop("tenant_key"), "$.event.tenant_key"),
+        (lambda b: b["event"].update(event_time="12"), "$.event.event_time"),
+    ],
+)
+def test_invalid_third_party_events(mutate: Any, path: str) -> None:
+    body = sample("third_party_meeting_room_event_created")
+    mutate(body)
+    f = failure(body)
+    assert f.reason == "invalid_event" and f.path == path
+
+
+def test_unknown_types() -> None:
+    v2 = sample("vc.room.created_v1")
+    v2["header"]["event_type"] = "im.message.receive_v1"
+    f = failure(v2)
+    assert (f.reason, f.lark_type, f.delivery_id) == ("unknown_event_type", "im.message.receive_v1", v2["header"]["event_id"])
+    v1 = sample("third_party_meeting_room_event_created")
+    v1["event"]["type"] = "third_party_meeting_room_event_moved"
+    f = failure(v1)
+    assert (f.reason, f.lark_type, f.delivery_id) == ("unknown_event_type", "third_party_meeting_room_event_moved", v1["uuid"])
+
+
+def test_dead_letter_record_redacts_tokens_and_keeps_the_rest() -> None:
+    body = sample("vc.room.created_v1")
+    del body["event"]["room"]["room_id"]
+    auth = authenticate(body)
+    f = failure(body)
+    rec = dead_letter(f, auth.payload, received_ms=1_700_000_000_123, topics=TOPICS)
+    env = json.loads(rec.value)
+    assert rec.topic == "t.dlq" and rec.key == body["header"]["event_id"].encode()
+    assert env["type"] == "lark.bridge.dead_letter" and env["id"] == body["header"]["event_id"]
+    data = env["data"]
+    assert data["reason"] == "invalid_event" and data["path"] == "$.event.room"
+    assert data["lark_type"] == "vc.room.created_v1" and data["lark_event_id"] == body["header"]["event_id"]
+    assert data["received_at"] == "2023-11-14T22:13:20.123Z"
+    assert data["payload"]["header"]["token"] == "[REDACTED]"
+    assert data["payload"]["event"] == body["event"]
+    assert TOKENS[0] not in rec.value.decode()
+
+
+def test_time_helpers() -> None:
+    assert rfc3339_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert parse_create_time("1608725989000") == 1608725989000
+    assert parse_create_time("1608725989000123") == 1608725989000
+    assert parse_ts_seconds("1502199207") == 1502199207000
+    for bad in ("", "12", "160872598900", "16087259890001", "-608725989000", "１６０８７２５９８９０００"):
+        with pytest.raises(ValueError):
+            parse_create_time(bad)

@@ -1,0 +1,89 @@
+"""schemas/: checked-in files equal what the models generate; examples and samples validate;
+published files never change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from bridge import envelope as ev
+from bridge import schemas
+from bridge.decode import DecodeFailure, decode
+from bridge.devtools.platform import compact
+from bridge.normalize import Topics, dead_letter, normalize
+from bridge.samples import SAMPLE_TYPES, sample
+from bridge.verify import Verifier
+
+ROOT = Path(__file__).resolve().parents[2] / "schemas"
+TOPICS = Topics.from_names(room_created="a", reserve_config_updated="b", third_party="c", dead_letter="d")
+
+
+def validator(rel: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((ROOT / rel).read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def test_checked_in_files_equal_generated() -> None:
+    assert schemas.check(ROOT) == [], "run: python -m bridge schemas write"
+
+
+def test_check_detects_drift(tmp_path: Path) -> None:
+    schemas.write(tmp_path)
+    assert schemas.check(tmp_path) == []
+    target = tmp_path / "envelope/v1/vc.room.created_v1.schema.json"
+    target.write_text(target.read_text().replace('"minLength": 1', '"minLength": 2', 1))
+    assert schemas.check(tmp_path) == ["envelope/v1/vc.room.created_v1.schema.json"]
+
+
+def test_published_files_never_change() -> None:
+    lines = (ROOT / "PUBLISHED.sha256").read_text().split("\n")
+    locked = dict(reversed(line.split("  ", 1)) for line in lines if line.strip())
+    on_disk = {"./" + str(p.relative_to(ROOT)) for p in ROOT.rglob("*.schema.json")}
+    assert set(locked) == on_disk, "a new schema version must be added to PUBLISHED.sha256 when released"
+    for rel, digest in locked.items():
+        assert hashlib.sha256((ROOT / rel).read_bytes()).hexdigest() == digest, f"{rel} was published; make a new version"
+
+
+@pytest.mark.parametrize("lark_type", ev.LARK_TYPES)
+def test_examples_validate(lark_type: str) -> None:
+    v = validator(f"envelope/v1/{lark_type}.schema.json")
+    examples = json.loads((ROOT / f"envelope/v1/examples/{lark_type}.json").read_text())
+    assert examples
+    for example in examples:
+        v.validate(example)
+        assert example["dataschema"] == v.schema["$id"]
+
+
+def test_dead_letter_example_validates() -> None:
+    v = validator("dead_letter/v1/dead_letter.schema.json")
+    for example in json.loads((ROOT / "dead_letter/v1/examples/dead_letter.json").read_text()):
+        v.validate(example)
+
+
+@pytest.mark.parametrize("kind", SAMPLE_TYPES)
+def test_normalized_samples_validate_and_schema_rejects_wrong_types(kind: str) -> None:
+    body = sample(kind)
+    token = body.get("token") or body["header"]["token"]
+    auth = Verifier(token, max_age_s=60).verify(compact(body), {}, now=0)
+    recs = normalize(decode(auth), TOPICS)
+    for rec in recs:
+        env = json.loads(rec.value)
+        v = validator(f"envelope/v1/{env['type']}.schema.json")
+        v.validate(env)
+        for bad in ({**env, "envelopeversion": "1"}, {**env, "time": "yesterday"}, {**env, "type": "other"}):
+            assert not v.is_valid(bad)
+
+
+def test_dead_letter_records_validate() -> None:
+    v = validator("dead_letter/v1/dead_letter.schema.json")
+    body = sample("vc.room.created_v1")
+    body["header"]["event_type"] = "im.message.receive_v1"
+    auth = Verifier(body["header"]["token"], max_age_s=60).verify(compact(body), {}, now=0)
+    with pytest.raises(DecodeFailure) as info:
+        decode(auth)
+    v.validate(json.loads(dead_letter(info.value, auth.payload, received_ms=1, topics=TOPICS).value))
