@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     DuplicateSequenceNumber,
     InvalidProducerEpoch,
@@ -71,6 +72,20 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+async def _default_replication(admin: AIOKafkaAdminClient) -> int:
+    """The cluster's ``default.replication.factor`` (aiokafka's NewTopic can't ask for the
+    broker default with -1), capped by the number of brokers."""
+    brokers = admin._client.cluster.brokers()  # noqa: SLF001 - aiokafka has no public accessor
+    node = min(b.nodeId for b in brokers) if brokers else 1
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(node))])
+    for response in responses:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "default.replication.factor" and entry[1]:
+                    return max(1, min(int(entry[1]), len(brokers) or 1))
+    return 1
+
+
 class Publisher:
     """Owns the producer; :meth:`publish` sends a request's records and awaits every broker ack.
 
@@ -103,11 +118,11 @@ class Publisher:
         """Flush and stop the producer (at most ``timeout_s`` seconds), stop the supervisor."""
         self._closing = True
         self.not_ready_reason = "shutting_down"
+        producer, self._producer = self._producer, None
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._supervisor
-        producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), timeout_s)
@@ -179,12 +194,9 @@ class Publisher:
         admin = AIOKafkaAdminClient(**kafka_client_options(s), request_timeout_ms=5000)
         await admin.start()
         try:
+            replication = s.kafka_topic_replication_factor or await _default_replication(admin)
             new = [
-                NewTopic(
-                    name,
-                    num_partitions=s.kafka_topic_partitions,
-                    replication_factor=s.kafka_topic_replication_factor or -1,
-                )
+                NewTopic(name, num_partitions=s.kafka_topic_partitions, replication_factor=replication)
                 for name in names
             ]
             with contextlib.suppress(TopicAlreadyExistsError):

@@ -1,0 +1,44 @@
+# The two set-up commands of README: `make demo` and `make test`. Everything they need is
+# installed here: a virtualenv with the pinned Python deps (constraints.txt), the Kafka broker
+# jars (Maven Central, cached outside the tree) and, for the chart checks, helm (Go module proxy).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: demo test unit deps broker-jars helm-check bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: $(PY) pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+deps: $(VENV)/.deps
+
+broker-jars: deps
+	$(PY) -m bridge.devtools.broker fetch
+
+## Run the main job on a local broker: send the three samples, print the records.
+demo: broker-jars
+	$(PY) -m bridge demo
+
+## Chart: helm lint/template + offline Kubernetes schema validation.
+helm-check: deps
+	PYTHON=$(PY) bash .ci/helm.sh
+
+## The whole test suite against a real broker (what CI runs).
+test: broker-jars helm-check
+	$(PY) -m bridge schemas check
+	$(PY) -m pytest
+
+## Unit and HTTP tests only (no broker, no helm).
+unit: deps
+	$(PY) -m pytest tests/unit tests/http
+
+bench: broker-jars
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

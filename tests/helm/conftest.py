@@ -1,0 +1,39 @@
+"""The helm binary for the chart tests.
+
+It is ``$HELM``, else ``${XDG_CACHE_HOME:-~/.cache}/lark-bridge/bin/helm`` (where ``.ci/helm.sh``
+builds it), else ``helm`` on ``PATH``. Without one the tests fail when ``CI`` is ``true`` (CI must
+run them) and are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def find_helm() -> str | None:
+    """The helm binary to use, or None."""
+    if explicit := os.environ.get("HELM"):
+        return explicit if Path(explicit).is_file() else shutil.which(explicit)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cached = cache / "lark-bridge" / "bin" / "helm"
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return str(cached)
+    return shutil.which("helm")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    found = find_helm()
+    if found is None:
+        reason = (
+            "no helm binary: run .ci/helm.sh (builds it into "
+            "${XDG_CACHE_HOME:-~/.cache}/lark-bridge/bin), set $HELM or put helm on PATH"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found

@@ -1,0 +1,648 @@
+"""The Helm chart helm/lark-bridge, checked on its rendered manifests (``helm template``).
+
+What the chart can configure is derived from ``bridge.settings`` (never copied), so a setting
+added to the model without a way to set it from values.yaml fails here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.settings import load_settings, setting_docs
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "lark-bridge"
+RELEASE = "t"
+NAMESPACE = "lark-test"
+# The oldest Kubernetes .ci/helm.sh validates against. Passing it explicitly also keeps a helm
+# built without release ldflags (default 1.20) from failing the chart's kubeVersion.
+KUBE_VERSION = "1.30.0"
+
+DOCS = setting_docs()
+ALL_ENV = {r.env for r in DOCS}
+SECRET_ENV = {r.env for r in DOCS if r.secret}
+# Non-secret settings with no default: the values that make the chart render them in tests.
+UNSET_SAMPLES: dict[str, Any] = {
+    "BRIDGE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+    "BRIDGE_KAFKA_SASL_USERNAME": "bridge-user",
+    "BRIDGE_KAFKA_SSL_CAFILE": "/etc/ssl/kafka/ca.pem",
+    "BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR": 3,
+}
+# One sentinel per secret value key under `secrets:` in values.yaml.
+SENTINELS = {
+    "larkVerificationToken": "sentinel-verification-token-5f1c",
+    "larkEncryptKey": "sentinel-encrypt-key-9a0e",
+    "larkEncryptKeyPrevious": "sentinel-encrypt-key-previous-77d2",
+    "kafkaSaslPassword": "sentinel-sasl-password-c3b8",
+}
+SASL = {
+    "config": {
+        "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_mechanism": "SCRAM-SHA-512",
+        "kafka_sasl_username": "bridge",
+    }
+}
+EVERYTHING_ON = {
+    "ingress": {"enabled": True, "hosts": ["bridge.example.com"]},
+    "autoscaling": {"enabled": True},
+    "serviceMonitor": {"enabled": True},
+    "networkPolicy": {"enabled": True, "egress": {"enabled": True}},
+}
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+class HelmError(Exception):
+    """``helm`` exited non-zero; the message is its output."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The documents of one ``helm template`` run."""
+
+    docs: list[dict[str, Any]]
+    text: str
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d.get("kind") == kind]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = self.of_kind(kind)
+        assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+        return found[0]
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.deployment["spec"]["template"]["spec"]
+        return spec
+
+    @property
+    def container(self) -> dict[str, Any]:
+        (container,) = self.pod["containers"]
+        assert isinstance(container, dict)
+        return container
+
+    @property
+    def env_configmap(self) -> dict[str, str]:
+        """Data of the ConfigMap the container reads with envFrom."""
+        refs = [e["configMapRef"]["name"] for e in self.container.get("envFrom", [])]
+        assert len(refs) == 1, refs
+        (cm,) = [c for c in self.of_kind("ConfigMap") if c["metadata"]["name"] == refs[0]]
+        data: dict[str, str] = cm.get("data") or {}
+        return data
+
+
+def run_helm(helm: str, *args: str) -> str:
+    proc = subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        # helm lint prints its findings on stdout and only a summary on stderr.
+        raise HelmError(f"{proc.stdout.strip()}\n{proc.stderr.strip()}".strip())
+    return proc.stdout
+
+
+class Helm:
+    """``helm template`` / ``helm lint`` of the chart with values given as a mapping (written to a
+    values file, so types are kept) and/or ``--set key=value`` pairs."""
+
+    def __init__(self, helm: str, tmp: Path) -> None:
+        self.helm = helm
+        self.tmp = tmp
+        self.count = 0
+
+    def _args(self, values: Mapping[str, Any] | None, sets: Mapping[str, str] | None) -> list[str]:
+        args: list[str] = []
+        if values is not None:
+            self.count += 1
+            path = self.tmp / f"values-{self.count}.yaml"
+            path.write_text(yaml.safe_dump(dict(values)), encoding="utf-8")
+            args += ["--values", str(path)]
+        for key, value in (sets or {}).items():
+            args += ["--set", f"{key}={value}"]
+        return args
+
+    def render(
+        self,
+        values: Mapping[str, Any] | None = None,
+        sets: Mapping[str, str] | None = None,
+        *extra: str,
+        chart: Path = CHART,
+    ) -> Rendered:
+        text = run_helm(
+            self.helm,
+            "template",
+            RELEASE,
+            str(chart),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+            *self._args(values, sets),
+            *extra,
+        )
+        return Rendered(docs=[d for d in yaml.safe_load_all(text) if d], text=text)
+
+    def lint(self, values: Mapping[str, Any] | None = None, *extra: str) -> str:
+        return run_helm(
+            self.helm,
+            "lint",
+            "--strict",
+            "--kube-version",
+            KUBE_VERSION,
+            str(CHART),
+            *self._args(values, None),
+            *extra,
+        )
+
+
+RenderFn = Callable[..., Rendered]
+
+
+@pytest.fixture
+def chart(helm: str, tmp_path: Path) -> Helm:
+    return Helm(helm, tmp_path)
+
+
+@pytest.fixture
+def render(chart: Helm) -> RenderFn:
+    return chart.render
+
+
+@pytest.fixture
+def chart_with_notes(tmp_path: Path) -> Path:
+    """A copy of the chart with one extra template that renders NOTES.txt into a ConfigMap:
+    ``helm template`` never prints NOTES.txt and ``helm install --dry-run`` wants a cluster."""
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART, copy)
+    (copy / "templates" / "zz-test-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: test-notes\ndata:\n"
+        '  notes: {{ include (print $.Template.BasePath "/NOTES.txt") . | quote }}\n',
+        encoding="utf-8",
+    )
+    return copy
+
+
+def chart_values() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    return loaded
+
+
+def field_of(env: str) -> str:
+    return env.removeprefix("BRIDGE_").lower()
+
+
+def secret_sets(**overrides: str) -> dict[str, str]:
+    return {f"secrets.{k}": v for k, v in (SENTINELS | overrides).items()}
+
+
+def every_config_value() -> dict[str, Any]:
+    """values.yaml's config with every optional (unset) setting given a value."""
+    config = dict(chart_values()["config"])
+    missing = {r.env for r in DOCS if r.default == "(unset)" and not r.secret} - set(UNSET_SAMPLES)
+    assert not missing, f"add a sample value for {sorted(missing)} to UNSET_SAMPLES"
+    for env, value in UNSET_SAMPLES.items():
+        config[field_of(env)] = value
+    return config
+
+
+def env_names(r: Rendered) -> set[str]:
+    """Every BRIDGE_* variable the container gets: envFrom ConfigMap keys and env entries."""
+    names = {k for k in r.env_configmap if k.startswith("BRIDGE_")}
+    names |= {e["name"] for e in r.container.get("env", []) if e["name"].startswith("BRIDGE_")}
+    return names
+
+
+def secret_refs(r: Rendered) -> dict[str, dict[str, Any]]:
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in r.container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def container_environment(r: Rendered, existing: dict[str, str] | None = None) -> dict[str, str]:
+    """The BRIDGE_* environment the pod would see, resolving secretKeyRefs against the rendered
+    Secret (or ``existing``, the data of an existing Secret)."""
+    env = dict(r.env_configmap)
+    secrets = {s["metadata"]["name"]: s for s in r.of_kind("Secret")}
+    for name, ref in secret_refs(r).items():
+        if ref["name"] in secrets:
+            data = secrets[ref["name"]].get("data") or {}
+            if ref["key"] in data:
+                env[name] = base64.b64decode(data[ref["key"]]).decode()
+                continue
+        elif existing is not None and ref["key"] in existing:
+            env[name] = existing[ref["key"]]
+            continue
+        assert ref.get("optional"), f"{name}: required key {ref['key']} missing"
+    for e in r.container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+    return env
+
+
+# --- values.yaml / schema mirror the settings model ----------------------------------------
+
+
+def test_values_config_has_one_key_per_non_secret_setting() -> None:
+    expected = {field_of(r.env) for r in DOCS if not r.secret}
+    assert set(chart_values()["config"]) == expected
+
+
+def test_values_config_defaults_are_the_settings_defaults() -> None:
+    config = chart_values()["config"]
+    for row in DOCS:
+        if row.secret:
+            continue
+        value = config[field_of(row.env)]
+        if row.default == "(unset)":
+            assert value in ("", None), row.env
+        elif isinstance(value, bool):
+            assert str(value).lower() == row.default, row.env
+        else:
+            assert str(value) == row.default, row.env
+
+
+def test_schema_config_properties_match_settings() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    config = schema["properties"]["config"]
+    assert config["additionalProperties"] is False
+    assert set(config["properties"]) == {field_of(r.env) for r in DOCS if not r.secret}
+
+
+def test_every_secret_setting_has_a_value_and_a_key_name() -> None:
+    secrets = chart_values()["secrets"]
+    secret_fields = {field_of(e) for e in SECRET_ENV}
+    camel = {
+        "".join(p.capitalize() if i else p for i, p in enumerate(f.split("_")))
+        for f in secret_fields
+    }
+    assert set(secrets["keys"]) == camel
+    assert camel <= set(secrets)
+    assert set(SENTINELS) == camel
+
+
+# --- every setting is reachable, and nothing else --------------------------------------------
+
+
+def test_chart_can_set_exactly_the_settings(render: RenderFn) -> None:
+    r = render({"config": every_config_value()}, secret_sets())
+    assert env_names(r) == ALL_ENV
+
+
+def test_existing_secret_wires_every_secret_setting(render: RenderFn) -> None:
+    r = render({"config": every_config_value(), "secrets": {"existingSecret": "creds"}})
+    assert env_names(r) == ALL_ENV
+    assert set(secret_refs(r)) == SECRET_ENV
+
+
+def test_secrets_are_never_in_the_configmap(render: RenderFn) -> None:
+    r = render({"config": every_config_value()}, secret_sets())
+    assert not set(r.env_configmap) & SECRET_ENV
+    assert set(secret_refs(r)) == SECRET_ENV
+
+
+def test_unset_optional_settings_are_not_rendered(render: RenderFn) -> None:
+    cm = render(None, {"secrets.larkVerificationToken": "t"}).env_configmap
+    unset = {r.env for r in DOCS if r.default == "(unset)" and not r.secret}
+    assert not unset & set(cm)
+    assert all(v != "" for v in cm.values())
+
+
+def test_config_typo_is_rejected_by_the_schema(render: RenderFn) -> None:
+    with pytest.raises(HelmError, match="http_prot"):
+        render({"config": {"http_prot": 9000}})
+
+
+def test_bridge_env_in_extra_env_is_refused(render: RenderFn) -> None:
+    with pytest.raises(HelmError, match="extraEnv must not set BRIDGE_LOG_LEVEL"):
+        render({"extraEnv": [{"name": "BRIDGE_LOG_LEVEL", "value": "DEBUG"}]})
+
+
+# --- the rendered environment is one the bridge accepts --------------------------------------
+
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_ci_values_render_an_environment_the_bridge_loads(
+    render: RenderFn, values_file: Path
+) -> None:
+    values = yaml.safe_load(values_file.read_text(encoding="utf-8"))
+    r = render(values)
+    existing = None
+    if values.get("secrets", {}).get("existingSecret"):
+        keys = values["secrets"]["keys"]
+        existing = {keys["larkVerificationToken"]: "token", keys["kafkaSaslPassword"]: "pw"}
+    settings = load_settings(container_environment(r, existing))
+    config = values.get("config", {})
+    assert settings.kafka_bootstrap_servers == config["kafka_bootstrap_servers"]
+    assert settings.kafka_security_protocol == config.get("kafka_security_protocol", "PLAINTEXT")
+    assert settings.shutdown_timeout_s == float(config.get("shutdown_timeout_s", 20))
+
+
+def test_numbers_survive_rendering(render: RenderFn) -> None:
+    """Values files give numbers as float64; 1000000 must not become "1e+06"."""
+    r = render(
+        {"config": {"dedup_max_entries": 1000000, "kafka_publish_timeout_s": 2.5}},
+        {"secrets.larkVerificationToken": "t"},
+    )
+    cm = r.env_configmap
+    assert cm["BRIDGE_DEDUP_MAX_ENTRIES"] == "1000000"
+    assert cm["BRIDGE_HTTP_MAX_BODY_BYTES"] == "1048576"
+    assert cm["BRIDGE_KAFKA_PUBLISH_TIMEOUT_S"] == "2.5"
+    assert cm["BRIDGE_KAFKA_CREATE_TOPICS"] == "true"
+    settings = load_settings(container_environment(r))
+    assert settings.dedup_max_entries == 1_000_000
+    assert settings.kafka_publish_timeout_s == 2.5
+
+
+# --- probes, ports, shutdown ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", [None, 9090])
+def test_probes_hit_healthz_and_readyz_on_the_container_port(
+    render: RenderFn, port: int | None
+) -> None:
+    values = {} if port is None else {"config": {"http_port": port}}
+    r = render(values)
+    expected_port = int(r.env_configmap["BRIDGE_HTTP_PORT"])
+    assert expected_port == (port or 8080)
+    ports = {p["name"]: p["containerPort"] for p in r.container["ports"]}
+
+    def probe_port(probe: dict[str, Any]) -> int:
+        p = probe["httpGet"]["port"]
+        return ports[p] if isinstance(p, str) else int(p)
+
+    assert r.container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert r.container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert probe_port(r.container["livenessProbe"]) == expected_port
+    assert probe_port(r.container["readinessProbe"]) == expected_port
+    svc = r.one("Service")["spec"]["ports"][0]
+    assert ports[svc["targetPort"]] == expected_port
+
+
+def test_runs_python_m_bridge_serve(render: RenderFn) -> None:
+    c = render().container
+    assert c["command"] + c["args"] == ["python", "-m", "bridge", "serve"]
+
+
+def prestop_seconds(r: Rendered) -> float:
+    cmd = r.container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    if cmd is None:
+        return 0.0
+    assert cmd[0] == "/bin/sleep"
+    return float(cmd[1])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"config": {"shutdown_timeout_s": 25}, "terminationGracePeriodSeconds": 40},
+        {"lifecycle": {"preStopSleepSeconds": 0}, "terminationGracePeriodSeconds": 21},
+    ],
+)
+def test_grace_period_exceeds_prestop_plus_shutdown_timeout(
+    render: RenderFn, values: dict[str, Any]
+) -> None:
+    r = render(values)
+    shutdown = float(r.env_configmap["BRIDGE_SHUTDOWN_TIMEOUT_S"])
+    assert r.pod["terminationGracePeriodSeconds"] > shutdown + prestop_seconds(r)
+
+
+def test_default_prestop_pause_and_grace(render: RenderFn) -> None:
+    r = render()
+    assert prestop_seconds(r) == 5
+    assert r.pod["terminationGracePeriodSeconds"] == 30
+    assert r.env_configmap["BRIDGE_SHUTDOWN_TIMEOUT_S"] == "20"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"terminationGracePeriodSeconds": 25},  # == 20 + 5
+        {"config": {"shutdown_timeout_s": 26.5}},  # 26.5 + 5 > 30
+        {"lifecycle": {"preStopSleepSeconds": 10}},
+    ],
+)
+def test_too_short_grace_period_fails_rendering(render: RenderFn, values: dict[str, Any]) -> None:
+    with pytest.raises(HelmError, match="terminationGracePeriodSeconds"):
+        render(values)
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+def _secret_forms(value: str) -> set[str]:
+    return {value, base64.b64encode(value.encode()).decode()}
+
+
+@pytest.mark.parametrize("extra", [{}, EVERYTHING_ON], ids=["defaults", "everything-on"])
+def test_secret_values_land_only_in_the_secret(render: RenderFn, extra: dict[str, Any]) -> None:
+    r = render({**SASL, **extra}, secret_sets())
+    (secret,) = r.of_kind("Secret")
+    decoded = {base64.b64decode(v).decode() for v in secret["data"].values()}
+    assert set(SENTINELS.values()) <= decoded
+    for doc in r.docs:
+        if doc["kind"] == "Secret":
+            continue
+        text = yaml.safe_dump(doc)
+        for sentinel in SENTINELS.values():
+            for form in _secret_forms(sentinel):
+                assert form not in text, f"{doc['kind']} contains a secret value"
+
+
+def test_existing_secret_renders_no_secret_and_is_referenced(render: RenderFn) -> None:
+    keys = {
+        "larkVerificationToken": "tok",
+        "larkEncryptKey": "ek",
+        "larkEncryptKeyPrevious": "ek-old",
+        "kafkaSaslPassword": "pw",
+    }
+    r = render({"secrets": {"existingSecret": "my-creds", "keys": keys}}, secret_sets())
+    assert r.of_kind("Secret") == []
+    refs = secret_refs(r)
+    assert {ref["name"] for ref in refs.values()} == {"my-creds"}
+    assert refs["BRIDGE_LARK_VERIFICATION_TOKEN"] == {"name": "my-creds", "key": "tok"}
+    assert refs["BRIDGE_LARK_ENCRYPT_KEY"] == {"name": "my-creds", "key": "ek", "optional": True}
+    assert refs["BRIDGE_LARK_ENCRYPT_KEY_PREVIOUS"]["key"] == "ek-old"
+    assert refs["BRIDGE_KAFKA_SASL_PASSWORD"]["key"] == "pw"
+    for sentinel in SENTINELS.values():
+        for form in _secret_forms(sentinel):
+            assert form not in r.text
+    annotations = r.deployment["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" not in annotations
+
+
+def pod_annotations(r: Rendered) -> dict[str, str]:
+    annotations: dict[str, str] = r.deployment["spec"]["template"]["metadata"]["annotations"]
+    return annotations
+
+
+def test_checksum_changes_when_a_secret_value_changes(render: RenderFn) -> None:
+    a = pod_annotations(render(None, secret_sets()))
+    b = pod_annotations(render(None, secret_sets(larkEncryptKey="rotated-encrypt-key")))
+    assert a["checksum/secret"] != b["checksum/secret"]
+    assert a["checksum/config"] == b["checksum/config"]
+
+
+def test_checksum_changes_when_config_changes(render: RenderFn) -> None:
+    a = pod_annotations(render(None, secret_sets()))
+    b = pod_annotations(render({"config": {"log_level": "DEBUG"}}, secret_sets()))
+    assert a["checksum/config"] != b["checksum/config"]
+    assert a["checksum/secret"] == b["checksum/secret"]
+
+
+def test_sasl_without_password_fails_rendering(render: RenderFn) -> None:
+    with pytest.raises(HelmError, match="kafkaSaslPassword"):
+        render(SASL, {"secrets.larkVerificationToken": "t"})
+
+
+# --- hardening -------------------------------------------------------------------------------
+
+
+def test_security_context_is_hardened(render: RenderFn) -> None:
+    r = render()
+    pod, c = r.pod, r.container
+    psc, sc = pod["securityContext"], c["securityContext"]
+    assert psc["runAsNonRoot"] is True
+    assert psc["runAsUser"] == 10001
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["runAsNonRoot"] is True
+    assert sc["runAsUser"] == 10001
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in sc["capabilities"]
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    (tmp_mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]  # noqa: S108
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    assert tmp_mount["name"] in empty_dirs
+    assert c["resources"]["requests"]
+    assert c["resources"]["limits"]
+
+
+@pytest.mark.parametrize("source", ["secretName", "configMapName"])
+def test_kafka_ca_is_mounted_and_pointed_at(render: RenderFn, source: str) -> None:
+    r = render({"kafkaCa": {source: "kafka-ca", "key": "ca.pem"}})
+    cafile = r.env_configmap["BRIDGE_KAFKA_SSL_CAFILE"]
+    (mount,) = [m for m in r.container["volumeMounts"] if m["name"] == "kafka-ca"]
+    assert cafile == mount["mountPath"] + "/ca.crt"
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in r.pod["volumes"] if v["name"] == "kafka-ca"]
+    body = volume.get("secret") or volume.get("configMap")
+    assert body["items"] == [{"key": "ca.pem", "path": "ca.crt"}]
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+WRONG_TYPES = [
+    {"config": {"http_port": "eighty"}},
+    {"config": {"kafka_publish_timeout_s": "2s"}},
+    {"config": {"kafka_create_topics": "yes"}},
+    {"config": {"kafka_compression": "brotli"}},
+    {"replicaCount": "two"},
+    {"terminationGracePeriodSeconds": True},
+    {"secrets": {"existingSecret": ["not", "a", "string"]}},
+    {"ingress": {"hosts": "bridge.example.com"}},
+]
+
+
+@pytest.mark.parametrize("values", WRONG_TYPES, ids=json.dumps)
+def test_schema_rejects_wrong_types(chart: Helm, values: dict[str, Any]) -> None:
+    with pytest.raises(HelmError, match="schema"):
+        chart.render(values)
+    with pytest.raises(HelmError, match="schema"):
+        chart.lint(values)
+
+
+def test_schema_rejects_set_string_on_the_command_line(chart: Helm) -> None:
+    with pytest.raises(HelmError, match="schema"):
+        chart.render(None, None, "--set-string", "config.http_port=8080")
+
+
+def test_ci_values_lint_clean(chart: Helm) -> None:
+    chart.lint()
+    for values_file in CI_VALUES:
+        chart.lint(None, "--values", str(values_file))
+
+
+# --- optional resources -----------------------------------------------------------------------
+
+
+def test_optional_resources_are_off_by_default(render: RenderFn) -> None:
+    kinds = {d["kind"] for d in render().docs}
+    assert kinds == {
+        "ServiceAccount",
+        "Secret",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+    }
+
+
+def test_everything_on(render: RenderFn) -> None:
+    r = render({**SASL, **EVERYTHING_ON}, secret_sets())
+    kinds = {d["kind"] for d in r.docs}
+    assert {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"} <= kinds
+    assert "replicas" not in r.deployment["spec"]  # the HPA owns it
+    assert r.one("HorizontalPodAutoscaler")["apiVersion"] == "autoscaling/v2"
+    sm = r.one("ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["endpoints"][0]["port"] == "http"
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    paths = [p["path"] for rule in r.one("Ingress")["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths == [r.env_configmap["BRIDGE_HTTP_PATH"]]
+
+
+# --- NOTES.txt --------------------------------------------------------------------------------
+
+
+def notes(r: Rendered) -> str:
+    (cm,) = [c for c in r.of_kind("ConfigMap") if c["metadata"]["name"] == "test-notes"]
+    text: str = cm["data"]["notes"]
+    return text
+
+
+def test_notes_give_the_webhook_url_from_the_ingress(
+    render: RenderFn, chart_with_notes: Path
+) -> None:
+    values = {
+        "config": {"http_path": "/lark/events"},
+        "ingress": {
+            "enabled": True,
+            "hosts": ["bridge.example.com"],
+            "tls": [{"secretName": "tls", "hosts": ["bridge.example.com"]}],
+        },
+    }
+    text = notes(render(values, {"secrets.larkVerificationToken": "t"}, chart=chart_with_notes))
+    assert "https://bridge.example.com/lark/events" in text
+    assert "WARNING" in text  # bootstrap servers still 127.0.0.1
+
+
+def test_notes_without_ingress_give_a_port_forward_hint(
+    render: RenderFn, chart_with_notes: Path
+) -> None:
+    text = notes(render(None, None, chart=chart_with_notes))
+    assert "kubectl --namespace lark-test port-forward svc/t-lark-bridge" in text
+    assert "/webhook/event" in text
+    assert "larkVerificationToken is empty" in text

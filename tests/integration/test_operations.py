@@ -1,0 +1,198 @@
+"""Operating the bridge on a real broker: readiness follows the broker, metrics move by exact
+amounts, logs hold no secrets, SIGTERM drains without losing a 200."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.devtools.broker import free_port
+from bridge.devtools.platform import Platform
+from bridge.samples import sample
+from tests.conftest import KEY, TOKEN
+from tests.integration.conftest import read_topic
+from tests.integration.test_publish import with_token
+
+pytestmark = pytest.mark.integration
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def wait_status(bridge: Any, path: str, status: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (await bridge.get(path))[0] == status:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{path} never answered {status}")
+
+
+async def test_readiness_follows_the_broker(spare_broker: Any, start_bridge: Any) -> None:
+    await asyncio.to_thread(spare_broker.start, 120)
+    bridge = await start_bridge(spare_broker.bootstrap_servers)
+    assert (await bridge.get("/readyz"))[0] == 200
+    await asyncio.to_thread(spare_broker.stop)
+    await wait_status(bridge, "/readyz", 503)
+    status, body = await bridge.get("/readyz")
+    assert json.loads(body)["reason"] == "broker_unreachable"
+    assert (await bridge.get("/healthz"))[0] == 200
+    await asyncio.to_thread(spare_broker.start, 120)
+    await wait_status(bridge, "/readyz", 200)
+
+
+async def test_metrics_move_by_exact_amounts(broker: Any, start_bridge: Any) -> None:
+    bridge = await start_bridge(broker.bootstrap_servers)
+    before = samples_of((await bridge.get("/metrics"))[1])
+    p = bridge.platform
+    room = with_token(sample("vc.room.created_v1"), "m-room")
+    third = with_token(sample("third_party_meeting_room_event_created"), "m-3p")
+    unknown = with_token(sample("vc.room.created_v1"), "m-unknown")
+    unknown["header"]["event_type"] = "im.chat.created_v1"
+    sequence = [
+        p.handshake(TOKEN, "c"),
+        p.request(room),
+        p.request(room),  # duplicate
+        p.request(third),  # 2 records
+        p.request(unknown),  # dead letter
+        p.request(room, sign_key="wrong"),  # 401 signature_mismatch
+        p.request(room, timestamp="1000000000"),  # 401 timestamp_stale
+    ]
+    statuses = [(await bridge.send(r))[0] for r in sequence]
+    assert statuses == [200, 200, 200, 200, 200, 401, 401]
+    after = samples_of((await bridge.get("/metrics"))[1])
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    topics = bridge.settings
+    assert delta("bridge_requests_total", outcome="handshake", status="200") == 1
+    assert delta("bridge_requests_total", outcome="published", status="200") == 2
+    assert delta("bridge_requests_total", outcome="duplicate", status="200") == 1
+    assert delta("bridge_requests_total", outcome="dead_lettered", status="200") == 1
+    assert delta("bridge_requests_total", outcome="unauthorized", status="401") == 2
+    assert delta("bridge_events_published_total", lark_type="vc.room.created_v1", topic=topics.topic_room_created) == 1
+    assert delta(
+        "bridge_events_published_total",
+        lark_type="third_party_meeting_room_event_created",
+        topic=topics.topic_third_party_meeting_room_event,
+    ) == 2
+    assert delta("bridge_dead_letters_total", reason="unknown_event_type") == 1
+    assert delta("bridge_duplicates_suppressed_total") == 1
+    assert delta("bridge_auth_failures_total", reason="signature_mismatch") == 1
+    assert delta("bridge_auth_failures_total", reason="timestamp_stale") == 1
+    assert delta("bridge_request_duration_seconds_count", kind="handshake") == 1
+    assert delta("bridge_request_duration_seconds_count", kind="event") == 6
+    assert delta("bridge_broker_ack_duration_seconds_count") == 3
+    assert value(after, "bridge_dedup_entries") == 3
+    assert value(after, "bridge_requests_in_flight") == 0
+    text = (await bridge.get("/metrics"))[1]
+    assert TOKEN not in text and KEY not in text
+
+
+def _spawn_bridge(bootstrap: str, port: int, prefix: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_LARK_VERIFICATION_TOKEN=TOKEN,
+        BRIDGE_LARK_ENCRYPT_KEY=KEY,
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        BRIDGE_HTTP_HOST="127.0.0.1",
+        BRIDGE_HTTP_PORT=str(port),
+        BRIDGE_KAFKA_TOPIC_PARTITIONS="3",
+        BRIDGE_TOPIC_ROOM_CREATED=f"{prefix}.room",
+        BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED=f"{prefix}.cfg",
+        BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT=f"{prefix}.3p",
+        BRIDGE_TOPIC_DEAD_LETTER=f"{prefix}.dlq",
+        BRIDGE_SHUTDOWN_TIMEOUT_S="10",
+        BRIDGE_LOG_LEVEL="DEBUG",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: Any) -> None:
+    port = free_port()
+    prefix = f"sig-{port}"
+    proc = _spawn_bridge(broker.bootstrap_servers, port, prefix)
+    url = f"http://127.0.0.1:{port}"
+    platform = Platform(encrypt_key=KEY)
+    ok: list[str] = []
+    refused: list[int] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    async with session.get(url + "/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None, "bridge did not start"
+                await asyncio.sleep(0.2)
+
+            stop = asyncio.Event()
+
+            async def stream(worker: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    delivery_id = f"sig-{worker}-{n}"
+                    n += 1
+                    req = platform.request(with_token(sample("vc.room.created_v1"), delivery_id))
+                    try:
+                        async with aiohttp.ClientSession() as s:  # a fresh connection each time
+                            async with s.post(url + "/webhook/event", data=req.body, headers=req.headers) as r:
+                                if r.status == 200:
+                                    ok.append(delivery_id)
+                                else:
+                                    assert r.status == 503, r.status
+                                    refused.append(r.status)
+                    except aiohttp.ClientError:
+                        refused.append(0)
+                        await asyncio.sleep(0.02)
+
+            workers = [asyncio.create_task(stream(w)) for w in range(4)]
+            await asyncio.sleep(1.5)
+            sent_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 30)
+            took = time.monotonic() - sent_at
+            stop.set()
+            await asyncio.gather(*workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read() if proc.stdout else ""
+    assert code == 0 and took < 10, (code, took)
+    assert len(ok) > 20 and refused, (len(ok), len(refused))
+    msgs = await read_topic(broker.bootstrap_servers, f"{prefix}.room", expect=len(ok), timeout_s=30)
+    published = {json.loads(m.value)["id"] for m in msgs}
+    assert set(ok) <= published, f"answered 200 but missing: {set(ok) - published}"
+    # Logs: one JSON line per request, never a secret.
+    assert TOKEN not in output and KEY not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("event") == "request"]
+    assert len(requests) >= len(ok)
+    done = next(line for line in requests if line["outcome"] == "published")
+    assert {"request_id", "status", "latency_ms", "lark_type", "delivery_id", "tenant_key", "records"} <= set(done)
+    assert done["records"][0]["topic"] == f"{prefix}.room"

@@ -1,0 +1,87 @@
+"""The broker away: absent at start, restarted under traffic. Nothing answered 200 is lost, and
+the platform's retries (until 200) leave exactly one record per delivery id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from bridge.samples import sample
+from tests.integration.conftest import read_topic
+from tests.integration.test_publish import with_token
+
+pytestmark = pytest.mark.integration
+
+
+async def send_until_200(bridge: Any, body: dict[str, Any], *, timeout_s: float = 90.0) -> int:
+    """Retry like the platform (faster): re-sign and resend until 200. Returns the attempts."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            status, _ = await bridge.send(bridge.platform.request(body))
+        except OSError:
+            status = 0
+        if status == 200:
+            return attempts
+        assert status in (0, 503), status
+        assert loop.time() < deadline, "no 200 before the deadline"
+        await asyncio.sleep(0.2)
+
+
+async def test_broker_absent_at_start_then_appears(spare_broker: Any, start_bridge: Any) -> None:
+    bootstrap = f"127.0.0.1:{spare_broker.port}"
+    bridge = await start_bridge(bootstrap, wait_ready=False)
+    # Up without Kafka: handshake answered, events refused with 503, not ready.
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    status, body = await bridge.send(bridge.platform.handshake("vt-4f1c2d9a0b7e4e21a5c3", "early"))
+    assert (status, body) == (200, {"challenge": "early"}) and loop.time() - t0 < 1.0
+    event = with_token(sample("vc.room.created_v1"), "absent-1")
+    status, _ = await bridge.send(bridge.platform.request(event))
+    assert status == 503
+    assert (await bridge.get("/readyz"))[0] == 503
+    # The broker appears: the same bridge starts publishing, no restart.
+    await asyncio.to_thread(spare_broker.start, 120)
+    await bridge.wait_ready(timeout_s=60)
+    await send_until_200(bridge, event)
+    msgs = await read_topic(spare_broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
+    assert [json.loads(m.value)["id"] for m in msgs] == ["absent-1"]
+
+
+async def test_broker_restart_under_traffic_loses_nothing(spare_broker: Any, start_bridge: Any) -> None:
+    await asyncio.to_thread(spare_broker.start, 120)
+    bridge = await start_bridge(spare_broker.bootstrap_servers)
+    ids = [f"restart-{i:04d}" for i in range(400)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for i in ids:
+        queue.put_nowait(i)
+    answered: list[str] = []
+    retried = 0
+
+    async def sender() -> None:
+        nonlocal retried
+        while not queue.empty():
+            delivery_id = queue.get_nowait()
+            body = with_token(sample("third_party_meeting_room_event_created"), delivery_id)
+            body["event"]["meeting_rooms"] = [{"open_id": f"omm_r{int(delivery_id[-4:]) % 17}"}]
+            attempts = await send_until_200(bridge, body)
+            retried += attempts - 1
+            answered.append(delivery_id)
+
+    async def restarter() -> None:
+        while len(answered) < 100:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(spare_broker.restart, 120)
+
+    await asyncio.gather(restarter(), *(sender() for _ in range(8)))
+    assert sorted(answered) == ids
+    msgs = await read_topic(spare_broker.bootstrap_servers, bridge.settings.topic_third_party_meeting_room_event, expect=len(ids), timeout_s=60)
+    got = [json.loads(m.value)["larkeventid"] for m in msgs]
+    assert sorted(got) == ids, f"missing={set(ids) - set(got)} dup={len(got) - len(set(got))}"
+    print(f"\nrestart under traffic: {len(ids)} events, {retried} retries after 503s")
