@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write or check the JSON Schemas in schemas/")
     schemas.add_argument("action", choices=("write", "check"))
     schemas.add_argument("--dir", type=Path, default=Path("schemas"), help="schemas directory")
+    sub.add_parser("config-reference", help="print the settings table of README (markdown)")
     demo = sub.add_parser("demo", help="start a local broker and the bridge, send the samples, print the records")
     demo.add_argument("--kafka-version", default=None, help="Kafka version of the local broker")
     return parser
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         for rel in stale:
             print(f"out of date: {args.dir / rel} (run: python -m bridge schemas write)", file=sys.stderr)
         return 1 if stale else 0
+    if args.command == "config-reference":
+        from bridge.settings import settings_markdown
+
+        print(settings_markdown())
+        return 0
     if args.command == "demo":
         from bridge.devtools.demo import run_demo
 

@@ -314,3 +314,13 @@ def setting_docs() -> list[SettingDoc]:
             )
         )
     return rows
+
+
+def settings_markdown() -> str:
+    """README's configuration reference table, generated from :class:`Settings`."""
+    lines = ["| Variable | Default | Description |", "|---|---|---|"]
+    for d in setting_docs():
+        default = d.default if d.default.startswith("(") else f"`{d.default}`"
+        secret = " **Secret.**" if d.secret and "secret" not in d.description else ""
+        lines.append(f"| `{d.env}` | {default} | {d.description.replace('|', '/')}{secret} |")
+    return "\n".join(lines)

@@ -109,7 +109,7 @@ async def test_metrics_move_by_exact_amounts(broker: Any, start_bridge: Any) -> 
     assert TOKEN not in text and KEY not in text
 
 
-def _spawn_bridge(bootstrap: str, port: int, prefix: str) -> subprocess.Popen[str]:
+def _spawn_bridge(bootstrap: str, port: int, prefix: str, log_file: Any) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(
         BRIDGE_LARK_VERIFICATION_TOKEN=TOKEN,
@@ -126,14 +126,16 @@ def _spawn_bridge(bootstrap: str, port: int, prefix: str) -> subprocess.Popen[st
         BRIDGE_LOG_LEVEL="DEBUG",
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "bridge", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
     )
 
 
-async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: Any) -> None:
+async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: Any, tmp_path: Any) -> None:
     port = free_port()
     prefix = f"sig-{port}"
-    proc = _spawn_bridge(broker.bootstrap_servers, port, prefix)
+    log_path = tmp_path / "bridge.log"
+    log_file = log_path.open("w")
+    proc = _spawn_bridge(broker.bootstrap_servers, port, prefix, log_file)
     url = f"http://127.0.0.1:{port}"
     platform = Platform(encrypt_key=KEY)
     ok: list[str] = []
@@ -182,7 +184,8 @@ async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: A
     finally:
         if proc.poll() is None:
             proc.kill()
-    output = proc.stdout.read() if proc.stdout else ""
+    log_file.close()
+    output = log_path.read_text()
     assert code == 0 and took < 10, (code, took)
     assert len(ok) > 20 and refused, (len(ok), len(refused))
     msgs = await read_topic(broker.bootstrap_servers, f"{prefix}.room", expect=len(ok), timeout_s=30)
