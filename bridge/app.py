@@ -51,6 +51,7 @@ class AppState:
     sink: EventSink
     metrics: Metrics
     publisher: Publisher | None
+    ledger: DeliveryLedger | None = None
     draining: bool = False
 
 
@@ -207,6 +208,7 @@ def create_app(settings: Settings, *, sink: EventSink | None = None) -> web.Appl
     )
     publisher: Publisher | None = None
     delivery: KafkaDelivery | None = None
+    ledger: DeliveryLedger | None = None
     if sink is None:
         topics = topics_of(settings)
         publisher = Publisher(settings, topics, metrics)
@@ -218,7 +220,7 @@ def create_app(settings: Settings, *, sink: EventSink | None = None) -> web.Appl
     app = web.Application(
         client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware]
     )
-    app[STATE] = AppState(settings, verifier, sink, metrics, publisher)
+    app[STATE] = AppState(settings, verifier, sink, metrics, publisher, ledger)
     app.router.add_post(settings.http_path, handle_event)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
