@@ -44,6 +44,13 @@ from bridge.settings import Settings
 log = logging.getLogger("bridge.publish")
 
 PROBE_INTERVAL_S: Final = 1.0
+# How long the producer keeps retrying a batch (aiokafka's request timeout doubles as the batch
+# expiry). Far longer than BRIDGE_KAFKA_PUBLISH_TIMEOUT_S on purpose: the request is answered 503
+# after that, but the idempotent producer keeps resending the *same* batch (the broker drops
+# duplicates by sequence number) and, once acked, the delivery id counts as delivered. Expiring
+# it early instead would make the platform's retry publish a second copy of a batch that the
+# broker may already have written before an outage.
+PRODUCER_REQUEST_TIMEOUT_MS: Final = 30_000
 PROBE_TIMEOUT_S: Final = 2.0
 _FATAL: Final = (
     OutOfOrderSequenceNumber,
@@ -136,7 +143,7 @@ class Publisher:
             acks="all",
             compression_type=compression,
             linger_ms=0,
-            request_timeout_ms=max(1000, int(s.kafka_publish_timeout_s * 1000)),
+            request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
             retry_backoff_ms=100,
         )
 
