@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge.dedup import DeliveryLedger
@@ -194,11 +195,17 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def create_app(settings: Settings, *, sink: EventSink | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    sink: EventSink | None = None,
+    producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+) -> web.Application:
     """Build the bridge's aiohttp app from ``settings``.
 
     ``sink``: where authenticated events go; default is the Kafka delivery (producer started and
     stopped by the app's cleanup context). A test may pass its own and then no producer is made.
+    ``producer_factory``: see :class:`bridge.publish.Publisher`.
     """
     metrics = Metrics()
     verifier = Verifier(
@@ -211,7 +218,7 @@ def create_app(settings: Settings, *, sink: EventSink | None = None) -> web.Appl
     ledger: DeliveryLedger | None = None
     if sink is None:
         topics = topics_of(settings)
-        publisher = Publisher(settings, topics, metrics)
+        publisher = Publisher(settings, topics, metrics, producer_factory=producer_factory)
         ledger = DeliveryLedger(settings.dedup_ttl_s, settings.dedup_max_entries)
         delivery = KafkaDelivery(
             publisher, topics, ledger, metrics, timeout_s=settings.kafka_publish_timeout_s

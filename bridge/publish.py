@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -79,6 +79,23 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+def build_producer(settings: Settings) -> AIOKafkaProducer:
+    """The bridge's producer: idempotent (``acks=all``), connection/compression from settings.
+
+    Must be called with a running event loop (aiokafka binds it at construction).
+    """
+    compression = None if settings.kafka_compression.value == "none" else settings.kafka_compression.value
+    return AIOKafkaProducer(
+        **kafka_client_options(settings),
+        enable_idempotence=True,
+        acks="all",
+        compression_type=compression,
+        linger_ms=0,
+        request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
+        retry_backoff_ms=100,
+    )
+
+
 async def _default_replication(admin: AIOKafkaAdminClient) -> int:
     """The cluster's ``default.replication.factor`` (aiokafka's NewTopic can't ask for the
     broker default with -1), capped by the number of brokers."""
@@ -98,10 +115,20 @@ class Publisher:
 
     Start with :meth:`start` (returns at once; connection happens in the background) and end with
     :meth:`close`. ``ready`` is the readiness state; ``not_ready_reason`` says why not.
+    ``producer_factory`` makes each (re)placement producer; default: one configured from settings
+    (tests pass a factory that injects faults into real producers).
     """
 
-    def __init__(self, settings: Settings, topics: Topics, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        metrics: Metrics,
+        *,
+        producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
         self._settings = settings
+        self._factory = producer_factory or (lambda: build_producer(settings))
         self._topics = topics
         self._metrics = metrics
         self._producer: AIOKafkaProducer | None = None
@@ -134,23 +161,10 @@ class Publisher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), timeout_s)
 
-    def _new_producer(self) -> AIOKafkaProducer:
-        s = self._settings
-        compression = None if s.kafka_compression.value == "none" else s.kafka_compression.value
-        return AIOKafkaProducer(
-            **kafka_client_options(s),
-            enable_idempotence=True,
-            acks="all",
-            compression_type=compression,
-            linger_ms=0,
-            request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
-            retry_backoff_ms=100,
-        )
-
     async def _supervise(self) -> None:
         backoff = 0.2
         while not self._closing:
-            producer = self._new_producer()
+            producer = self._factory()
             try:
                 await producer.start()
             except Exception as exc:  # broker absent or refusing: stay up, answer 503, retry

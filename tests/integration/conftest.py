@@ -99,12 +99,16 @@ class RunningBridge:
 
 @pytest.fixture
 async def start_bridge() -> AsyncIterator[Callable[..., Any]]:
-    """``await start_bridge(bootstrap, wait_ready=True, **env)`` → :class:`RunningBridge`."""
+    """``await start_bridge(bootstrap, wait_ready=True, producer_factory=None, **env)`` →
+    :class:`RunningBridge`; ``producer_factory(settings)`` makes the producers (fault injection)."""
     running: list[RunningBridge] = []
 
-    async def start(bootstrap: str, *, wait_ready: bool = True, **env: str) -> RunningBridge:
+    async def start(
+        bootstrap: str, *, wait_ready: bool = True, producer_factory: Any = None, **env: str
+    ) -> RunningBridge:
         settings = bridge_settings(bootstrap, **env)
-        server = TestServer(create_app(settings), port=free_port())
+        factory = (lambda: producer_factory(settings)) if producer_factory else None
+        server = TestServer(create_app(settings, producer_factory=factory), port=free_port())
         await server.start_server()
         session = aiohttp.ClientSession()
         rb = RunningBridge(settings, server, session, Platform(encrypt_key=KEY))

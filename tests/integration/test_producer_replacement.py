@@ -1,0 +1,63 @@
+"""A producer stuck on a fatal idempotence error is replaced, and publishing resumes.
+
+Fault injection on a real producer against the real broker: the first ``send`` of the first
+producer raises ``OutOfOrderSequenceNumber`` (what aiokafka's idempotent producer can get stuck
+with after an outage); everything else is the real aiokafka producer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import OutOfOrderSequenceNumber
+
+from bridge.publish import build_producer
+from bridge.samples import sample
+from tests.integration.conftest import read_topic
+from tests.integration.test_publish import with_token
+
+pytestmark = pytest.mark.integration
+
+
+class StuckOnce:
+    """Delegates to a real producer, but its first send raises OutOfOrderSequenceNumber."""
+
+    def __init__(self, real: AIOKafkaProducer) -> None:
+        self._real = real
+        self._failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._failed:
+            self._failed = True
+            raise OutOfOrderSequenceNumber()
+        return await self._real.send(*args, **kwargs)
+
+
+async def test_fatal_idempotence_error_replaces_the_producer(broker: Any, start_bridge: Any) -> None:
+    made: list[Any] = []
+
+    def factory(settings: Any) -> Any:
+        producer = build_producer(settings)
+        wrapped = StuckOnce(producer) if not made else producer
+        made.append(wrapped)
+        return wrapped
+
+    bridge = await start_bridge(broker.bootstrap_servers, producer_factory=factory)
+    body = with_token(sample("vc.room.created_v1"), "stuck-1")
+    status, _ = await bridge.send(bridge.platform.request(body))
+    assert status == 503  # not delivered: the platform will retry
+    await bridge.wait_ready()
+    status, _ = await bridge.send(bridge.platform.request(body))
+    assert status == 200
+    assert len(made) == 2 and isinstance(made[0], StuckOnce)
+    m = bridge.metrics
+    assert m.producer_replacements.labels(reason="OutOfOrderSequenceNumber")._value.get() == 1  # noqa: SLF001
+    assert m.producer_starts._value.get() == 2  # noqa: SLF001
+    msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
+    assert [json.loads(x.value)["id"] for x in msgs] == ["stuck-1"]
