@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test unit deps broker-jars helm-check bench clean
+.PHONY: demo test unit lint deps broker-jars helm-check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ demo: broker-jars
 helm-check: deps
 	PYTHON=$(PY) bash .ci/helm.sh
 
+## ruff + mypy --strict.
+lint: deps
+	$(PY) -m ruff check bridge tests benchmarks
+	$(PY) -m mypy
+
 ## The whole test suite against a real broker (what CI runs).
-test: broker-jars helm-check
+test: lint broker-jars helm-check
 	$(PY) -m bridge schemas check
 	$(PY) -m pytest
 

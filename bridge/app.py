@@ -106,8 +106,6 @@ async def error_middleware(
     try:
         try:
             response = await handler(request)
-            rl.status = response.status
-            return response
         except BridgeError as exc:
             rl.status = exc.status
             rl.outcome = _OUTCOME_OF_STATUS.get(exc.status, "error")
@@ -123,6 +121,9 @@ async def error_middleware(
             rl.status, rl.outcome = 500, "error"
             log.exception("unhandled error", request_id=rl.request_id)
             return _answer({"msg": "internal error"}, 500)
+        else:
+            rl.status = response.status
+            return response
     finally:
         elapsed = time.perf_counter() - started
         metrics.in_flight.dec()

@@ -116,7 +116,7 @@ def _tree_of(t: Any) -> _Tree:
     return walk(mi.type_info(t))
 
 
-_HEADER_TREE: Final = {f: None for f in ("event_id", "event_type", "create_time", "token", "app_id", "tenant_key")}
+_HEADER_TREE: Final = dict.fromkeys(("event_id", "event_type", "create_time", "token", "app_id", "tenant_key"))
 _TREES_V2: Final = {
     t: {"schema": None, "header": _HEADER_TREE, "event": _tree_of(cls)}
     for t, cls in ev.DATA_TYPES.items()
@@ -288,11 +288,15 @@ def _decode_v1(auth: Authenticated) -> DecodedEvent:
     outer = auth.outer
     delivery_id = outer.uuid if isinstance(outer.uuid, str) and outer.uuid else None
     if not outer.event:
-        raise DecodeFailure("invalid_event", "Object missing required field `event` - at `$`", path="$", delivery_id=delivery_id)
+        raise DecodeFailure(
+            "invalid_event", "Object missing required field `event` - at `$`", path="$", delivery_id=delivery_id
+        )
     try:
         lark_type = _peek_v1.decode(outer.event).type
     except msgspec.DecodeError:
-        raise DecodeFailure("invalid_event", "Expected `object` - at `$.event`", path="$.event", delivery_id=delivery_id) from None
+        raise DecodeFailure(
+            "invalid_event", "Expected `object` - at `$.event`", path="$.event", delivery_id=delivery_id
+        ) from None
     known: dict[str, Any] = {"lark_type": lark_type if isinstance(lark_type, str) else None, "delivery_id": delivery_id}
     if lark_type not in ev.THIRD_PARTY_TYPES:
         raise DecodeFailure(
@@ -319,7 +323,9 @@ def _decode_v1(auth: Authenticated) -> DecodedEvent:
         try:
             time_ms = _in_range(data.event_time)
         except ValueError as exc:
-            raise DecodeFailure("invalid_event", f"{exc} - at `$.event.event_time`", path="$.event.event_time", **known) from None
+            raise DecodeFailure(
+                "invalid_event", f"{exc} - at `$.event.event_time`", path="$.event.event_time", **known
+            ) from None
     else:
         try:
             time_ms = parse_ts_seconds(outer.ts)

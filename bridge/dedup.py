@@ -30,7 +30,7 @@ class DeliveryLedger:
     remembered for at least ``ttl_s`` and at most ``ttl_s · (1 + 1/64)`` seconds.
     """
 
-    __slots__ = ("_ttl_s", "_max", "_clock", "_span", "_gen", "_entries", "_buckets", "_in_flight")
+    __slots__ = ("_buckets", "_clock", "_entries", "_gen", "_in_flight", "_max", "_span", "_ttl_s")
 
     def __init__(
         self, ttl_s: float, max_entries: int, *, clock: Callable[[], float] = time.monotonic

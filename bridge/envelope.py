@@ -264,7 +264,7 @@ ThirdPartyMeetingRoomEventEnvelope = CloudEvent[ThirdPartyMeetingRoomEventData]
 DATA_TYPES: Final[dict[str, type[Any]]] = {
     ROOM_CREATED: RoomCreatedData,
     RESERVE_CONFIG_UPDATED: ReserveConfigUpdatedData,
-    **{t: ThirdPartyMeetingRoomEventData for t in THIRD_PARTY_TYPES},
+    **dict.fromkeys(THIRD_PARTY_TYPES, ThirdPartyMeetingRoomEventData),
 }
 
 # ---- dead letters ---------------------------------------------------------------------------

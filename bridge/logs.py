@@ -21,7 +21,7 @@ def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) 
 
     Process-wide by nature (the logging module is); call once at start.
     """
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

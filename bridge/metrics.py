@@ -45,7 +45,8 @@ class Metrics:
             ["kind"], buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.ack_latency = Histogram(
-            "bridge_broker_ack_duration_seconds", "From handing a request's records to the producer to the broker's last ack.",
+            "bridge_broker_ack_duration_seconds",
+            "From handing a request's records to the producer to the broker's last ack.",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.publish_failures = Counter(
@@ -56,7 +57,10 @@ class Metrics:
             registry=r,
         )
         self.producer_replacements = Counter(
-            "bridge_producer_replacements_total", "Producers replaced after a fatal error, by reason.", ["reason"], registry=r,
+            "bridge_producer_replacements_total",
+            "Producers replaced after a fatal error, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.dedup_entries = Gauge(
             "bridge_dedup_entries", "Delivery ids held in the dedup window.", registry=r,

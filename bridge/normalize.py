@@ -48,7 +48,7 @@ class Topics:
     ) -> Topics:
         """Topics from the four configured names; all three third-party kinds share one topic."""
         by_type = {ev.ROOM_CREATED: room_created, ev.RESERVE_CONFIG_UPDATED: reserve_config_updated}
-        by_type.update({t: third_party for t in ev.THIRD_PARTY_TYPES})
+        by_type.update(dict.fromkeys(ev.THIRD_PARTY_TYPES, third_party))
         return cls(by_type=by_type, dead_letter=dead_letter)
 
     def all(self) -> tuple[str, ...]:

@@ -72,7 +72,8 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     if settings.kafka_security_protocol.endswith("SSL"):
         opts["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
     if settings.kafka_security_protocol.startswith("SASL_"):
-        assert settings.kafka_sasl_mechanism is not None and settings.kafka_sasl_password is not None
+        assert settings.kafka_sasl_mechanism is not None
+        assert settings.kafka_sasl_password is not None
         opts["sasl_mechanism"] = settings.kafka_sasl_mechanism.value
         opts["sasl_plain_username"] = settings.kafka_sasl_username
         opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
@@ -99,7 +100,7 @@ def build_producer(settings: Settings) -> AIOKafkaProducer:
 async def _default_replication(admin: AIOKafkaAdminClient) -> int:
     """The cluster's ``default.replication.factor`` (aiokafka's NewTopic can't ask for the
     broker default with -1), capped by the number of brokers."""
-    brokers = admin._client.cluster.brokers()  # noqa: SLF001 - aiokafka has no public accessor
+    brokers = admin._client.cluster.brokers()
     node = min(b.nodeId for b in brokers) if brokers else 1
     responses = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(node))])
     for response in responses:
@@ -202,7 +203,7 @@ class Publisher:
                     missing = set(self._topics.all()) - set(metadata.topics())
                 self._topics_known = not missing
                 self.not_ready_reason = "topics_missing" if missing else ""
-            except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 self._connected = False
                 self.not_ready_reason = "broker_unreachable"
                 log.debug("metadata probe failed: %s", type(exc).__name__)

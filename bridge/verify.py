@@ -157,7 +157,7 @@ class Verifier:
     signature timestamp accepted, in seconds. The secrets never appear in ``repr`` or errors.
     """
 
-    __slots__ = ("_token", "_keys", "_max_age_s")
+    __slots__ = ("_keys", "_max_age_s", "_token")
 
     def __init__(
         self, verification_token: str, encrypt_keys: tuple[str, ...] = (), *, max_age_s: int

@@ -72,7 +72,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -235,7 +235,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on *host* that was free a moment ago (bind to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -529,9 +530,10 @@ class LocalBroker:
 
     # -- state files ---------------------------------------------------------
 
-    def _read_state(self) -> dict:
+    def _read_state(self) -> dict[str, Any]:
         try:
-            return json.loads((self.state_dir / _STATE_FILE).read_text())
+            state: dict[str, Any] = json.loads((self.state_dir / _STATE_FILE).read_text())
+            return state
         except (OSError, ValueError):
             return {}
 

@@ -24,7 +24,7 @@ from bridge.devtools.broker import LocalBroker, free_port
 from bridge.devtools.platform import Platform
 from bridge.samples import SAMPLE_TYPES, sample
 
-DEMO_TOKEN = "demo-verification-token"
+DEMO_TOKEN = "demo-verification-token"  # noqa: S105 - a demo value, not a secret
 DEMO_KEY = "demo-encrypt-key"
 TOPICS = (
     "lark.vc.room.created_v1",
@@ -82,7 +82,8 @@ async def _exercise(base: str, path: str, bootstrap: str) -> int:
             for msgs in batch.values():
                 for m in msgs:
                     found += 1
-                    print(f"\n--- topic={m.topic} key={m.key.decode() if m.key else None} partition={m.partition} offset={m.offset}")
+                    key = m.key.decode() if m.key else None
+                    print(f"\n--- topic={m.topic} key={key} partition={m.partition} offset={m.offset}")
                     print(json.dumps(json.loads(m.value), indent=2, ensure_ascii=False))
     finally:
         await consumer.stop()
@@ -107,7 +108,8 @@ def run_demo(*, kafka_version: str | None = None) -> int:
     )
     bridge = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env)
     try:
-        print(f"bridge listening on http://127.0.0.1:{port}/webhook/event (kafka {broker.bootstrap_servers})", flush=True)
+        url = f"http://127.0.0.1:{port}/webhook/event"
+        print(f"bridge listening on {url} (kafka {broker.bootstrap_servers})", flush=True)
         return asyncio.run(_exercise(f"http://127.0.0.1:{port}", "/webhook/event", broker.bootstrap_servers))
     finally:
         bridge.send_signal(signal.SIGTERM)

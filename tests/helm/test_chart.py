@@ -532,7 +532,7 @@ def test_security_context_is_hardened(render: RenderFn) -> None:
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     assert pod["enableServiceLinks"] is False
-    (tmp_mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]  # noqa: S108
+    (tmp_mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     assert tmp_mount["name"] in empty_dirs
     assert c["resources"]["requests"]

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.app import create_app
 from bridge.delivery import Outcome
-from bridge.devtools.platform import Platform, compact
+from bridge.devtools.platform import Platform
 from bridge.errors import Unavailable
 from bridge.samples import sample
 from bridge.settings import load_settings

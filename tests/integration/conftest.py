@@ -7,7 +7,6 @@ These tests are never skipped: without Java or the broker jars they fail (CI ins
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -134,7 +133,7 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: floa
         parts = consumer.partitions_for_topic(topic)
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not parts and asyncio.get_running_loop().time() < deadline:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public API for this
+            await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic)
             await asyncio.sleep(0.2)
         tps = [TopicPartition(topic, p) for p in sorted(parts or ())]

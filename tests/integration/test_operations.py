@@ -53,7 +53,7 @@ async def test_readiness_follows_the_broker(spare_broker: Any, start_bridge: Any
     assert (await bridge.get("/readyz"))[0] == 200
     await asyncio.to_thread(spare_broker.stop)
     await wait_status(bridge, "/readyz", 503)
-    status, body = await bridge.get("/readyz")
+    _, body = await bridge.get("/readyz")
     assert json.loads(body)["reason"] == "broker_unreachable"
     assert (await bridge.get("/healthz"))[0] == 200
     await asyncio.to_thread(spare_broker.start, 120)

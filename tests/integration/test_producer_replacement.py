@@ -57,7 +57,7 @@ async def test_fatal_idempotence_error_replaces_the_producer(broker: Any, start_
     assert status == 200
     assert len(made) == 2 and isinstance(made[0], StuckOnce)
     m = bridge.metrics
-    assert m.producer_replacements.labels(reason="OutOfOrderSequenceNumber")._value.get() == 1  # noqa: SLF001
-    assert m.producer_starts._value.get() == 2  # noqa: SLF001
+    assert m.producer_replacements.labels(reason="OutOfOrderSequenceNumber")._value.get() == 1
+    assert m.producer_starts._value.get() == 2
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
     assert [json.loads(x.value)["id"] for x in msgs] == ["stuck-1"]

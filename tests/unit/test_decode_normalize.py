@@ -76,7 +76,7 @@ def test_third_party_fans_out_one_record_per_room(lark_type: str) -> None:
     out = records(body)
     rooms = [r["open_id"] for r in body["event"]["meeting_rooms"]]
     assert [k for _, k, _ in out] == [r.encode() for r in rooms]
-    for (topic, key, env), room in zip(out, rooms, strict=True):
+    for (topic, _, env), room in zip(out, rooms, strict=True):
         assert topic == "t.3p" and env["type"] == lark_type
         assert env["id"] == f"bc447199585340d1f3728d26b1c0297a:{room}"
         assert env["larkeventid"] == "bc447199585340d1f3728d26b1c0297a"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+
 import pytest
-from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from bridge.devtools.platform import Platform, compact
