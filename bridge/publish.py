@@ -168,6 +168,10 @@ class Publisher:
             producer = self._factory()
             try:
                 await producer.start()
+            except asyncio.CancelledError:  # closing while connecting: don't leak the producer
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 5.0)
+                raise
             except Exception as exc:  # broker absent or refusing: stay up, answer 503, retry
                 self.not_ready_reason = "broker_unreachable"
                 log.warning("kafka producer could not connect: %s; retrying in %.1fs", type(exc).__name__, backoff)

@@ -231,6 +231,18 @@ def _java() -> str:
 # --------------------------------------------------------------------------
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """*n* distinct TCP ports on *host* that were free a moment ago (all bound at once)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on *host* that was free a moment ago (bind to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -430,6 +442,8 @@ class LocalBroker:
     :param jvm_opts: JVM flags replacing :data:`DEFAULT_JVM_OPTS`.
     :param auto_create_topics: value of ``auto.create.topics.enable``.
     :param extra_properties: extra/overriding ``server.properties`` entries.
+    :param format_args: extra ``kafka-storage format`` arguments (e.g. ``--add-scram …`` to
+        create SCRAM users for SASL tests).
 
     Usable as a context manager: ``__enter__`` calls :meth:`start`,
     ``__exit__`` calls :meth:`stop` and :meth:`cleanup`.
@@ -445,6 +459,7 @@ class LocalBroker:
         jvm_opts: Sequence[str] | None = None,
         auto_create_topics: bool = True,
         extra_properties: Mapping[str, object] | None = None,
+        format_args: Sequence[str] = (),
     ) -> None:
         self._owns_state_dir = state_dir is None
         self.state_dir = Path(state_dir if state_dir is not None else tempfile.mkdtemp(prefix="bridge-kafka-"))
@@ -456,6 +471,7 @@ class LocalBroker:
         self.jvm_opts = tuple(DEFAULT_JVM_OPTS if jvm_opts is None else jvm_opts)
         self.auto_create_topics = auto_create_topics
         self.extra_properties = dict(extra_properties or {})
+        self.format_args = tuple(format_args)
         self._proc: subprocess.Popen[bytes] | None = None
         #: Seconds the last successful :meth:`start` took (JVM launch to broker answering Metadata).
         self.last_start_s: float | None = None
@@ -630,7 +646,7 @@ class LocalBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = self._java_cmd(
             libs, "kafka.tools.StorageTool",
-            "format", "-t", _new_cluster_id(), "-c", str(self.config_path),
+            "format", "-t", _new_cluster_id(), "-c", str(self.config_path), *self.format_args,
         )
         try:
             res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.app import STATE, create_app
-from bridge.devtools.broker import LocalBroker, free_port
+from bridge.devtools.broker import LocalBroker, free_port, free_ports
 from bridge.devtools.platform import Platform, PlatformRequest
 from bridge.settings import Settings, load_settings
 from tests.conftest import KEY, TOKEN
@@ -39,7 +39,8 @@ def broker() -> Iterator[LocalBroker]:
 @pytest.fixture
 def spare_broker() -> Iterator[LocalBroker]:
     """A broker of its own, NOT started: for absent-at-start and restart tests."""
-    b = LocalBroker(port=free_port(), controller_port=free_port())
+    port, controller_port = free_ports(2)
+    b = LocalBroker(port=port, controller_port=controller_port)
     yield b
     b.stop()
     b.cleanup()
