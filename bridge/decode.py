@@ -14,6 +14,7 @@ Pure functions; no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -213,6 +214,27 @@ def _validation_failure(exc: msgspec.ValidationError, prefix: str, **known: Any)
     return DecodeFailure("invalid_event", f"{text} - at `{path}`", path=path, **known)
 
 
+def _time_at(parse: Callable[[Any], int], value: Any, path: str, known: dict[str, Any]) -> int:
+    """``parse(value)`` (unix ms), or the ``invalid_event`` failure at ``path``."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise DecodeFailure("invalid_event", f"{exc} - at `{path}`", path=path, **known) from None
+
+
+def _decoded(auth: Authenticated, tree: _Tree, data: Any, time_ms: int, known: dict[str, Any]) -> DecodedEvent:
+    """The :class:`DecodedEvent`, with the payload's unmodelled fields carried in ``data``."""
+    data.unmodelled = unmodelled_fields(_generic.decode(auth.payload), tree) or None
+    return DecodedEvent(
+        lark_type=known["lark_type"],
+        delivery_id=known["delivery_id"],
+        app_id=known["app_id"],
+        tenant_key=known["tenant_key"],
+        time_ms=time_ms,
+        data=data,
+    )
+
+
 def decode(auth: Authenticated) -> DecodedEvent:
     """Decode an authenticated non-handshake payload into a :class:`DecodedEvent`.
 
@@ -266,22 +288,8 @@ def _decode_v2(auth: Authenticated) -> DecodedEvent:
         data = decoder.decode(outer.event)
     except msgspec.ValidationError as exc:
         raise _validation_failure(exc, "$.event", **known) from None
-    try:
-        time_ms = parse_create_time(header.create_time)
-    except ValueError as exc:
-        raise DecodeFailure(
-            "invalid_event", f"{exc} - at `$.header.create_time`", path="$.header.create_time", **known
-        ) from None
-    extra = unmodelled_fields(_generic.decode(auth.payload), _TREES_V2[header.event_type])
-    data.unmodelled = extra or None
-    return DecodedEvent(
-        lark_type=header.event_type,
-        delivery_id=header.event_id,
-        app_id=header.app_id,
-        tenant_key=header.tenant_key,
-        time_ms=time_ms,
-        data=data,
-    )
+    time_ms = _time_at(parse_create_time, header.create_time, "$.header.create_time", known)
+    return _decoded(auth, _TREES_V2[header.event_type], data, time_ms, known)
 
 
 def _decode_v1(auth: Authenticated) -> DecodedEvent:
@@ -320,24 +328,7 @@ def _decode_v1(auth: Authenticated) -> DecodedEvent:
             "invalid_event", f"Object missing required field `{field}` - at `$.event`", path=f"$.event.{field}", **known
         )
     if data.event_time is not None:
-        try:
-            time_ms = _in_range(data.event_time)
-        except ValueError as exc:
-            raise DecodeFailure(
-                "invalid_event", f"{exc} - at `$.event.event_time`", path="$.event.event_time", **known
-            ) from None
+        time_ms = _time_at(_in_range, data.event_time, "$.event.event_time", known)
     else:
-        try:
-            time_ms = parse_ts_seconds(outer.ts)
-        except ValueError as exc:
-            raise DecodeFailure("invalid_event", f"{exc} - at `$.ts`", path="$.ts", **known) from None
-    extra = unmodelled_fields(_generic.decode(auth.payload), _TREE_V1)
-    data.unmodelled = extra or None
-    return DecodedEvent(
-        lark_type=lark_type,
-        delivery_id=delivery_id,
-        app_id=data.app_id,
-        tenant_key=data.tenant_key,
-        time_ms=time_ms,
-        data=data,
-    )
+        time_ms = _time_at(parse_ts_seconds, outer.ts, "$.ts", known)
+    return _decoded(auth, _TREE_V1, data, time_ms, known)
