@@ -109,13 +109,17 @@ def decrypt(encrypted: str, encrypt_key: str) -> bytes:
     Returns the plaintext bytes. Raises :class:`AuthenticationError` with reason ``bad_base64``,
     ``bad_ciphertext_length`` (not IV + n·16 bytes, n ≥ 1) or ``bad_padding``.
     """
+    return _decrypt(encrypted, _aes_key(encrypt_key))
+
+
+def _decrypt(encrypted: str, aes_key: bytes) -> bytes:
     try:
         raw = base64.b64decode(encrypted, validate=True)
     except (binascii.Error, ValueError):
         raise AuthenticationError("bad_base64") from None
     if len(raw) < 2 * _BLOCK or len(raw) % _BLOCK:
         raise AuthenticationError("bad_ciphertext_length")
-    dec = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(raw[:_BLOCK])).decryptor()
+    dec = Cipher(algorithms.AES(aes_key), modes.CBC(raw[:_BLOCK])).decryptor()
     padded = dec.update(raw[_BLOCK:]) + dec.finalize()
     unpadder = padding.PKCS7(128).unpadder()
     try:
@@ -157,7 +161,7 @@ class Verifier:
     signature timestamp accepted, in seconds. The secrets never appear in ``repr`` or errors.
     """
 
-    __slots__ = ("_keys", "_max_age_s", "_token")
+    __slots__ = ("_aes", "_keys", "_max_age_s", "_token")
 
     def __init__(
         self, verification_token: str, encrypt_keys: tuple[str, ...] = (), *, max_age_s: int
@@ -166,6 +170,7 @@ class Verifier:
             raise ValueError("verification token must not be empty")
         self._token = verification_token
         self._keys = tuple(k for k in encrypt_keys if k)
+        self._aes = {k: _aes_key(k) for k in self._keys}  # SHA-256 of each key, once
         self._max_age_s = max_age_s
 
     def __repr__(self) -> str:
@@ -253,7 +258,7 @@ class Verifier:
         error: AuthenticationError | None = None
         for key in keys:
             try:
-                plaintext = decrypt(encrypted, key)
+                plaintext = _decrypt(encrypted, self._aes[key])
                 return plaintext, _decode_plaintext(plaintext)
             except AuthenticationError as exc:
                 error = error or exc
