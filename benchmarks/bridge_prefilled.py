@@ -44,8 +44,7 @@ def main() -> int:
         for i in range(count):
             ledger.mark_delivered(f"prefill-{i:010d}")
         print(
-            f"bridge_prefilled: dedup window holds {len(ledger):,} ids "
-            f"(filled in {time.perf_counter() - t0:.1f}s)",
+            f"bridge_prefilled: dedup window holds {len(ledger):,} ids (filled in {time.perf_counter() - t0:.1f}s)",
             file=sys.stderr,
             flush=True,
         )

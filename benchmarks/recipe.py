@@ -79,7 +79,11 @@ def event():  # type: ignore[no-untyped-def]
 
 @app.route("/readyz", methods=["GET"])
 def readyz():  # type: ignore[no-untyped-def]
-    return ({"status": "ok"}, 200) if producer.bootstrap_connected() else ({"status": "starting"}, 503)
+    try:  # metadata of the three topics (blocks up to max_block_ms when the broker is away)
+        ok = all(producer.partitions_for(t) for t in (TOPIC_ROOM_CREATED, TOPIC_RESERVE_CONFIG, TOPIC_THIRD_PARTY))
+    except Exception:
+        ok = False
+    return ({"status": "ok"}, 200) if ok else ({"status": "starting"}, 503)
 
 
 if __name__ == "__main__":

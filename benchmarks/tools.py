@@ -1,11 +1,14 @@
-"""Benchmark plumbing: tools (vegeta, the Go sink, bench-only Python deps), processes, /proc stats.
+"""Benchmark plumbing: tools (loadgen, sink, vegeta, bench-only Python deps), processes, /proc stats.
 
-* vegeta (load generator): ``github.com/tsenart/vegeta/v12`` at :data:`VEGETA_VERSION` from the Go
-  module proxy, built into ``~/.cache/lark-bridge/bin/vegeta-<version>``. ``go install …@version``
-  would be the one-liner, but it also asks the proxy for the module's version list (deprecation
-  check), which some proxies refuse; ``go mod download`` + ``go build`` of the same module version
-  needs only that version (checksummed against sum.golang.org as usual).
-* bench-sink: ``benchmarks/sink/main.go`` (standard library only), for the load-generator check.
+* vegeta (cross-check of the load generator's numbers): ``github.com/tsenart/vegeta/v12`` at
+  :data:`VEGETA_VERSION` from the Go module proxy, built into
+  ``~/.cache/lark-bridge/bin/vegeta-<version>``. ``go install …@version`` would be the one-liner,
+  but it also asks the proxy for the module's version list (deprecation check), which some
+  proxies refuse; ``go mod download`` + ``go build`` of the same module version needs only that
+  version (checksummed against sum.golang.org as usual).
+* bench-loadgen: ``benchmarks/loadgen/main.go`` (standard library only), the open-loop load
+  generator; bench-sink: ``benchmarks/sink/main.go``, a Go ``net/http`` server for the
+  load-generator check. Both built with the local Go toolchain (no download).
 * Python bench-only deps: ``benchmarks/requirements.txt`` (pinned), installed into the running
   interpreter's environment with pip when one is missing.
 """
@@ -46,11 +49,21 @@ def ensure_python_deps() -> None:
     missing = [m for m in ("flask", "kafka", "matplotlib") if importlib.util.find_spec(m) is None]
     if not missing:
         return
-    print(f"installing bench-only Python deps ({', '.join(missing)} missing) from benchmarks/requirements.txt",
-          flush=True)
+    print(
+        f"installing bench-only Python deps ({', '.join(missing)} missing) from benchmarks/requirements.txt", flush=True
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "-c", str(REPO / "constraints.txt"),
-         "-r", str(BENCH_DIR / "requirements.txt")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-c",
+            str(REPO / "constraints.txt"),
+            "-r",
+            str(BENCH_DIR / "requirements.txt"),
+        ],
         check=True,
     )
     importlib.invalidate_caches()
@@ -71,32 +84,66 @@ def ensure_vegeta() -> Path:
         return dest
     go = _go()
     print(f"building vegeta {VEGETA_VERSION} from the Go module proxy into {dest}", flush=True)
-    info = json.loads(subprocess.run(
-        [go, "mod", "download", "-json", f"{VEGETA_MODULE}@{VEGETA_VERSION}"],
-        check=True, capture_output=True, text=True, cwd="/",
-    ).stdout)
+    info = json.loads(
+        subprocess.run(
+            [go, "mod", "download", "-json", f"{VEGETA_MODULE}@{VEGETA_VERSION}"],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd="/",
+        ).stdout
+    )
     env = dict(os.environ, GOFLAGS="-buildvcs=false -mod=readonly")
     subprocess.run(
         [go, "build", "-trimpath", "-ldflags", f"-X main.Version={VEGETA_VERSION}", "-o", str(dest), "."],
-        check=True, cwd=info["Dir"], env=env,
+        check=True,
+        cwd=info["Dir"],
+        env=env,
     )
     return dest
 
 
-def ensure_sink() -> Path:
-    """Path of the Go sink server (rebuilt when its source is newer)."""
-    src = BENCH_DIR / "sink" / "main.go"
-    dest = cache_bin() / "bench-sink"
+def _build_go(name: str) -> Path:
+    src = BENCH_DIR / name / "main.go"
+    dest = cache_bin() / f"bench-{name}"
     if not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime:
-        subprocess.run([_go(), "build", "-trimpath", "-o", str(dest), str(src)], check=True, cwd="/",
-                       env=dict(os.environ, GO111MODULE="off"))
+        subprocess.run(
+            [_go(), "build", "-trimpath", "-o", str(dest), str(src)],
+            check=True,
+            cwd="/",
+            env=dict(os.environ, GO111MODULE="off"),
+        )
     return dest
+
+
+def ensure_sink() -> Path:
+    """Path of the Go sink server ``benchmarks/sink`` (rebuilt when its source is newer)."""
+    return _build_go("sink")
+
+
+def ensure_loadgen() -> Path:
+    """Path of the load generator ``benchmarks/loadgen`` (rebuilt when its source is newer)."""
+    return _build_go("loadgen")
+
+
+def git_revision() -> str:
+    """The commit of the tree being measured, ``+ uncommitted changes in bridge/`` when dirty."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "bridge"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return f"commit {rev}" + (" + uncommitted changes in bridge/" if dirty else "")
 
 
 def tool_version(argv: list[str]) -> str:
     """First line of a tool's version output ('' when it fails)."""
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     text = (out.stdout or out.stderr).strip()
@@ -192,18 +239,21 @@ class Service:
         env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                ["taskset", "-c", str(self.core), *self.argv], env=env, cwd=REPO,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                ["taskset", "-c", str(self.core), *self.argv],
+                env=env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout_s
         url = f"http://127.0.0.1:{self.port}{self.ready_path}"
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"{self.name} not ready within {timeout_s:.0f}s; log:\n{self.log_tail()}")
@@ -240,3 +290,48 @@ def wait_idle(pid: int, *, threshold: float = 0.05, window_s: float = 0.5, timeo
 
 def run_json(argv: list[str], **kw: Any) -> Any:
     return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout)
+
+
+class StallDetector:
+    """A thread that sleeps 2 ms at a time and records every wake-up later than ``threshold_s``.
+
+    This machine is a VM whose vCPUs are sometimes paused for 50-300 ms (measured: a thread
+    doing nothing but sleep on an otherwise idle core misses its wake-up by that much, e.g. while
+    another process touches fresh memory). Such a pause lands in the latency tail of whatever is
+    being measured, so :meth:`stalls` lets the runner see them and re-run the step. ``cpu`` pins
+    the thread to one core (the runner watches both: a pause of either vCPU matters). With
+    real-time priority the thread preempts whatever runs there for a few µs every 2 ms.
+    """
+
+    def __init__(self, threshold_s: float = 0.040, *, cpu: int | None = None) -> None:
+        import threading
+
+        self.threshold_s = threshold_s
+        self.cpu = cpu
+        self._events: list[tuple[float, float]] = []  # (monotonic time of wake-up, gap s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="stall-detector", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        # Real-time priority (when allowed) so that the scheduler never delays this thread behind
+        # the busy load generator: a late wake-up then means the VM itself did not run.
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})  # this thread only
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        last = time.monotonic()
+        while not self._stop.is_set():
+            time.sleep(0.002)
+            now = time.monotonic()
+            if now - last > self.threshold_s:
+                self._events.append((now, now - last))
+            last = now
+
+    def stalls(self, start: float, end: float) -> list[float]:
+        """Gaps (seconds) that ended within [start, end] (monotonic)."""
+        return [gap for t, gap in self._events if start <= t <= end]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)

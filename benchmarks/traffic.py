@@ -15,7 +15,8 @@ encrypted, signed with a fresh ``X-Lark-Request-Timestamp``) from the documented
 Mix (:data:`MIX`): room bookings (third-party meeting-room events) dominate real traffic; room
 creations and reservation-config changes are rarer.
 
-The output is vegeta's JSON target format, one target per line (body base64, headers as lists).
+Output formats: raw HTTP/1.1 requests for ``benchmarks/loadgen`` (:meth:`TrafficBuilder.step_raw`)
+and vegeta's JSON targets (:meth:`TrafficBuilder.step`, used for the cross-check).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import copy
 import hashlib
 import json
 import random
+import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from bridge.devtools.platform import Platform
+from bridge.devtools.platform import Platform, PlatformRequest
 from bridge.samples import sample
 
 ROOMS: Final = tuple("omm_" + hashlib.md5(f"room-{i}".encode()).hexdigest() for i in range(1000))
@@ -49,12 +51,12 @@ def delivery_id(run: str, step: int, index: int) -> str:
     return f"{run}{step:04x}{index:08x}{random.getrandbits(48):012x}"
 
 
-def parse_delivery_id(value: str) -> tuple[str, int] | None:
-    """``(run, step)`` of an id made by :func:`delivery_id`, else None."""
+def parse_delivery_id(value: str) -> tuple[str, int, int] | None:
+    """``(run, step, index)`` of an id made by :func:`delivery_id`, else None."""
     if len(value) != 32:
         return None
     try:
-        return value[:8], int(value[8:12], 16)
+        return value[:8], int(value[8:12], 16), int(value[12:20], 16)
     except ValueError:
         return None
 
@@ -109,28 +111,45 @@ class TrafficBuilder:
             body["event"]["scope_type"] = 2
         return body, 1
 
-    def step(self, step: int, count: int) -> StepTraffic:
-        """``count`` requests for load step ``step`` (timestamps taken now: fresh signatures)."""
-        lines: list[bytes] = []
+    def requests(self, step: int, count: int) -> tuple[list[PlatformRequest], list[int], list[str]]:
+        """``count`` requests for load step ``step`` (timestamps taken now: fresh signatures);
+        returns (requests, records each fans out to, kind of each)."""
+        reqs: list[PlatformRequest] = []
         records: list[int] = []
         now_ms = int(time.time() * 1000)
-        url = self._url
         chosen = self._rng.choices(KINDS, weights=_WEIGHTS, k=count)
         for i, kind in enumerate(chosen):
             payload, n = self.payload(kind, delivery_id(self._run, step, i), now_ms)
             records.append(n)
-            req = self._platform.request(payload)
-            target = {
-                "method": "POST",
-                "url": url,
-                "body": base64.b64encode(req.body).decode("ascii"),
-                "header": {k: [v] for k, v in req.headers.items()},
-            }
-            lines.append(json.dumps(target, separators=(",", ":")).encode("ascii"))
-        return StepTraffic(lines, records, chosen)
+            reqs.append(self._platform.request(payload))
+        return reqs, records, chosen
 
+    def step(self, step: int, count: int) -> StepTraffic:
+        """vegeta JSON targets (one line each, body base64) for ``count`` requests."""
+        reqs, records, kinds = self.requests(step, count)
+        lines = [
+            json.dumps(
+                {
+                    "method": "POST",
+                    "url": self._url,
+                    "body": base64.b64encode(r.body).decode("ascii"),
+                    "header": {k: [v] for k, v in r.headers.items()},
+                },
+                separators=(",", ":"),
+            ).encode("ascii")
+            for r in reqs
+        ]
+        return StepTraffic(lines, records, kinds)
 
-def iter_lines(traffic: StepTraffic) -> Iterator[bytes]:
-    """The target lines, newline-terminated (for writing the targets file)."""
-    for line in traffic.lines:
-        yield line + b"\n"
+    def step_raw(self, step: int, count: int) -> tuple[bytes, list[int]]:
+        """``benchmarks/loadgen`` input for ``count`` requests: each a 4-byte big-endian length and
+        the raw HTTP/1.1 request; returns (file content, records each request fans out to)."""
+        reqs, records, _ = self.requests(step, count)
+        split = urlsplit(self._url)
+        head = f"POST {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nUser-Agent: bench-loadgen\r\n".encode("ascii")
+        out = bytearray()
+        for r in reqs:
+            raw = head + "".join(f"{k}: {v}\r\n" for k, v in r.headers.items()).encode("ascii")
+            raw += b"Content-Length: %d\r\n\r\n" % len(r.body) + r.body
+            out += struct.pack(">I", len(raw)) + raw
+        return bytes(out), records
