@@ -69,6 +69,7 @@ MAX_CONNS: Final = 1000
 #: broker's JIT for the service's produce path. Under any service's capacity.
 WARMUP: Final = ((300, 3.0), (600, 4.0))
 STALL_RERUN_MS: Final = 50.0
+FOREIGN_RERUN_SHARE: Final = 0.15  # re-run a step when other processes used this share of a core
 #: The dev broker's JVM flags are tuned for start-up (C1 only, a small heap that grows). Here: the
 #: full JIT and the whole heap touched at start, so the broker spends less of the load core and
 #: does not fault in fresh memory mid-step (which stalls this VM, see tools.StallDetector).
@@ -124,6 +125,7 @@ class Step:
     gen_cpu_s: float = 0.0
     records_expected: int = 0
     hwm_bytes: int | None = None  # the service's VmHWM right after the step
+    foreign_cpu_s: float = 0.0  # CPU used meanwhile by processes that are not part of the benchmark
     stalls_ms: list[float] = field(default_factory=list)
     superseded: bool = False  # re-run (VM stall or marginal failure); not used in the results
     passed: bool = False
@@ -206,9 +208,13 @@ class Bench:
         while True:
             step = self._attack_once(svc, res, phase, rate, duration_s)
             worst = max(step.stalls_ms, default=0.0)
+            foreign = step.foreign_cpu_s / step.wall_s if step.wall_s else 0.0
             if worst >= STALL_RERUN_MS and stall_runs < self.args.stall_retries:
                 stall_runs += 1
                 why = f"VM stall of {worst:.0f} ms"
+            elif foreign >= FOREIGN_RERUN_SHARE and stall_runs < self.args.stall_retries:
+                stall_runs += 1
+                why = f"other processes used {foreign:.0%} of a core"
             elif retry_marginal and step.marginal:
                 retry_marginal = False
                 why = "marginal failure"
@@ -230,6 +236,11 @@ class Bench:
     def _measure(self, svc: tools.Service, step: Step, argv: list[str]) -> str:
         """Run the generator ``argv`` on the load core; fill CPU/stall fields; returns its stdout."""
         broker_pid = self.broker.pid if self.broker is not None else None
+        ours = {os.getpid(), svc.pid} | ({broker_pid} if broker_pid else set())
+        waited = tools.wait_quiet(ours)
+        if waited > 3:
+            print(f"    waited {waited:.0f}s for other processes on this machine to go quiet", flush=True)
+        others0 = tools.process_ticks(ours)
         svc_cpu0 = tools.cpu_seconds(svc.pid)
         broker_cpu0 = tools.cpu_seconds(broker_pid) if broker_pid else 0.0
         t0 = time.monotonic()
@@ -249,6 +260,7 @@ class Bench:
         step.svc_cpu_s = tools.cpu_seconds(svc.pid) - svc_cpu0
         step.broker_cpu_s = (tools.cpu_seconds(broker_pid) - broker_cpu0) if broker_pid else 0.0
         step.gen_cpu_s = rusage.ru_utime + rusage.ru_stime
+        step.foreign_cpu_s = tools.foreign_cpu_s(others0, tools.process_ticks(ours))
         step.stalls_ms = sorted(round(g * 1000, 1) for d in self.stall_detectors for g in d.stalls(t0, t1))
         if proc.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed with {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
@@ -1035,23 +1047,27 @@ def report_md(bench: Bench, ver: dict[str, str], mach: dict[str, str], elapsed: 
         "",
         "CPU = the service's utime+stime over the step (incl. the wait for the last answers) as a share of the "
         "step's wall time, and per 1,000 answered-200 events; load core = broker + generator CPU share of core 1; "
+        "others = CPU share used meanwhile by processes outside the benchmark (this machine is shared: a step is "
+        "re-run when they used ≥ 15 % of a core, and each step waits for them to go quiet first); "
         "VmHWM = the service's peak RSS so far; "
         "VM stalls = late wake-ups of an idle real-time thread (the step is re-run when one is ≥ 50 ms); "
         '"re-run" rows are not used anywhere above.',
         "",
         "| # | Service | Phase | Rate/s | Sent/s | 200s / requests | p50 | p95 | p99 | max | p99 from write (ms) | "
-        "conns | CPU | CPU s/1k | load core | VmHWM | VM stalls (ms) | Pass |",
-        "|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|:---:|",
+        "conns | CPU | CPU s/1k | load core | others | VmHWM | VM stalls (ms) | Pass |",
+        "|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|:---:|",
     ]
     for res in by_name.values():
         for s in res.steps:
             cpk = f"{s.cpu_per_1k:.3f}" if s.cpu_per_1k is not None else "—"
             load = (s.broker_cpu_s + s.gen_cpu_s) / s.wall_s if s.wall_s else 0.0
+            others = s.foreign_cpu_s / s.wall_s if s.wall_s else 0.0
+            stalls = ", ".join(f"{x:.0f}" for x in s.stalls_ms)
             md.append(
                 f"| {s.step} | {s.service} | {s.phase}{' (vegeta)' if s.tool == 'vegeta' else ''} | {s.rate:,} | "
                 f"{s.sent_rate:,.0f} | {s.ok:,} / {s.requests:,} | {s.p50_ms:.1f} | {s.p95_ms:.1f} | {s.p99_ms:.1f} | "
                 f"{s.max_ms:.0f} | {s.p99_write_ms:.1f} | {s.conns or '—'} | {s.svc_cpu_s / s.wall_s:.0%} | {cpk} | "
-                f"{load:.0%} | {mib(s.hwm_bytes)} | {', '.join(f'{x:.0f}' for x in s.stalls_ms)} | "
+                f"{load:.0%} | {others:.0%} | {mib(s.hwm_bytes)} | {stalls} | "
                 f"{'re-run' if s.superseded else 'yes' if s.passed else 'no'} |"
             )
     md += [

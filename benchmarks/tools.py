@@ -186,6 +186,42 @@ def cpus_allowed(pid: int) -> str:
     return "?"
 
 
+def process_ticks(exclude: set[int]) -> dict[int, int]:
+    """utime+stime (clock ticks) of every user-space process except ``exclude`` (kernel threads,
+    which have no command line, are left out too)."""
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if not f.read(1):
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(entry)] = int(fields[11]) + int(fields[12])
+    return out
+
+
+def foreign_cpu_s(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds used between two :func:`process_ticks` samples by processes present in both."""
+    return sum(after[p] - before[p] for p in after.keys() & before.keys()) / CLK_TCK
+
+
+def wait_quiet(exclude: set[int], *, max_share: float = 0.10, timeout_s: float = 180.0) -> float:
+    """Wait until other processes use less than ``max_share`` of a core over 1 s (this machine is
+    shared); returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        before = process_ticks(exclude)
+        time.sleep(1)
+        if foreign_cpu_s(before, process_ticks(exclude)) < max_share:
+            break
+    return time.monotonic() - t0
+
+
 def core_ticks() -> dict[str, tuple[int, int]]:
     """Per-core (busy, total) jiffies from /proc/stat."""
     out: dict[str, tuple[int, int]] = {}
