@@ -885,7 +885,7 @@ def report_md(bench: Bench, ver: dict[str, str], mach: dict[str, str], elapsed: 
         "",
     ]
 
-    md += ["### Results", ""]
+    md += ["### Summary", ""]
     md += [
         "| Service | Max sustained events/s | p50 / p95 / p99 ms @ 500/s | @ 1,000/s | @ 2,000/s "
         "| CPU s per 1,000 events @ 1,000/s · @ max | Peak RSS (VmHWM) |",
