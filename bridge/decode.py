@@ -1,12 +1,15 @@
-"""Decode stage: an authenticated payload → a typed :class:`DecodedEvent`, or a :class:`DecodeFailure`.
+"""Decode stage: an :class:`~bridge.inbound.InboundEvent` → a typed :class:`DecodedEvent`, or a
+:class:`DecodeFailure` (which becomes a dead letter).
 
-Two-stage msgspec decode (style.md; msgspec docs "Raw", "reuse decoders"): the verify stage already
-decoded the top level (:class:`bridge.verify.Outer`, with ``event`` left raw); here the header is
-checked and the raw event is decoded by its type with a decoder built once per type.
+Two-stage msgspec decode (msgspec docs "Raw", "reuse decoders"): the ingress already read the top
+level into the inbound event (with ``event`` left raw); here the raw event is decoded by its Lark
+type with a decoder built once per type.
 
-Type normalization (issue #3, PROTOCOL.md §9): the event decoders run with ``strict=False``, so the
+Type normalization (docs/protocol.md §9): the event decoders run with ``strict=False``, so the
 numeric strings Lark sends for times (``"1652356050"``, ``"27900"``, ``"1553853600000"``) become
-the integers the envelope promises; a non-numeric string there is an ``invalid_event``.
+the integers the envelope promises; a non-numeric string there is an ``invalid_event``. The JSON
+path of a failure comes from :mod:`bridge.validation` (a walk of the model), never from msgspec's
+error text.
 
 Pure functions; no I/O.
 """
@@ -20,39 +23,31 @@ from typing import Any, Final
 import msgspec
 
 from bridge import envelope as ev
-from bridge.verify import Authenticated
+from bridge.inbound import InboundEvent
+from bridge.validation import Invalid, locate
 
 REDACTED: Final = "[REDACTED]"
-_PATH_RE: Final = re.compile(r" - at `(\$[^`]*)`$")
 
 
 class DecodeFailure(Exception):
     """An authenticated event that cannot become an envelope; it goes to the dead-letter topic.
 
-    ``reason``: ``unknown_event_type`` or ``invalid_event``; ``error``: message with the JSON path;
-    ``path``: the JSON path (``$.event.room.room_id``) or None; ``lark_type``/``delivery_id``/
-    ``app_id``/``tenant_key``: what the payload told before it failed, else None.
+    ``reason``: ``unknown_event_type`` or ``invalid_event``; ``path``: the JSON path of what
+    failed (``$.event.room.room_id``); ``error`` (also ``str()``): what failed, ending in
+    ``- at `{path}```. What the event's top level told (type, delivery id, tenant) is on the
+    :class:`~bridge.inbound.InboundEvent`, not here.
     """
 
-    def __init__(
-        self,
-        reason: ev.DeadLetterReason,
-        error: str,
-        *,
-        path: str | None = None,
-        lark_type: str | None = None,
-        delivery_id: str | None = None,
-        app_id: str | None = None,
-        tenant_key: str | None = None,
-    ) -> None:
-        super().__init__(error)
+    def __init__(self, reason: ev.DeadLetterReason, detail: str, path: str) -> None:
+        self.error = f"{detail} - at `{path}`"
+        super().__init__(self.error)
         self.reason = reason
-        self.error = error
         self.path = path
-        self.lark_type = lark_type
-        self.delivery_id = delivery_id
-        self.app_id = app_id
-        self.tenant_key = tenant_key
+
+    @classmethod
+    def invalid(cls, exc: Invalid) -> DecodeFailure:
+        """The ``invalid_event`` failure of a validation error."""
+        return cls("invalid_event", exc.detail, exc.path)
 
 
 class DecodedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,25 +66,9 @@ class DecodedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: ev.EventData
 
 
-class HeaderV2(msgspec.Struct, kw_only=True):
-    """Schema 2.0 ``header`` (PROTOCOL.md §2)."""
-
-    event_id: ev.NonEmptyStr
-    event_type: ev.NonEmptyStr
-    create_time: str
-    app_id: str
-    tenant_key: str
-    token: str | None = None
-
-
-class _V1Peek(msgspec.Struct):
-    type: Any = None
-
-
 _EVENT_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     t: msgspec.json.Decoder(cls, strict=False) for t, cls in ev.DATA_TYPES.items()
 }
-_peek_v1: Final = msgspec.json.Decoder(_V1Peek)
 _generic: Final = msgspec.json.Decoder()
 
 
@@ -214,129 +193,70 @@ def _in_range(ms: int) -> int:
 # ---- decode --------------------------------------------------------------------------------------
 
 
-def _validation_failure(exc: msgspec.ValidationError, prefix: str, **known: Any) -> DecodeFailure:
-    msg = str(exc)
-    m = _PATH_RE.search(msg)
-    path = prefix + m.group(1)[1:] if m else prefix
-    text = _PATH_RE.sub("", msg)
-    return DecodeFailure("invalid_event", f"{text} - at `{path}`", path=path, **known)
-
-
-def _time_at(parse: Callable[[Any], int], value: Any, path: str, known: dict[str, Any]) -> int:
+def _time_at(parse: Callable[[Any], int], value: Any, path: str) -> int:
     """``parse(value)`` (unix ms), or the ``invalid_event`` failure at ``path``."""
     try:
         return parse(value)
     except ValueError as exc:
-        raise DecodeFailure("invalid_event", f"{exc} - at `{path}`", path=path, **known) from None
+        raise DecodeFailure("invalid_event", str(exc), path) from None
 
 
-def _decoded(auth: Authenticated, tree: _Tree, data: Any, time_ms: int, known: dict[str, Any]) -> DecodedEvent:
+def _decode_data(inbound: InboundEvent, lark_type: str) -> Any:
+    """The typed ``event`` of ``lark_type``, or the ``invalid_event`` failure at its path."""
+    try:
+        return _EVENT_DECODERS[lark_type].decode(inbound.event)
+    except msgspec.ValidationError as exc:
+        where = locate(_generic.decode(inbound.event), ev.DATA_TYPES[lark_type], path="$.event", strict=False)
+        raise DecodeFailure.invalid(where or Invalid(str(exc), "$.event")) from None
+
+
+def decode(inbound: InboundEvent) -> DecodedEvent:
+    """Decode a non-handshake inbound event into a :class:`DecodedEvent`.
+
+    Raises :class:`DecodeFailure` for anything that cannot become an envelope, checked in this
+    order: a defect of the top level (``invalid_event``); a Lark type the bridge does not forward
+    (``unknown_event_type``, also for a 1.0 type under 2.0 or the reverse); a field of ``event``
+    that does not fit its model, no app or tenant, an unparsable time (``invalid_event``).
+    Rules: docs/protocol.md §2 (shapes), §9 (the event types).
+    """
+    if inbound.defect is not None:
+        raise DecodeFailure("invalid_event", inbound.defect.detail, inbound.defect.path)
+    lark_type = inbound.lark_type
+    if inbound.schema == "2.0":
+        if lark_type is None or lark_type not in ev.DATA_TYPES or lark_type in ev.THIRD_PARTY_TYPES:
+            raise DecodeFailure(
+                "unknown_event_type",
+                f"event type {lark_type!r} is not one the bridge forwards",
+                "$.header.event_type",
+            )
+        data = _decode_data(inbound, lark_type)
+        time_ms = _time_at(parse_create_time, inbound.create_time, "$.header.create_time")
+        return _decoded(inbound, lark_type, _TREES_V2[lark_type], data, time_ms)
+
+    if lark_type is None or lark_type not in ev.THIRD_PARTY_TYPES:
+        raise DecodeFailure(
+            "unknown_event_type", f"event type {lark_type!r} is not one the bridge forwards", "$.event.type"
+        )
+    data = _decode_data(inbound, lark_type)
+    for field in ("app_id", "tenant_key"):
+        if not getattr(data, field):
+            raise DecodeFailure("invalid_event", f"Object missing required field `{field}`", f"$.event.{field}")
+    if data.event_time is not None:
+        time_ms = _time_at(_in_range, data.event_time, "$.event.event_time")
+    else:
+        time_ms = _time_at(parse_ts_seconds, inbound.create_time, "$.ts")
+    return _decoded(inbound, lark_type, _TREE_V1, data, time_ms)
+
+
+def _decoded(inbound: InboundEvent, lark_type: str, tree: _Tree, data: Any, time_ms: int) -> DecodedEvent:
     """The :class:`DecodedEvent`, with the payload's unmodelled fields carried in ``data``."""
-    data.unmodelled = unmodelled_fields(_generic.decode(auth.payload), tree) or None
+    data.unmodelled = unmodelled_fields(_generic.decode(inbound.payload), tree) or None
+    assert inbound.delivery_id is not None  # a well-formed top level has one
     return DecodedEvent(
-        lark_type=known["lark_type"],
-        delivery_id=known["delivery_id"],
-        app_id=known["app_id"],
-        tenant_key=known["tenant_key"],
+        lark_type=lark_type,
+        delivery_id=inbound.delivery_id,
+        app_id=inbound.app_id or "",
+        tenant_key=inbound.tenant_key or "",
         time_ms=time_ms,
         data=data,
     )
-
-
-def decode(auth: Authenticated) -> DecodedEvent:
-    """Decode an authenticated non-handshake payload into a :class:`DecodedEvent`.
-
-    Raises :class:`DecodeFailure` (``unknown_event_type`` or ``invalid_event``, with the JSON path)
-    for anything that cannot become an envelope. Schema 2.0 is told by a non-null ``schema``, 1.0
-    by ``type == "event_callback"`` (PROTOCOL.md §2, SDK-PY classification).
-    """
-    outer = auth.outer
-    if outer.schema is not None:
-        return _decode_v2(auth)
-    if outer.type == "event_callback" or outer.uuid is not None:
-        return _decode_v1(auth)
-    raise DecodeFailure(
-        "invalid_event",
-        "neither a schema 2.0 event (schema) nor a schema 1.0 event_callback - at `$`",
-        path="$",
-        lark_type=outer.type if isinstance(outer.type, str) else None,
-    )
-
-
-def _decode_v2(auth: Authenticated) -> DecodedEvent:
-    outer = auth.outer
-    if outer.schema != "2.0":
-        raise DecodeFailure("invalid_event", "unsupported schema - at `$.schema`", path="$.schema")
-    try:
-        header = msgspec.convert(outer.header, HeaderV2)
-    except msgspec.ValidationError as exc:
-        known: dict[str, Any] = {}
-        if isinstance(outer.header, dict):
-            for attr, key in (("lark_type", "event_type"), ("delivery_id", "event_id")):
-                if isinstance(outer.header.get(key), str):
-                    known[attr] = outer.header[key]
-        raise _validation_failure(exc, "$.header", **known) from None
-    known = {
-        "lark_type": header.event_type,
-        "delivery_id": header.event_id,
-        "app_id": header.app_id,
-        "tenant_key": header.tenant_key,
-    }
-    decoder = _EVENT_DECODERS.get(header.event_type)
-    if decoder is None or header.event_type in ev.THIRD_PARTY_TYPES:
-        raise DecodeFailure(
-            "unknown_event_type",
-            f"event type {header.event_type!r} is not one the bridge forwards - at `$.header.event_type`",
-            path="$.header.event_type",
-            **known,
-        )
-    if not outer.event:
-        raise DecodeFailure("invalid_event", "Object missing required field `event` - at `$`", path="$", **known)
-    try:
-        data = decoder.decode(outer.event)
-    except msgspec.ValidationError as exc:
-        raise _validation_failure(exc, "$.event", **known) from None
-    time_ms = _time_at(parse_create_time, header.create_time, "$.header.create_time", known)
-    return _decoded(auth, _TREES_V2[header.event_type], data, time_ms, known)
-
-
-def _decode_v1(auth: Authenticated) -> DecodedEvent:
-    outer = auth.outer
-    delivery_id = outer.uuid if isinstance(outer.uuid, str) and outer.uuid else None
-    if not outer.event:
-        raise DecodeFailure(
-            "invalid_event", "Object missing required field `event` - at `$`", path="$", delivery_id=delivery_id
-        )
-    try:
-        lark_type = _peek_v1.decode(outer.event).type
-    except msgspec.DecodeError:
-        raise DecodeFailure(
-            "invalid_event", "Expected `object` - at `$.event`", path="$.event", delivery_id=delivery_id
-        ) from None
-    known: dict[str, Any] = {"lark_type": lark_type if isinstance(lark_type, str) else None, "delivery_id": delivery_id}
-    if lark_type not in ev.THIRD_PARTY_TYPES:
-        raise DecodeFailure(
-            "unknown_event_type",
-            f"event type {lark_type!r} is not one the bridge forwards - at `$.event.type`",
-            path="$.event.type",
-            **known,
-        )
-    if outer.type != "event_callback":
-        raise DecodeFailure("invalid_event", "Expected `\"event_callback\"` - at `$.type`", path="$.type", **known)
-    if delivery_id is None:
-        raise DecodeFailure("invalid_event", "Expected a non-empty `str` - at `$.uuid`", path="$.uuid", **known)
-    try:
-        data: ev.ThirdPartyMeetingRoomEventData = _EVENT_DECODERS[lark_type].decode(outer.event)
-    except msgspec.ValidationError as exc:
-        raise _validation_failure(exc, "$.event", **known) from None
-    known["app_id"], known["tenant_key"] = data.app_id, data.tenant_key
-    if not data.app_id or not data.tenant_key:
-        field = "app_id" if not data.app_id else "tenant_key"
-        raise DecodeFailure(
-            "invalid_event", f"Object missing required field `{field}` - at `$.event`", path=f"$.event.{field}", **known
-        )
-    if data.event_time is not None:
-        time_ms = _time_at(_in_range, data.event_time, "$.event.event_time", known)
-    else:
-        time_ms = _time_at(parse_ts_seconds, outer.ts, "$.ts", known)
-    return _decoded(auth, _TREE_V1, data, time_ms, known)

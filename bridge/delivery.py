@@ -1,7 +1,9 @@
-"""Deliver one authenticated event: dedup → decode → normalize (or dead-letter) → publish → ack.
+"""Deliver one inbound event: dedup → decode → normalize (or dead-letter) → publish → ack.
 
-This is the narrow interface between the ingress and everything behind it: the HTTP handler
-calls :meth:`EventSink.deliver` and answers 200 only when it returns. The contract (issue #4):
+This is the narrow interface between an ingress and everything behind it: the ingress (HTTP
+webhook, long connection) calls :meth:`EventSink.deliver` with an
+:class:`~bridge.inbound.InboundEvent` and acknowledges the platform only when it returns. The
+delivery knows nothing of HTTP. The contract (README "Delivery semantics"):
 
 * returns only after every record of the event is acknowledged by the broker, or when the
   delivery id was already delivered (a duplicate: no second record);
@@ -23,28 +25,26 @@ from aiokafka.structs import RecordMetadata
 from bridge.decode import DecodeFailure, decode
 from bridge.dedup import DeliveryLedger
 from bridge.errors import Unavailable
+from bridge.inbound import InboundEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics, dead_letter, normalize
-from bridge.verify import Authenticated, Outer
 
 
 @dataclass(slots=True)
 class Outcome:
     """What became of one event: ``kind`` is ``published``, ``dead_lettered`` or ``duplicate``;
-    ``records`` lists ``(topic, partition, offset)`` of each acknowledged record."""
+    ``reason`` the dead-letter reason; ``records`` lists ``(topic, partition, offset)`` of each
+    acknowledged record."""
 
     kind: str
-    lark_type: str | None = None
-    delivery_id: str | None = None
-    tenant_key: str | None = None
     reason: str | None = None
     records: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 class EventSink(Protocol):
-    """Where the ingress hands an authenticated event (a test may provide its own)."""
+    """Where an ingress hands an inbound event (a test may provide its own)."""
 
-    async def deliver(self, auth: Authenticated, *, received_ms: int) -> Outcome:
+    async def deliver(self, event: InboundEvent, *, received_ms: int) -> Outcome:
         """Deliver or raise :class:`~bridge.errors.Unavailable`; see the module docstring."""
         ...
 
@@ -53,22 +53,6 @@ class RecordPublisher(Protocol):
     """The publish stage as the delivery needs it (``bridge.publish.Publisher``)."""
 
     async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]: ...
-
-
-def delivery_id_of(outer: Outer) -> str | None:
-    """The platform's delivery id: ``header.event_id`` (2.0) or ``uuid`` (1.0); None if absent."""
-    if outer.schema is not None:
-        value = outer.header.get("event_id") if isinstance(outer.header, dict) else None
-    else:
-        value = outer.uuid
-    return value if isinstance(value, str) and value else None
-
-
-def _tenant_of(outer: Outer) -> str | None:
-    if isinstance(outer.header, dict):
-        value = outer.header.get("tenant_key")
-        return value if isinstance(value, str) else None
-    return None
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -98,15 +82,15 @@ class KafkaDelivery:
         self._timeout_s = timeout_s
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def deliver(self, auth: Authenticated, *, received_ms: int) -> Outcome:
-        """See :class:`EventSink`. Raises :class:`Unavailable` (``publish_timeout`` or
-        ``broker_unavailable``)."""
+    async def deliver(self, event: InboundEvent, *, received_ms: int) -> Outcome:
+        """See :class:`EventSink`; ``received_ms``: receive time, unix ms (the dead letter's
+        ``received_at``). Raises :class:`Unavailable` (``publish_timeout`` or ``broker_unavailable``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
-        delivery_id = delivery_id_of(auth.outer)
+        delivery_id = event.delivery_id
         if delivery_id is not None:
             if self._ledger.delivered(delivery_id):
-                return self._duplicate(auth, delivery_id)
+                return self._duplicate()
             pending = self._ledger.in_flight(delivery_id)
             while pending is not None:
                 try:
@@ -114,18 +98,15 @@ class KafkaDelivery:
                 except TimeoutError:
                     raise Unavailable("publish_timeout") from None
                 if ok:
-                    return self._duplicate(auth, delivery_id)
+                    return self._duplicate()
                 pending = self._ledger.in_flight(delivery_id)
 
         try:
-            event = decode(auth)
-            records = normalize(event, self._topics)
-            outcome = Outcome("published", event.lark_type, event.delivery_id, event.tenant_key)
+            records = normalize(decode(event), self._topics)
+            outcome = Outcome("published")
         except DecodeFailure as failure:
-            records = [dead_letter(failure, auth.payload, received_ms=received_ms, topics=self._topics)]
-            outcome = Outcome(
-                "dead_lettered", failure.lark_type, failure.delivery_id, failure.tenant_key, failure.reason
-            )
+            records = [dead_letter(event, failure, received_ms=received_ms, topics=self._topics)]
+            outcome = Outcome("dead_lettered", failure.reason)
 
         if delivery_id is not None:
             self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
@@ -140,9 +121,9 @@ class KafkaDelivery:
         outcome.records = [(m.topic, m.partition, m.offset) for m in metas]
         return outcome
 
-    def _duplicate(self, auth: Authenticated, delivery_id: str) -> Outcome:
+    def _duplicate(self) -> Outcome:
         self._metrics.duplicates.inc()
-        return Outcome("duplicate", None, delivery_id, _tenant_of(auth.outer))
+        return Outcome("duplicate")
 
     async def _publish(
         self, delivery_id: str | None, records: list[Record], outcome: Outcome

@@ -257,14 +257,43 @@ class CloudEvent(msgspec.Struct, Generic[D], frozen=True, kw_only=True):
     data: D
 
 
-RoomCreatedEnvelope = CloudEvent[RoomCreatedData]
-ReserveConfigUpdatedEnvelope = CloudEvent[ReserveConfigUpdatedData]
-ThirdPartyMeetingRoomEventEnvelope = CloudEvent[ThirdPartyMeetingRoomEventData]
+# The records are of these subclasses, whose ``type`` is the ``Literal`` of their Lark type(s), so
+# a vendored model is as strict as the published schema. (CloudEvent's docstring is the schemas'
+# description, which a published schema never changes: notes about the classes live here.)
+
+
+class RoomCreatedEnvelope(CloudEvent[RoomCreatedData], frozen=True, kw_only=True):
+    """Envelope v1 of ``vc.room.created_v1``; keyed by ``data.room.room_id``."""
+
+    type: Literal["vc.room.created_v1"]
+
+
+class ReserveConfigUpdatedEnvelope(CloudEvent[ReserveConfigUpdatedData], frozen=True, kw_only=True):
+    """Envelope v1 of ``vc.reserve_config.updated_v1``; keyed by ``data.scope_id``."""
+
+    type: Literal["vc.reserve_config.updated_v1"]
+
+
+class ThirdPartyMeetingRoomEventEnvelope(CloudEvent[ThirdPartyMeetingRoomEventData], frozen=True, kw_only=True):
+    """Envelope v1 of ``third_party_meeting_room_event_{created,updated,deleted}``; one record per
+    room, keyed by ``data.meeting_room.open_id`` (or ``data.uid`` when no room is listed)."""
+
+    type: Literal[
+        "third_party_meeting_room_event_created",
+        "third_party_meeting_room_event_updated",
+        "third_party_meeting_room_event_deleted",
+    ]
+
 
 DATA_TYPES: Final[dict[str, type[Any]]] = {
     ROOM_CREATED: RoomCreatedData,
     RESERVE_CONFIG_UPDATED: ReserveConfigUpdatedData,
     **dict.fromkeys(THIRD_PARTY_TYPES, ThirdPartyMeetingRoomEventData),
+}
+ENVELOPE_TYPES: Final[dict[str, type[Any]]] = {
+    ROOM_CREATED: RoomCreatedEnvelope,
+    RESERVE_CONFIG_UPDATED: ReserveConfigUpdatedEnvelope,
+    **dict.fromkeys(THIRD_PARTY_TYPES, ThirdPartyMeetingRoomEventEnvelope),
 }
 
 # ---- dead letters ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""Normalize stage: a :class:`~bridge.decode.DecodedEvent` → Kafka records carrying envelope v1.
+"""Normalize stage: a :class:`~bridge.decode.DecodedEvent` → Kafka records carrying envelope v1,
+or an inbound event that failed to decode → its one dead-letter record.
 
 Pure functions. One record per event, except the third-party room events, which fan out to one
-record per room (issue #3) so that each room's history stays ordered in its own partition.
+record per room so that each room's history stays ordered in its own partition (README "Topics
+and keys").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import msgspec
 
 from bridge import envelope as ev
 from bridge.decode import DecodedEvent, DecodeFailure, redact_tokens
+from bridge.inbound import InboundEvent
 
 _HEADERS: Final = (("content-type", ev.CONTENT_TYPE.encode("ascii")),)
 _encoder: Final = msgspec.json.Encoder()
@@ -107,9 +110,10 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
             )
     else:
         keyed = [(event.delivery_id, data.uid, data)]
+    envelope_type = ev.ENVELOPE_TYPES[event.lark_type]
     records = []
     for record_id, key, record_data in keyed:
-        envelope = ev.CloudEvent(
+        envelope = envelope_type(
             id=record_id, subject=key, partitionkey=key, data=record_data, **common
         )
         records.append(
@@ -125,20 +129,19 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     return records
 
 
-def dead_letter(failure: DecodeFailure, payload: bytes, *, received_ms: int, topics: Topics) -> Record:
-    """The dead-letter record for an authenticated event that failed to decode.
+def dead_letter(inbound: InboundEvent, failure: DecodeFailure, *, received_ms: int, topics: Topics) -> Record:
+    """The dead-letter record of an authenticated ``inbound`` event that failed to decode.
 
-    ``payload``: the decrypted payload bytes (a JSON object — the verify stage checked); its token
-    fields are redacted. ``received_ms``: receive time, unix ms. Keyed by the delivery id when
-    known, else unkeyed. Raises nothing.
+    Its payload (a JSON object — the ingress checked) is carried with every token field redacted;
+    type, delivery id, app and tenant come from the inbound event where it has them.
+    ``received_ms``: receive time, unix ms. Keyed by the delivery id when known, else unkeyed
+    (and then its ``id`` is a digest of the payload). Raises nothing.
     """
+    payload = inbound.payload
+    delivery_id = inbound.delivery_id
     body = redact_tokens(_generic.decode(payload))
-    record_id = failure.delivery_id or "sha256:" + hashlib.sha256(payload).hexdigest()
-    source = (
-        _source(failure.app_id, failure.tenant_key)
-        if failure.app_id and failure.tenant_key
-        else "/lark-bridge"
-    )
+    record_id = delivery_id or "sha256:" + hashlib.sha256(payload).hexdigest()
+    source = _source(inbound.app_id, inbound.tenant_key) if inbound.app_id and inbound.tenant_key else "/lark-bridge"
     envelope = ev.DeadLetterEnvelope(
         specversion="1.0",
         id=record_id,
@@ -148,26 +151,26 @@ def dead_letter(failure: DecodeFailure, payload: bytes, *, received_ms: int, top
         datacontenttype=ev.DATA_CONTENT_TYPE,
         dataschema=ev.dead_letter_schema_id(),
         envelopeversion=ev.ENVELOPE_VERSION,
-        subject=failure.delivery_id,
-        partitionkey=failure.delivery_id,
-        larkeventid=failure.delivery_id,
-        tenantkey=failure.tenant_key,
-        appid=failure.app_id,
+        subject=delivery_id,
+        partitionkey=delivery_id,
+        larkeventid=delivery_id,
+        tenantkey=inbound.tenant_key,
+        appid=inbound.app_id,
         data=ev.DeadLetterData(
             reason=failure.reason,
             error=failure.error,
             path=failure.path,
-            lark_type=failure.lark_type,
-            lark_event_id=failure.delivery_id,
+            lark_type=inbound.lark_type,
+            lark_event_id=delivery_id,
             received_at=rfc3339_ms(received_ms),
             payload=body,
         ),
     )
     return Record(
         topic=topics.dead_letter,
-        key=failure.delivery_id.encode("utf-8") if failure.delivery_id else None,
+        key=delivery_id.encode("utf-8") if delivery_id else None,
         value=_encoder.encode(envelope),
         headers=_HEADERS,
-        lark_type=failure.lark_type or "unknown",
-        delivery_id=failure.delivery_id,
+        lark_type=inbound.lark_type or "unknown",
+        delivery_id=delivery_id,
     )

@@ -75,22 +75,20 @@ def examples() -> dict[str, list[Any]]:
     dead letter (the room sample without ``room_id``). Third-party types other than ``_created``
     reuse its sample with the type swapped (no documented sample exists, PROTOCOL.md §9.1)."""
     from bridge.decode import DecodeFailure, decode
+    from bridge.inbound import read_inbound
     from bridge.normalize import Topics, dead_letter, normalize
     from bridge.samples import sample
-    from bridge.verify import Verifier
 
     topics = Topics.from_names(
         room_created="t", reserve_config_updated="t", third_party="t", dead_letter="dlq"
     )
 
     def records_of(body: dict[str, Any]) -> list[Any]:
-        token = body["token"] if "token" in body else body["header"]["token"]
-        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        auth = Verifier(token, max_age_s=60).verify(raw, {}, now=0)
+        inbound = read_inbound(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
         try:
-            recs = normalize(decode(auth), topics)
+            recs = normalize(decode(inbound), topics)
         except DecodeFailure as failure:
-            recs = [dead_letter(failure, auth.payload, received_ms=EXAMPLE_RECEIVED_MS, topics=topics)]
+            recs = [dead_letter(inbound, failure, received_ms=EXAMPLE_RECEIVED_MS, topics=topics)]
         return [json.loads(r.value) for r in recs]
 
     out: dict[str, list[Any]] = {}

@@ -32,48 +32,19 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from bridge.errors import AuthenticationError, BadRequest
+from bridge.inbound import OUTER_DECODER, InboundEvent, Outer, read_inbound
 
 HEADER_TIMESTAMP: Final = "X-Lark-Request-Timestamp"
 HEADER_NONCE: Final = "X-Lark-Request-Nonce"
 HEADER_SIGNATURE: Final = "X-Lark-Signature"
-URL_VERIFICATION: Final = "url_verification"
 MAX_FUTURE_SKEW_S: Final = 300
 _BLOCK = 16
 
 
-class Outer(msgspec.Struct):
-    """The top level of a (decrypted) push, just what authentication and routing need.
+class Handshake(msgspec.Struct, frozen=True):
+    """The URL-verification handshake, authenticated: answer ``{"challenge": challenge}`` (§5)."""
 
-    Fields are loosely typed (``Any``) on purpose: a wrong type here is an invalid *event*
-    (dead-lettered later), not an unreadable request. ``event`` stays raw for the decode stage.
-    """
-
-    encrypt: Any = None
-    schema: Any = None
-    header: Any = None
-    token: Any = None
-    type: Any = None
-    challenge: Any = None
-    uuid: Any = None
-    ts: Any = None
-    event: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
-
-
-_outer_decoder: Final = msgspec.json.Decoder(Outer)
-
-
-class Authenticated(msgspec.Struct, frozen=True):
-    """An authenticated request.
-
-    ``handshake`` is true for the URL-verification handshake (then ``challenge`` is the string to
-    echo). Otherwise ``payload`` holds the plaintext JSON bytes of the event (decrypted when it
-    came encrypted) and ``outer`` its top level, both for the decode stage.
-    """
-
-    handshake: bool
-    payload: bytes
-    outer: Outer
-    challenge: str | None = None
+    challenge: str
 
 
 def _aes_key(encrypt_key: str) -> bytes:
@@ -140,13 +111,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def _token_of(outer: Outer) -> Any:
-    """Where the verification token sits (PROTOCOL.md §6)."""
-    if outer.schema is not None:
-        return outer.header.get("token") if isinstance(outer.header, dict) else None
-    return outer.token
-
-
 def _constant_time_equal(expected: str, got: Any) -> bool:
     if not isinstance(got, str):
         return False
@@ -181,15 +145,16 @@ class Verifier:
         """True when an encrypt key is configured (bodies must be encrypted, events signed)."""
         return bool(self._keys)
 
-    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Authenticated:
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Handshake | InboundEvent:
         """Authenticate one request: ``body`` as received, ``headers`` (any case), ``now`` unix s.
 
-        Order (PROTOCOL.md §10): parse → [signature → freshness → decrypt] → token. Returns
-        :class:`Authenticated`. Raises :class:`BadRequest` (``not_json``) when the body is not a
+        Order (docs/protocol.md §10): parse → [signature → freshness → decrypt] → token. Returns
+        the :class:`Handshake`, or the :class:`~bridge.inbound.InboundEvent` read from the
+        authentic plaintext payload. Raises :class:`BadRequest` (``not_json``) when the body is not a
         JSON object, else :class:`AuthenticationError` with one of ``bridge.errors.AUTH_REASONS``.
         """
         try:
-            outer = _outer_decoder.decode(body)
+            outer = OUTER_DECODER.decode(body)
         except msgspec.DecodeError:  # includes ValidationError: JSON, but not an object
             raise BadRequest("not_json") from None
 
@@ -204,8 +169,8 @@ class Verifier:
             signed_key = None
             payload = body
 
-        is_handshake = outer.type == URL_VERIFICATION and outer.schema is None
-        token = _token_of(outer)
+        is_handshake = outer.is_handshake
+        token = outer.verification_token
         # Token (§6): required without encryption and on the unsigned handshake; with an encrypt
         # key a signed event may omit it, but one that is present must match.
         if token is None:
@@ -217,11 +182,11 @@ class Verifier:
         if is_handshake:
             if not isinstance(outer.challenge, str):
                 raise BadRequest("challenge_not_string")
-            return Authenticated(True, payload, outer, outer.challenge)
+            return Handshake(outer.challenge)
         if self._keys and signed_key is None:
             # Only the handshake may come without signature headers.
             raise AuthenticationError("signature_missing")
-        return Authenticated(False, payload, outer)
+        return read_inbound(payload, outer)
 
     def _check_signature(self, body: bytes, headers: Mapping[str, str], now: float) -> str | None:
         """Returns the key that signed ``body``, or None when no signature header is present."""
@@ -268,7 +233,7 @@ class Verifier:
 
 def _decode_plaintext(plaintext: bytes) -> Outer:
     try:
-        outer = _outer_decoder.decode(plaintext)
+        outer = OUTER_DECODER.decode(plaintext)
     except msgspec.DecodeError:
         raise AuthenticationError("decrypted_not_json") from None
     return outer

@@ -14,9 +14,9 @@ from bridge.app import create_app
 from bridge.delivery import Outcome
 from bridge.devtools.platform import Platform
 from bridge.errors import Unavailable
+from bridge.inbound import InboundEvent
 from bridge.samples import sample
 from bridge.settings import load_settings
-from bridge.verify import Authenticated
 from tests.conftest import KEY, TOKEN
 
 PATH = "/webhook/event"
@@ -26,17 +26,17 @@ class RecordingSink:
     """Records what reaches the next stage; can be told to fail or to hang."""
 
     def __init__(self) -> None:
-        self.received: list[Authenticated] = []
+        self.received: list[InboundEvent] = []
         self.fail: Exception | None = None
         self.delay_s = 0.0
 
-    async def deliver(self, auth: Authenticated, *, received_ms: int) -> Outcome:
+    async def deliver(self, event: InboundEvent, *, received_ms: int) -> Outcome:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail is not None:
             raise self.fail
-        self.received.append(auth)
-        return Outcome("published", "vc.room.created_v1", "id-1", "tenant", records=[("t", 0, 1)])
+        self.received.append(event)
+        return Outcome("published", records=[("t", 0, 1)])
 
 
 def settings(**env: str):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from bridge import envelope as ev
 from bridge.decode import DecodeFailure, decode, parse_create_time, parse_ts_seconds
 from bridge.devtools.platform import compact
+from bridge.inbound import InboundEvent, read_inbound
 from bridge.normalize import Topics, dead_letter, normalize, rfc3339_ms
 from bridge.samples import sample
-from bridge.verify import Verifier
 
 TOPICS = Topics.from_names(
     room_created="t.room", reserve_config_updated="t.cfg", third_party="t.3p", dead_letter="t.dlq"
@@ -20,9 +21,8 @@ TOPICS = Topics.from_names(
 TOKENS = ("rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV", "41a9425ea7df4536a7623e38fa321bae")
 
 
-def authenticate(payload: dict[str, Any]):
-    token = payload.get("token") or payload.get("header", {}).get("token") or TOKENS[0]
-    return Verifier(token, max_age_s=60).verify(compact(payload), {}, now=0)
+def authenticate(payload: dict[str, Any]) -> InboundEvent:
+    return read_inbound(compact(payload))
 
 
 def records(payload: dict[str, Any]) -> list[tuple[str, bytes | None, dict[str, Any]]]:
@@ -182,11 +182,13 @@ def test_unknown_types() -> None:
     v2 = sample("vc.room.created_v1")
     v2["header"]["event_type"] = "im.message.receive_v1"
     f = failure(v2)
-    assert (f.reason, f.lark_type, f.delivery_id) == ("unknown_event_type", "im.message.receive_v1", v2["header"]["event_id"])
+    inbound = authenticate(v2)
+    assert (f.reason, inbound.lark_type, inbound.delivery_id) == ("unknown_event_type", "im.message.receive_v1", v2["header"]["event_id"])
     v1 = sample("third_party_meeting_room_event_created")
     v1["event"]["type"] = "third_party_meeting_room_event_moved"
     f = failure(v1)
-    assert (f.reason, f.lark_type, f.delivery_id) == ("unknown_event_type", "third_party_meeting_room_event_moved", v1["uuid"])
+    inbound = authenticate(v1)
+    assert (f.reason, inbound.lark_type, inbound.delivery_id) == ("unknown_event_type", "third_party_meeting_room_event_moved", v1["uuid"])
 
 
 def test_dead_letter_record_redacts_tokens_and_keeps_the_rest() -> None:
@@ -194,7 +196,7 @@ def test_dead_letter_record_redacts_tokens_and_keeps_the_rest() -> None:
     del body["event"]["room"]["room_id"]
     auth = authenticate(body)
     f = failure(body)
-    rec = dead_letter(f, auth.payload, received_ms=1_700_000_000_123, topics=TOPICS)
+    rec = dead_letter(auth, f, received_ms=1_700_000_000_123, topics=TOPICS)
     env = json.loads(rec.value)
     assert rec.topic == "t.dlq" and rec.key == body["header"]["event_id"].encode()
     assert env["type"] == "lark.bridge.dead_letter" and env["id"] == body["header"]["event_id"]
@@ -215,3 +217,50 @@ def test_time_helpers() -> None:
     for bad in ("", "12", "160872598900", "16087259890001", "-608725989000", "１６０８７２５９８９０００"):
         with pytest.raises(ValueError):
             parse_create_time(bad)
+
+
+def test_inbound_event_reads_the_top_level_of_both_schemas_once() -> None:
+    v2 = sample("vc.room.created_v1")
+    e = authenticate(v2)
+    h = v2["header"]
+    assert (e.schema, e.delivery_id, e.lark_type, e.app_id, e.tenant_key, e.create_time, e.defect) == (
+        "2.0", h["event_id"], "vc.room.created_v1", h["app_id"], h["tenant_key"], h["create_time"], None
+    )
+    assert json.loads(bytes(e.event)) == v2["event"] and e.payload == compact(v2)
+    v1 = sample("third_party_meeting_room_event_created")
+    e = authenticate(v1)
+    assert (e.schema, e.delivery_id, e.lark_type, e.app_id, e.tenant_key, e.create_time, e.defect) == (
+        "1.0", v1["uuid"], v1["event"]["type"], v1["event"]["app_id"], v1["event"]["tenant_key"], v1["ts"], None
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "delivery_id"),
+    [
+        (lambda b: b.update(header="not an object"), "$.header", None),
+        (lambda b: b["header"].update(event_id=""), "$.header.event_id", None),
+        (lambda b: b["header"].pop("tenant_key"), "$.header", "5e3702a84e847582be8db7fb73283c02"),
+        (lambda b: b.pop("event"), "$", "5e3702a84e847582be8db7fb73283c02"),
+        (lambda b: b.update(schema="3.0"), "$.schema", "5e3702a84e847582be8db7fb73283c02"),
+        (lambda b: (b.pop("schema"), b.pop("header")), "$", None),
+    ],
+)
+def test_a_malformed_top_level_is_still_an_inbound_event_and_one_dead_letter(mutate: Any, path: str, delivery_id: str | None) -> None:
+    body = sample("vc.room.created_v1")
+    mutate(body)
+    inbound = authenticate(body)
+    assert inbound.defect is not None and inbound.defect.path == path and inbound.delivery_id == delivery_id
+    f = failure(body)
+    assert (f.reason, f.path) == ("invalid_event", path)
+    env = json.loads(dead_letter(inbound, f, received_ms=1, topics=TOPICS).value)
+    assert env["data"]["lark_event_id" if delivery_id else "path"] == (delivery_id or path)
+    assert env["id"] == delivery_id if delivery_id else env["id"].startswith("sha256:")
+
+
+@pytest.mark.parametrize("kind", ["vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"])
+def test_vendored_envelope_models_pin_their_type(kind: str) -> None:
+    model = ev.ENVELOPE_TYPES[kind]
+    for _, _, env in records(sample(kind)):
+        assert msgspec.convert(env, model).type == kind
+        with pytest.raises(msgspec.ValidationError, match=r"\$\.type"):
+            msgspec.convert({**env, "type": "vc.room.deleted_v1"}, model)

@@ -14,9 +14,9 @@ from bridge import envelope as ev
 from bridge import schemas
 from bridge.decode import DecodeFailure, decode
 from bridge.devtools.platform import compact
+from bridge.inbound import read_inbound
 from bridge.normalize import Topics, dead_letter, normalize
 from bridge.samples import SAMPLE_TYPES, sample
-from bridge.verify import Verifier
 
 ROOT = Path(__file__).resolve().parents[2] / "schemas"
 TOPICS = Topics.from_names(room_created="a", reserve_config_updated="b", third_party="c", dead_letter="d")
@@ -68,8 +68,7 @@ def test_dead_letter_example_validates() -> None:
 @pytest.mark.parametrize("kind", SAMPLE_TYPES)
 def test_normalized_samples_validate_and_schema_rejects_wrong_types(kind: str) -> None:
     body = sample(kind)
-    token = body.get("token") or body["header"]["token"]
-    auth = Verifier(token, max_age_s=60).verify(compact(body), {}, now=0)
+    auth = read_inbound(compact(body))
     recs = normalize(decode(auth), TOPICS)
     for rec in recs:
         env = json.loads(rec.value)
@@ -83,7 +82,7 @@ def test_dead_letter_records_validate() -> None:
     v = validator("dead_letter/v1/dead_letter.schema.json")
     body = sample("vc.room.created_v1")
     body["header"]["event_type"] = "im.message.receive_v1"
-    auth = Verifier(body["header"]["token"], max_age_s=60).verify(compact(body), {}, now=0)
+    auth = read_inbound(compact(body))
     with pytest.raises(DecodeFailure) as info:
         decode(auth)
-    v.validate(json.loads(dead_letter(info.value, auth.payload, received_ms=1, topics=TOPICS).value))
+    v.validate(json.loads(dead_letter(auth, info.value, received_ms=1, topics=TOPICS).value))

@@ -10,11 +10,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from bridge.devtools.platform import Platform, compact
 from bridge.errors import AuthenticationError, BadRequest
+from bridge.inbound import InboundEvent
 from bridge.samples import sample
 from bridge.verify import (
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    Handshake,
     Verifier,
     _aes_key,
     decrypt,
@@ -130,7 +132,7 @@ def test_signature_is_plain_sha256_over_ts_nonce_key_body() -> None:
 def test_encrypted_signed_event_is_accepted() -> None:
     req = sender.request(v2_event())
     auth = encrypted_verifier().verify(req.body, req.headers, now=NOW)
-    assert not auth.handshake
+    assert isinstance(auth, InboundEvent)
     assert json.loads(auth.payload) == v2_event()
 
 
@@ -139,7 +141,7 @@ def test_header_names_are_case_insensitive() -> None:
     lower = {k.lower(): v for k, v in req.headers.items()}
     upper = {k.upper(): v for k, v in req.headers.items()}
     for headers in (lower, upper):
-        assert not encrypted_verifier().verify(req.body, headers, now=NOW).handshake
+        assert isinstance(encrypted_verifier().verify(req.body, headers, now=NOW), InboundEvent)
 
 
 def test_signature_over_raw_bytes_reserialized_body_fails() -> None:
@@ -202,14 +204,14 @@ def test_stale_timestamp() -> None:
     req = sender.request(v2_event(), timestamp=str(int(NOW) - MAX_AGE - 1))
     assert reason_of(encrypted_verifier(), req.body, req.headers) == "timestamp_stale"
     ok = sender.request(v2_event(), timestamp=str(int(NOW) - MAX_AGE + 1))
-    assert not encrypted_verifier().verify(ok.body, ok.headers, now=NOW).handshake
+    assert isinstance(encrypted_verifier().verify(ok.body, ok.headers, now=NOW), InboundEvent)
 
 
 def test_future_timestamp() -> None:
     req = sender.request(v2_event(), timestamp=str(int(NOW) + 301))
     assert reason_of(encrypted_verifier(), req.body, req.headers) == "timestamp_future"
     ok = sender.request(v2_event(), timestamp=str(int(NOW) + 299))
-    assert not encrypted_verifier().verify(ok.body, ok.headers, now=NOW).handshake
+    assert isinstance(encrypted_verifier().verify(ok.body, ok.headers, now=NOW), InboundEvent)
 
 
 def test_plaintext_body_rejected_when_key_configured() -> None:
@@ -276,7 +278,7 @@ def test_token_required_without_encrypt_key() -> None:
 
 def test_token_may_be_absent_on_signed_encrypted_event() -> None:
     req = sender.request(v2_event(None))
-    assert not encrypted_verifier().verify(req.body, req.headers, now=NOW).handshake
+    assert isinstance(encrypted_verifier().verify(req.body, req.headers, now=NOW), InboundEvent)
 
 
 def test_handshake_needs_token_even_when_encrypted() -> None:
@@ -290,7 +292,7 @@ def test_handshake_plain_and_encrypted() -> None:
     enc = sender.handshake(TOKEN, "xyz")
     assert set(enc.headers) == {"Content-Type"}  # no X-Lark-* on the handshake
     auth = encrypted_verifier().verify(enc.body, enc.headers, now=NOW)
-    assert auth.handshake and auth.challenge == "xyz"
+    assert auth == Handshake("xyz")
 
 
 def test_not_json_is_bad_request() -> None:

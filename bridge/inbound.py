@@ -1,0 +1,218 @@
+"""The inbound event: one authenticated push from the platform, its top level read once.
+
+Every ingress (the HTTP webhook, the long connection) turns what the platform sent into an
+:class:`InboundEvent` right after the payload is proven authentic, with :func:`read_inbound`;
+every later stage — dedup, decode, normalize, dead letter, logs — reads its fields, and nothing
+after this module parses the top level again.
+
+Where each fact sits in the payload (docs/protocol.md §2, §6):
+
+=============  ================================  ==========================================
+fact           schema 2.0                        schema 1.0 (``type: "event_callback"``)
+=============  ================================  ==========================================
+delivery id    ``header.event_id``               ``uuid``
+Lark type      ``header.event_type``             ``event.type``
+app            ``header.app_id``                 ``event.app_id``
+tenant         ``header.tenant_key``             ``event.tenant_key``
+create time    ``header.create_time`` (ms or µs) ``ts`` (unix seconds, decimal fraction)
+token          ``header.token``                  ``token``
+=============  ================================  ==========================================
+
+A push whose top level is malformed (unsupported ``schema``, ``header`` not an object or missing
+a required field, no ``event`` object, neither shape) is still an inbound event: ``defect`` says
+what is wrong and where, the facts that could be read are kept, and the delivery dead-letters it.
+
+Pure; no I/O. Imports only msgspec and the bridge's own validation helper.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from bridge.validation import Invalid, convert
+
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+URL_VERIFICATION: Final = "url_verification"
+EVENT_CALLBACK: Final = "event_callback"
+
+
+class Outer(msgspec.Struct):
+    """The top level of a (decrypted) push, loosely typed, with ``event`` left raw.
+
+    Fields are ``Any`` on purpose: a wrong type here makes an invalid *event* (a dead letter),
+    not an unreadable request. Only :func:`read_inbound` and the verify stage look at it.
+    """
+
+    encrypt: Any = None
+    schema: Any = None
+    header: Any = None
+    token: Any = None
+    type: Any = None
+    challenge: Any = None
+    uuid: Any = None
+    ts: Any = None
+    event: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+    @property
+    def is_handshake(self) -> bool:
+        """The URL-verification handshake: ``type == "url_verification"`` and no ``schema`` (§5)."""
+        return self.type == URL_VERIFICATION and self.schema is None
+
+    @property
+    def verification_token(self) -> Any:
+        """Where the verification token sits (docs/protocol.md §6): schema 2.0 ``header.token``,
+        schema 1.0 and the handshake top-level ``token``. Any JSON value, or None when absent."""
+        if self.schema is not None:
+            return self.header.get("token") if isinstance(self.header, dict) else None
+        return self.token
+
+
+OUTER_DECODER: Final = msgspec.json.Decoder(Outer)
+
+
+class HeaderV2(msgspec.Struct, kw_only=True):
+    """Schema 2.0 ``header`` (docs/protocol.md §2): what a well-formed one must hold."""
+
+    event_id: NonEmptyStr
+    event_type: NonEmptyStr
+    create_time: str
+    app_id: str
+    tenant_key: str
+    token: str | None = None
+
+
+class _EventV1Peek(msgspec.Struct):
+    """What schema 1.0 keeps inside ``event`` that every stage needs (docs/protocol.md §9.1)."""
+
+    type: Any = None
+    app_id: Any = None
+    tenant_key: Any = None
+
+
+_peek_v1: Final = msgspec.json.Decoder(_EventV1Peek)
+
+
+class Defect(msgspec.Struct, frozen=True):
+    """What is wrong with a push's top level: ``detail`` (msgspec's wording) at ``path`` (``$.header``)."""
+
+    detail: str
+    path: str
+
+
+class InboundEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event the platform pushed to us, authenticated and in plaintext.
+
+    ``schema``: the top level's shape, ``"2.0"`` (a ``schema`` field; any value other than
+    ``"2.0"`` is a defect) or ``"1.0"`` (``type: "event_callback"`` or a ``uuid``), None when it
+    is neither. ``delivery_id``: ``header.event_id`` / ``uuid``, the dedup key (None when absent
+    or empty). ``lark_type``, ``app_id``, ``tenant_key``: as in the module table, None when not a
+    string. ``create_time``: as sent, unparsed (2.0: 13-digit ms or 16-digit µs; 1.0: unix seconds
+    with a fraction). ``event``: the raw ``event`` JSON (empty when absent). ``payload``: the whole
+    plaintext JSON object as received (decrypted when it came encrypted). ``defect``: None for a
+    well-formed top level.
+    """
+
+    schema: Literal["1.0", "2.0"] | None
+    delivery_id: str | None
+    lark_type: str | None
+    app_id: str | None
+    tenant_key: str | None
+    create_time: str | None
+    event: msgspec.Raw
+    payload: bytes
+    defect: Defect | None = None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _nonempty(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def read_inbound(payload: bytes, outer: Outer | None = None) -> InboundEvent:
+    """The :class:`InboundEvent` of an authentic plaintext ``payload`` (a JSON object's bytes).
+
+    ``outer``: the payload's top level when the caller already decoded it (the verify stage
+    does), else it is decoded here. Raises ``msgspec.DecodeError`` only when ``outer`` is not
+    given and ``payload`` is not a JSON object; every other problem is a ``defect``.
+    """
+    if outer is None:
+        outer = OUTER_DECODER.decode(payload)
+    if outer.schema is not None:
+        return _read_v2(payload, outer)
+    if outer.type == EVENT_CALLBACK or outer.uuid is not None:
+        return _read_v1(payload, outer)
+    return InboundEvent(
+        schema=None,
+        delivery_id=None,
+        lark_type=_str(outer.type),
+        app_id=None,
+        tenant_key=None,
+        create_time=None,
+        event=outer.event,
+        payload=payload,
+        defect=Defect("neither a schema 2.0 event (schema) nor a schema 1.0 event_callback", "$"),
+    )
+
+
+def _read_v2(payload: bytes, outer: Outer) -> InboundEvent:
+    header = outer.header if isinstance(outer.header, dict) else {}
+    defect = None
+    if outer.schema != "2.0":
+        defect = Defect("unsupported schema", "$.schema")
+    else:
+        try:
+            convert(outer.header, HeaderV2, path="$.header")
+        except Invalid as exc:
+            defect = Defect(exc.detail, exc.path)
+        else:
+            if not outer.event:
+                defect = Defect("Object missing required field `event`", "$")
+    return InboundEvent(
+        schema="2.0",
+        delivery_id=_nonempty(header.get("event_id")),
+        lark_type=_str(header.get("event_type")),
+        app_id=_str(header.get("app_id")),
+        tenant_key=_str(header.get("tenant_key")),
+        create_time=_str(header.get("create_time")),
+        event=outer.event,
+        payload=payload,
+        defect=defect,
+    )
+
+
+def _read_v1(payload: bytes, outer: Outer) -> InboundEvent:
+    peek = _EventV1Peek()
+    defect = None
+    if not outer.event:
+        defect = Defect("Object missing required field `event`", "$")
+    else:
+        try:
+            peek = _peek_v1.decode(outer.event)
+        except msgspec.ValidationError as exc:  # JSON (Raw is valid JSON), but not an object
+            defect = Defect(str(exc), "$.event")
+    if defect is None:
+        for value, tp, path in (
+            (outer.type, Literal["event_callback"], "$.type"),
+            (outer.uuid, NonEmptyStr, "$.uuid"),
+        ):
+            try:
+                convert(value, tp, path=path)
+            except Invalid as exc:
+                defect = Defect(exc.detail, exc.path)
+                break
+    return InboundEvent(
+        schema="1.0",
+        delivery_id=_nonempty(outer.uuid),
+        lark_type=_str(peek.type),
+        app_id=_str(peek.app_id),
+        tenant_key=_str(peek.tenant_key),
+        create_time=_str(outer.ts),
+        event=outer.event,
+        payload=payload,
+        defect=defect,
+    )

@@ -1,0 +1,15 @@
+"""Ingresses: the ways events reach the bridge from the platform.
+
+An ingress turns what the platform sent into one :class:`~bridge.inbound.InboundEvent`
+(authenticated, plaintext, its top level read once by :func:`~bridge.inbound.read_inbound`),
+hands it to the delivery (:meth:`bridge.delivery.EventSink.deliver`) and acknowledges the
+platform only when that returns; when it raises :class:`~bridge.errors.Unavailable`, the ingress
+answers so that the platform retries. The delivery knows nothing of the ingress.
+
+* :mod:`bridge.ingress.webhook` — the HTTP webhook ("send events to developer server",
+  docs/protocol.md §1–§6): verify, decrypt, token, freshness; answers with an HTTP status.
+
+Adding one (e.g. the platform's long connection): authenticate by its own rules, build the
+payload bytes, call ``read_inbound(payload)``, ``await sink.deliver(event, received_ms=…)``,
+and map the outcome and :class:`~bridge.errors.BridgeError` to its own acknowledgement.
+"""

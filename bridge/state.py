@@ -1,0 +1,38 @@
+"""The app's typed state: one :class:`AppState` under :data:`STATE`, built by ``create_app``.
+
+Kept apart from :mod:`bridge.app` so that the ingress modules can read it without importing the
+factory that registers them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from bridge.dedup import DeliveryLedger
+from bridge.delivery import EventSink
+from bridge.metrics import Metrics
+from bridge.publish import Publisher
+from bridge.settings import Settings
+from bridge.verify import Verifier
+
+
+@dataclass(slots=True)
+class AppState:
+    """Everything the handlers need, built once by :func:`bridge.app.create_app`.
+
+    ``draining`` turns true when shutdown begins: readiness answers 503 and new events get 503.
+    ``publisher`` and ``ledger`` are None when a test passed its own sink.
+    """
+
+    settings: Settings
+    verifier: Verifier
+    sink: EventSink
+    metrics: Metrics
+    publisher: Publisher | None
+    ledger: DeliveryLedger | None = None
+    draining: bool = False
+
+
+STATE = web.AppKey("bridge_state", AppState)
