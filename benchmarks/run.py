@@ -1,6 +1,6 @@
 """``python -m benchmarks.run`` (``make bench``): the bridge vs. the HTTP ceiling vs. the docs' recipe.
 
-One core each (issue #7). The runner pins itself, the local Kafka broker it starts and the load
+One core each. The runner pins itself, the local Kafka broker it starts and the load
 generator to core 1 (``taskset -c 1``) and runs the services under test one at a time on core 0
 (``taskset -c 0``):
 

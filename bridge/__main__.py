@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -59,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             print(f"bridge: {exc}", file=sys.stderr)
             return 2
-        from bridge.logs import configure_logging
+        from bridge.logs import configure_logging, warn_unknown_variables
         from bridge.server import serve
 
         configure_logging(settings.log_level, settings.log_format)
+        warn_unknown_variables(os.environ)
         asyncio.run(serve(settings))
         return 0
     if args.command == "schemas":

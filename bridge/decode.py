@@ -166,7 +166,7 @@ _MAX_MS: Final = 4_102_444_800_000  # 2100-01-01
 
 
 def parse_create_time(value: str) -> int:
-    """Schema 2.0 ``header.create_time`` → unix ms: 13 digits are ms, 16 digits µs (PROTOCOL.md §2).
+    """Schema 2.0 ``header.create_time`` → unix ms: 13 digits are ms, 16 digits µs (docs/protocol.md §2).
 
     Raises ValueError for anything else or a time outside 2000–2100.
     """

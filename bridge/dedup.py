@@ -1,7 +1,7 @@
 """Dedup window: which Lark delivery ids were already delivered to Kafka, and which are in flight.
 
 The platform delivers at least once and retries for ≈7.1 h with the same delivery id
-(PROTOCOL.md §7: dedupe on ``header.event_id`` / ``uuid``). An id is marked *delivered* only after
+(docs/protocol.md §7: dedupe on ``header.event_id`` / ``uuid``). An id is marked *delivered* only after
 the broker acknowledged its records (or its dead-letter record); a failed publish leaves it
 unmarked so the platform's retry publishes it.
 

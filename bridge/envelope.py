@@ -77,7 +77,7 @@ class UserId(msgspec.Struct, omit_defaults=True, kw_only=True):
     union_id: str | None = None
 
 
-# ---- vc.room.created_v1 (DOC-ROOM, PROTOCOL.md §9.2) ------------------------------------------
+# ---- vc.room.created_v1 (DOC-ROOM, docs/protocol.md §9.2) ------------------------------------------
 
 
 class RoomStatus(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -120,7 +120,7 @@ class RoomCreatedData(_Data, kw_only=True):
     room: Room
 
 
-# ---- vc.reserve_config.updated_v1 (DOC-RCFG, PROTOCOL.md §9.3) --------------------------------
+# ---- vc.reserve_config.updated_v1 (DOC-RCFG, docs/protocol.md §9.3) --------------------------------
 
 
 class SubscribeUser(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -175,7 +175,7 @@ class ReserveConfigUpdatedData(_Data, kw_only=True):
     reserve_scope_config: ReserveScopeConfig | None = None
 
 
-# ---- third_party_meeting_room_event_* (DOC-3RD, PROTOCOL.md §9.1) -----------------------------
+# ---- third_party_meeting_room_event_* (DOC-3RD, docs/protocol.md §9.1) -----------------------------
 
 
 class TimeStamp(msgspec.Struct, omit_defaults=True, kw_only=True):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import TextIO
 
 import structlog
 
-from bridge.settings import LogFormat
+from bridge.settings import LogFormat, unknown_variables
 
 
 def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) -> None:
@@ -56,3 +57,14 @@ def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) 
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> int:
+    """Log one warning per ``BRIDGE_*`` variable of ``environ`` that is no setting, naming the
+    closest setting (:func:`bridge.settings.unknown_variables`); names only, never values.
+    Returns how many were found. The bridge still starts: an unknown variable may be legitimate."""
+    found = unknown_variables(environ)
+    log = structlog.get_logger("bridge.settings")
+    for name, closest in found:
+        log.warning("unknown setting variable ignored", variable=name, did_you_mean=closest)
+    return len(found)

@@ -1,7 +1,7 @@
 """Prometheus metrics of one bridge app, in a registry of its own (no process globals).
 
 Histogram buckets resolve the platform's deadlines: 1 s for the URL-verification handshake and
-3 s for an event (PROTOCOL.md §5, §7). Labels are fixed identifiers (outcomes, reasons, Lark types,
+3 s for an event (docs/protocol.md §5, §7). Labels are fixed identifiers (outcomes, reasons, Lark types,
 topic names) — never a token, key, body or delivery id.
 """
 

@@ -73,7 +73,7 @@ EXAMPLE_RECEIVED_MS: Final = 1_608_725_990_000  # fixed, so that examples are re
 def examples() -> dict[str, list[Any]]:
     """``{schema file stem: [example records]}``: the documented samples, normalized, and one
     dead letter (the room sample without ``room_id``). Third-party types other than ``_created``
-    reuse its sample with the type swapped (no documented sample exists, PROTOCOL.md §9.1)."""
+    reuse its sample with the type swapped (no documented sample exists, docs/protocol.md §9.1)."""
     from bridge.decode import DecodeFailure, decode
     from bridge.inbound import read_inbound
     from bridge.normalize import Topics, dead_letter, normalize

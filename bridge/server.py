@@ -1,6 +1,6 @@
 """Run the app: bind, serve until SIGTERM/SIGINT, then shut down gracefully.
 
-Shutdown (issue #5): on the signal, readiness turns 503 and new events get 503 at once; the
+Shutdown (README "Operations"): on the signal, readiness turns 503 and new events get 503 at once; the
 listening socket closes; requests in flight finish; the producer flushes and closes; the whole
 takes at most ``BRIDGE_SHUTDOWN_TIMEOUT_S`` seconds, then the process exits 0.
 """

@@ -12,14 +12,16 @@ reason only, never by value.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "BRIDGE_"
 
@@ -73,6 +75,20 @@ class Settings(BaseSettings):
         case_sensitive=False,
         hide_input_in_errors=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values passed in: :func:`load_settings` reads the mapping it is given (by
+        default ``os.environ``) and nothing else — no process environment behind its back, no
+        ``.env`` file, no secrets directory."""
+        return (init_settings,)
 
     # --- HTTP ingress -------------------------------------------------------------------------
     http_host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
@@ -254,19 +270,20 @@ def env_name(field: str) -> str:
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build :class:`Settings` from ``environ`` (default ``os.environ``).
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``), and from nothing else.
 
-    Raises :class:`SettingsError` whose message lists each bad variable as
-    ``BRIDGE_X: reason`` — the offending value is never included (it may be a secret).
+    Variable names are matched case-insensitively; ``BRIDGE_*`` names that are not settings are
+    ignored here (see :func:`unknown_variables`). Raises :class:`SettingsError` whose message
+    lists each bad variable as ``BRIDGE_X: reason`` — the offending value is never included (it
+    may be a secret).
     """
     env = os.environ if environ is None else environ
     values = {
         k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)
     }
-    known = {k: v for k, v in values.items() if k in Settings.model_fields}
+    known: dict[str, Any] = {k: v for k, v in values.items() if k in Settings.model_fields}
     try:
-        # Read only from the mapping given, not the process environment or a .env file.
-        return Settings.model_validate(known)
+        return Settings(**known)
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_input=False, include_url=False):
@@ -274,6 +291,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             name = env_name(str(loc[0])) if loc else "settings"
             lines.append(f"{name}: {err['msg']}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+# Variables Kubernetes injects for a Service named ``bridge…`` when service links are on
+# (``{SVC}_SERVICE_HOST``, ``{SVC}_PORT_8080_TCP_ADDR``, …): not typos, never warned about.
+_SERVICE_LINK = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``[(variable, closest setting's variable or None)]`` for each ``BRIDGE_*`` variable in
+    ``environ`` that is not a setting (a typo such as ``BRIDGE_KAFKA_BOOTSTRAP_SERVER`` would
+    otherwise be silently ignored), sorted. Kubernetes service-link variables are left out.
+    Only names are returned, never values."""
+    known = [env_name(f) for f in Settings.model_fields]
+    out = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or _SERVICE_LINK.search(upper):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        out.append((name, close[0] if close else None))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Verify stage: signature, freshness, decryption and verification token of one Lark push.
 
 Pure functions over bytes and header mappings; no I/O, no event loop, an injectable clock.
-The rules and their sources (``shared/protocol/PROTOCOL.md``):
+The rules and their sources (``docs/protocol.md``):
 
 * Encryption (§3, DOC-SEND "加密原理", SDK-GO ``core/utils.go``): ``key = SHA-256(encrypt_key)``,
   ``encrypt = base64(iv ‖ AES-256-CBC(key, iv, PKCS#7(plaintext)))``. We unpad strictly.
@@ -54,7 +54,7 @@ def _aes_key(encrypt_key: str) -> bytes:
 def sign(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
     """``X-Lark-Signature`` for a body: lower-case hex SHA-256 of ``timestamp + nonce + key + body``.
 
-    ``timestamp`` is unix seconds as a decimal string. Source: PROTOCOL.md §4 (DOC-RECV).
+    ``timestamp`` is unix seconds as a decimal string. Source: docs/protocol.md §4 (DOC-RECV).
     """
     h = hashlib.sha256((timestamp + nonce + encrypt_key).encode("utf-8"))
     h.update(body)
@@ -64,7 +64,7 @@ def sign(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
 def encrypt(plaintext: bytes, encrypt_key: str, *, iv: bytes | None = None) -> str:
     """The platform's ``encrypt`` value: ``base64(iv ‖ AES-256-CBC(SHA-256(key), iv, PKCS#7(pt)))``.
 
-    ``iv`` (16 bytes) defaults to random. Source: PROTOCOL.md §3. Used by tests, the demo and the
+    ``iv`` (16 bytes) defaults to random. Source: docs/protocol.md §3. Used by tests, the demo and the
     benchmark to build requests exactly as the platform does.
     """
     iv = os.urandom(_BLOCK) if iv is None else iv
@@ -75,7 +75,7 @@ def encrypt(plaintext: bytes, encrypt_key: str, *, iv: bytes | None = None) -> s
 
 
 def decrypt(encrypted: str, encrypt_key: str) -> bytes:
-    """Decrypt an ``encrypt`` value (PROTOCOL.md §3) with strict PKCS#7 unpadding.
+    """Decrypt an ``encrypt`` value (docs/protocol.md §3) with strict PKCS#7 unpadding.
 
     Returns the plaintext bytes. Raises :class:`AuthenticationError` with reason ``bad_base64``,
     ``bad_ciphertext_length`` (not IV + n·16 bytes, n ≥ 1) or ``bad_padding``.

@@ -1,7 +1,7 @@
 """Build webhook requests exactly as the Lark platform sends them, with knobs for each fault.
 
 Used by the tests, the demo and the benchmark. Cross-checked against the official SDK
-(``lark-oapi``) in ``tests/unit/test_platform_vs_sdk.py``. Rules: PROTOCOL.md §1 (compact JSON,
+(``lark-oapi``) in ``tests/unit/test_platform_vs_sdk.py``. Rules: docs/protocol.md §1 (compact JSON,
 UTF-8), §3 (encryption), §4 (signature over the raw bytes), §5 (unsigned handshake).
 """
 
@@ -17,7 +17,7 @@ from bridge.verify import HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, encr
 
 
 def compact(payload: Any) -> bytes:
-    """The platform's serialization: compact JSON, raw UTF-8 (PROTOCOL.md §1)."""
+    """The platform's serialization: compact JSON, raw UTF-8 (docs/protocol.md §1)."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -53,7 +53,7 @@ class Platform:
         ``X-Lark-*`` headers are set (``timestamp`` unix seconds, default now). ``sign_key``
         signs with another key (a fault); ``raw_plaintext`` encrypts these bytes instead of the
         payload (for decrypted-not-JSON faults). Without a key, the platform still sends the
-        headers, signed with an empty key (PROTOCOL.md §4).
+        headers, signed with an empty key (docs/protocol.md §4).
         """
         plaintext = raw_plaintext if raw_plaintext is not None else compact(payload)
         if self.encrypt_key is not None:

@@ -1,4 +1,4 @@
-"""The platform's documented sample bodies (``shared/protocol/samples``), as package data.
+"""The platform's documented sample bodies (docs/protocol.md §9), as package data.
 
 Used by the demo, the benchmark, the schema examples and the tests.
 """

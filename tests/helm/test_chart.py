@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -646,3 +648,29 @@ def test_notes_without_ingress_give_a_port_forward_hint(
     assert "kubectl --namespace lark-test port-forward svc/t-lark-bridge" in text
     assert "/webhook/event" in text
     assert "larkVerificationToken is empty" in text
+
+
+README_SHELL = {"LARK_VERIFICATION_TOKEN": "vt-readme", "LARK_ENCRYPT_KEY": "ek-readme"}
+
+
+def readme_helm_commands() -> list[str]:
+    """Every ``helm install|upgrade|template`` command README shows, continuation lines joined."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return re.findall(r"^\s*(helm (?:install|upgrade|template) .*)$", joined, flags=re.M)
+
+
+def test_readme_helm_commands_render_with_exactly_their_flags(chart: Helm) -> None:
+    commands = readme_helm_commands()
+    assert commands, "README shows no helm command any more: keep this test in step"
+    for command in commands:
+        words = shlex.split(command, posix=True)
+        assert words[3] == "helm/lark-bridge"
+        sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        assert sets and len(sets) * 2 == len(words) - 4, f"only --set flags are checked here: {command}"
+        # Shell variables stand for the user's secrets: give each a value, keep the rest verbatim.
+        args = [a for s in sets for a in ("--set", re.sub(r"\$(\w+)", lambda m: README_SHELL[m[1]], s))]
+        env = container_environment(chart.render(None, None, *args))
+        assert env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"] == "kafka-1:9092,kafka-2:9092"
+        assert env["BRIDGE_LARK_VERIFICATION_TOKEN"] == "vt-readme" and env["BRIDGE_LARK_ENCRYPT_KEY"] == "ek-readme"
+        assert load_settings(env).kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"

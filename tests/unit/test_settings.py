@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from bridge.__main__ import settings_help
-from bridge.settings import Settings, SettingsError, load_settings, setting_docs
+from bridge.settings import Settings, SettingsError, load_settings, setting_docs, unknown_variables
 
 SECRET_TOKEN = "vt-very-secret-0001"
 SECRET_KEY = "ek-very-secret-0002"
@@ -68,3 +71,62 @@ def test_help_lists_every_setting_with_its_default() -> None:
         assert f"{row.env}  (default: {row.default})" in out
     assert len(setting_docs()) == len(Settings.model_fields)
     assert settings_help() in out
+
+
+def test_only_the_given_mapping_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("BRIDGE_LARK_ENCRYPT_KEY", SECRET_KEY)
+    monkeypatch.setenv("BRIDGE_HTTP_PORT", "not-a-port")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("BRIDGE_KAFKA_CLIENT_ID=from-dotenv\n")
+    s = load_settings({"BRIDGE_LARK_VERIFICATION_TOKEN": SECRET_TOKEN})
+    assert s.encrypt_keys == () and s.http_port == 8080 and s.kafka_client_id == "lark-bridge"
+    with pytest.raises(SettingsError, match="BRIDGE_HTTP_PORT"):
+        load_settings()  # the default mapping is os.environ: the bad port there is read and refused
+
+
+def test_unknown_variables_name_the_closest_setting_and_skip_service_links() -> None:
+    env = {
+        "BRIDGE_KAFKA_BOOTSTRAP_SERVER": "kafka:9092",
+        "bridge_http_port": "1",  # a known one, any case
+        "BRIDGE_ZZZ": "1",
+        "BRIDGE_LARK_BRIDGE_SERVICE_HOST": "10.0.0.1",
+        "BRIDGE_LARK_BRIDGE_PORT_8080_TCP_ADDR": "10.0.0.1",
+        "BRIDGE_PORT": "tcp://10.0.0.1:8080",
+        "OTHER": "x",
+    }
+    assert unknown_variables(env) == [
+        ("BRIDGE_KAFKA_BOOTSTRAP_SERVER", "BRIDGE_KAFKA_BOOTSTRAP_SERVERS"),
+        ("BRIDGE_ZZZ", None),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_warns_about_a_stray_variable_at_start_and_still_starts() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_LARK_VERIFICATION_TOKEN=SECRET_TOKEN,
+        BRIDGE_HTTP_HOST="127.0.0.1",
+        BRIDGE_HTTP_PORT=str(free_port()),
+        BRIDGE_KAFKA_BOOTSTRAP_SERVER="kafka-typo:9092",
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+    )
+    with subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            lines = []
+            for line in proc.stderr:
+                lines.append(line)
+                if "listening on" in line:
+                    break
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    warning = [json.loads(x) for x in lines if "unknown setting variable" in x]
+    assert warning and warning[0]["variable"] == "BRIDGE_KAFKA_BOOTSTRAP_SERVER"
+    assert warning[0]["did_you_mean"] == "BRIDGE_KAFKA_BOOTSTRAP_SERVERS" and warning[0]["level"] == "warning"
+    assert "kafka-typo" not in "".join(lines)  # names only, never values
