@@ -6,9 +6,9 @@ Same configuration (``BRIDGE_*`` environment), logging and lifecycle as ``python
 before the socket opens — the steady state of a bridge that has run for a whole dedup TTL. The
 benchmark reads this process's peak RSS (VmHWM) after driving it.
 
-How: ``bridge.server.serve`` builds its app with ``bridge.server.create_app``; this wrapper
-replaces that one name with a factory that calls the real ``create_app`` and then fills
-``app[STATE].ledger`` (a ``bridge.dedup.DeliveryLedger``). Nothing else of the bridge changes.
+How: the real ``create_app`` builds the app, this script fills ``app[STATE].ledger`` (a
+``bridge.dedup.DeliveryLedger``) and hands the app to ``bridge.server.serve(settings, app=…)``.
+Nothing else of the bridge changes.
 The ids are generated one at a time and dropped, so only the ledger keeps memory.
 """
 
@@ -21,9 +21,9 @@ import time
 
 from aiohttp import web
 
-import bridge.server
 from bridge.app import STATE, create_app
 from bridge.logs import configure_logging
+from bridge.server import serve
 from bridge.settings import Settings, SettingsError, load_settings
 
 
@@ -50,8 +50,7 @@ def main() -> int:
         )
         return app
 
-    bridge.server.create_app = prefilled_app  # type: ignore[assignment]
-    asyncio.run(bridge.server.serve(settings))
+    asyncio.run(serve(settings, app=prefilled_app(settings)))
     return 0
 
 

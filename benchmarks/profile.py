@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         step_s=5.0, refine=0, only="", no_write=True, keep=False, stall_retries=1, fixed_only=True, fixed_rates=""
     )
     bench = bench_run.Bench(ns)
-    from bridge.devtools.broker import LocalBroker
+    from bridge_devtools.broker import LocalBroker
 
     bench.broker = LocalBroker(jvm_opts=bench_run.BROKER_JVM_OPTS)
     bench.broker.start(timeout_s=180)

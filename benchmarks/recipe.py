@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import lark_oapi as lark
 from flask import Flask
@@ -72,13 +73,13 @@ app = Flask(__name__)
 
 
 @app.route("/webhook/event", methods=["POST"])
-def event():  # type: ignore[no-untyped-def]
+def event() -> Any:
     resp = handler.do(parse_req())
     return parse_resp(resp)
 
 
 @app.route("/readyz", methods=["GET"])
-def readyz():  # type: ignore[no-untyped-def]
+def readyz() -> Any:
     try:  # metadata of the three topics (blocks up to max_block_ms when the broker is away)
         ok = all(producer.partitions_for(t) for t in (TOPIC_ROOM_CREATED, TOPIC_RESERVE_CONFIG, TOPIC_THIRD_PARTY))
     except Exception:

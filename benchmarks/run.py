@@ -519,7 +519,7 @@ class Bench:
         }
 
     def run(self) -> None:
-        from bridge.devtools.broker import LocalBroker
+        from bridge_devtools.broker import LocalBroker
 
         only = set(self.args.only.split(",")) if self.args.only else None
 
@@ -745,7 +745,7 @@ class Bench:
 
 
 def tools_free_port() -> int:
-    from bridge.devtools.broker import free_port
+    from bridge_devtools.broker import free_port
 
     return free_port()
 
@@ -874,7 +874,7 @@ def report_md(bench: Bench, ver: dict[str, str], mach: dict[str, str], elapsed: 
     mix = ", ".join(f"{w} % `{k}`" for k, w in MIX)
     md += [
         f"**Traffic**: platform-exact requests (AES-256-CBC encrypted, signed, timestamps of the step) built by "
-        f"`bridge.devtools.platform.Platform` from the documented samples: {mix}; 1,000 rooms; a third-party "
+        f"`bridge_devtools.platform.Platform` from the documented samples: {mix}; 1,000 rooms; a third-party "
         f"event lists 1–3 rooms (1–3 records); every delivery id unique. Open loop (`benchmarks/loadgen`), "
         f"{bench.args.step_s:g} s per step. A step passes when every answer is 200, p99 ≤ {P99_LIMIT_MS:.0f} ms "
         f"(counted from each request's due time) and the generator sent ≥ {MIN_SENT_SHARE:.0%} of the rate. "

@@ -1,6 +1,6 @@
 """Platform-exact benchmark traffic: the three documented event kinds over 1,000 rooms.
 
-Every request is built by :class:`bridge.devtools.platform.Platform` (compact JSON, AES-256-CBC
+Every request is built by :class:`bridge_devtools.platform.Platform` (compact JSON, AES-256-CBC
 encrypted, signed with a fresh ``X-Lark-Request-Timestamp``) from the documented samples in
 ``bridge.samples``, with
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from bridge.devtools.platform import Platform, PlatformRequest
 from bridge.samples import sample
+from bridge_devtools.platform import Platform, PlatformRequest
 
 ROOMS: Final = tuple("omm_" + hashlib.md5(f"room-{i}".encode()).hexdigest() for i in range(1000))
 #: (kind, weight): 60 % bookings (fan out to 1-3 records), 25 % reserve-config updates, 15 % room creations.

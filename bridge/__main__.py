@@ -1,8 +1,9 @@
-"""Command line: ``python -m bridge {serve,schemas,demo}``.
+"""Command line: ``python -m bridge {serve,schemas,config-reference}``.
 
 ``serve`` runs the bridge with the configuration from ``BRIDGE_*`` environment variables (exit
 code 2 and a message naming the variable when one is bad). ``schemas write|check`` generates or
-checks ``schemas/``. ``demo`` runs the whole path on a local broker (see README).
+checks ``schemas/``. ``config-reference`` prints README's settings table. (The demo and the
+local broker are development tools outside the package: ``bridge_devtools``.)
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("action", choices=("write", "check"))
     schemas.add_argument("--dir", type=Path, default=Path("schemas"), help="schemas directory")
     sub.add_parser("config-reference", help="print the settings table of README (markdown)")
-    demo = sub.add_parser("demo", help="start a local broker and the bridge, send the samples, print the records")
-    demo.add_argument("--kafka-version", default=None, help="Kafka version of the local broker")
     return parser
 
 
@@ -83,10 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(settings_markdown())
         return 0
-    if args.command == "demo":
-        from bridge.devtools.demo import run_demo
-
-        return run_demo(kafka_version=args.kafka_version)
     return 2
 
 

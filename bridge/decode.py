@@ -23,10 +23,18 @@ from typing import Any, Final
 import msgspec
 
 from bridge import envelope as ev
-from bridge.inbound import InboundEvent
+from bridge.inbound import InboundEvent, UnreadableJSON, read_json
 from bridge.validation import Invalid, locate
 
 REDACTED: Final = "[REDACTED]"
+#: Deepest nesting of JSON objects and arrays the bridge carries (in ``_unmodelled`` and in dead
+#: letters). The platform's payloads nest six levels at most (docs/protocol.md §9); a payload
+#: nested deeper is an ``invalid_event``, and its dead letter does not carry it.
+MAX_DEPTH: Final = 64
+
+
+class TooDeep(ValueError):
+    """A JSON value nested deeper than :data:`MAX_DEPTH`."""
 
 
 class DecodeFailure(Exception):
@@ -69,7 +77,6 @@ class DecodedEvent(msgspec.Struct, frozen=True, kw_only=True):
 _EVENT_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     t: msgspec.json.Decoder(cls, strict=False) for t, cls in ev.DATA_TYPES.items()
 }
-_generic: Final = msgspec.json.Decoder()
 
 
 # ---- field trees for carrying unmodelled fields -------------------------------------------------
@@ -121,12 +128,20 @@ def _is_token_key(key: str) -> bool:
     return "token" in key.lower()
 
 
-def redact_tokens(value: Any) -> Any:
-    """A copy of a decoded JSON value with every key containing ``token`` (any case) redacted."""
+def redact_tokens(value: Any, depth: int = 0) -> Any:
+    """A copy of a decoded JSON value with every key containing ``token`` (any case) redacted.
+
+    ``depth``: how deep ``value`` already sits. Raises :class:`TooDeep` past :data:`MAX_DEPTH`
+    (so that no hostile payload can exhaust the interpreter's recursion limit).
+    """
     if isinstance(value, dict):
-        return {k: REDACTED if _is_token_key(k) else redact_tokens(v) for k, v in value.items()}
+        if depth >= MAX_DEPTH:
+            raise TooDeep(f"nested deeper than {MAX_DEPTH} levels")
+        return {k: REDACTED if _is_token_key(k) else redact_tokens(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact_tokens(v) for v in value]
+        if depth >= MAX_DEPTH:
+            raise TooDeep(f"nested deeper than {MAX_DEPTH} levels")
+        return [redact_tokens(v, depth + 1) for v in value]
     return value
 
 
@@ -134,28 +149,29 @@ def unmodelled_fields(payload: Any, tree: _Tree) -> dict[str, Any]:
     """``{JSON pointer: value}`` of the fields of ``payload`` (decoded JSON) that ``tree`` lacks.
 
     Token fields are dropped, not carried (the verification token never enters an envelope).
+    Raises :class:`TooDeep` when a carried value nests deeper than :data:`MAX_DEPTH` in all.
     Hot path: known keys are found with one C-level set difference per object, and only
     children that have structure of their own are descended into.
     """
     out: dict[str, Any] = {}
 
-    def walk(value: Any, node: _Tree, path: str) -> None:
+    def walk(value: Any, node: _Tree, path: str, depth: int) -> None:
         if type(node) is dict:
             if type(value) is not dict:
                 return
             for k in sorted(value.keys() - node.keys()):
                 if not _is_token_key(k):
-                    out[path + "/" + _pointer_escape(k)] = redact_tokens(value[k])
+                    out[path + "/" + _pointer_escape(k)] = redact_tokens(value[k], depth + 1)
             for k, child in node.items():
                 if child is not None and k in value:
-                    walk(value[k], child, path + "/" + _pointer_escape(k))
+                    walk(value[k], child, path + "/" + _pointer_escape(k), depth + 1)
         elif type(node) is tuple and type(value) is list:
             child = node[1]
             if child is not None:
                 for i, item in enumerate(value):
-                    walk(item, child, f"{path}/{i}")
+                    walk(item, child, f"{path}/{i}", depth + 1)
 
-    walk(payload, tree, "")
+    walk(payload, tree, "", 0)
     return out
 
 
@@ -206,8 +222,10 @@ def _decode_data(inbound: InboundEvent, lark_type: str) -> Any:
     try:
         return _EVENT_DECODERS[lark_type].decode(inbound.event)
     except msgspec.ValidationError as exc:
-        where = locate(_generic.decode(inbound.event), ev.DATA_TYPES[lark_type], path="$.event", strict=False)
+        where = locate(read_json(inbound.event), ev.DATA_TYPES[lark_type], path="$.event", strict=False)
         raise DecodeFailure.invalid(where or Invalid(str(exc), "$.event")) from None
+    except (RecursionError, UnicodeDecodeError) as exc:  # hostile but authenticated: invalid_event
+        raise DecodeFailure("invalid_event", f"not readable JSON ({type(exc).__name__})", "$.event") from None
 
 
 def decode(inbound: InboundEvent) -> DecodedEvent:
@@ -250,7 +268,12 @@ def decode(inbound: InboundEvent) -> DecodedEvent:
 
 def _decoded(inbound: InboundEvent, lark_type: str, tree: _Tree, data: Any, time_ms: int) -> DecodedEvent:
     """The :class:`DecodedEvent`, with the payload's unmodelled fields carried in ``data``."""
-    data.unmodelled = unmodelled_fields(_generic.decode(inbound.payload), tree) or None
+    try:
+        data.unmodelled = unmodelled_fields(read_json(inbound.payload), tree) or None
+    except UnreadableJSON as exc:
+        raise DecodeFailure("invalid_event", f"not readable JSON ({exc})", "$") from None
+    except TooDeep as exc:
+        raise DecodeFailure("invalid_event", str(exc), "$") from None
     assert inbound.delivery_id is not None  # a well-formed top level has one
     return DecodedEvent(
         lark_type=lark_type,

@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import structlog
 from aiokafka.structs import RecordMetadata
 
+from bridge import envelope as ev
 from bridge.decode import DecodeFailure, decode
 from bridge.dedup import DeliveryLedger
-from bridge.errors import Unavailable
+from bridge.errors import BridgeError, Unavailable
 from bridge.inbound import InboundEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics, dead_letter, normalize
@@ -44,8 +46,14 @@ class Outcome:
 class EventSink(Protocol):
     """Where an ingress hands an inbound event (a test may provide its own)."""
 
-    async def deliver(self, event: InboundEvent, *, received_ms: int) -> Outcome:
-        """Deliver or raise :class:`~bridge.errors.Unavailable`; see the module docstring."""
+    async def deliver(self, event: InboundEvent, *, received_ms: int, deadline_s: float | None = None) -> Outcome:
+        """Deliver or raise :class:`~bridge.errors.Unavailable`; see the module docstring.
+
+        ``received_ms``: receive time, unix ms (a dead letter's ``received_at``). ``deadline_s``:
+        the event loop's clock (``loop.time()``, seconds) by which to return; default: the
+        sink's own timeout from now. The ingress passes its request's arrival + that timeout, so
+        that reading the request and waiting for the broker share one deadline.
+        """
         ...
 
 
@@ -55,9 +63,20 @@ class RecordPublisher(Protocol):
     async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]: ...
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # a late failure after the request timed out is expected, not an error
+log = structlog.get_logger("bridge.delivery")
+
+
+def type_label(lark_type: str) -> str:
+    """The ``lark_type`` metric label: a type the bridge forwards, else ``other`` — a signed
+    payload chooses its type freely, and each distinct label value is a new metric series."""
+    return lark_type if lark_type in ev.LARK_TYPES else "other"
+
+
+def _log_late_failure(task: asyncio.Task[Any]) -> None:
+    """Done-callback of a publish that outlived its request: its failure has nobody to tell."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        reason = exc.reason if isinstance(exc, BridgeError) else type(exc).__name__
+        log.warning("publish failed after its request timed out", reason=reason)
 
 
 class KafkaDelivery:
@@ -82,11 +101,11 @@ class KafkaDelivery:
         self._timeout_s = timeout_s
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def deliver(self, event: InboundEvent, *, received_ms: int) -> Outcome:
-        """See :class:`EventSink`; ``received_ms``: receive time, unix ms (the dead letter's
-        ``received_at``). Raises :class:`Unavailable` (``publish_timeout`` or ``broker_unavailable``)."""
+    async def deliver(self, event: InboundEvent, *, received_ms: int, deadline_s: float | None = None) -> Outcome:
+        """See :class:`EventSink`. Raises :class:`Unavailable` (``publish_timeout`` or
+        ``broker_unavailable``)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
+        deadline = loop.time() + self._timeout_s if deadline_s is None else deadline_s
         delivery_id = event.delivery_id
         if delivery_id is not None:
             if self._ledger.delivered(delivery_id):
@@ -108,16 +127,23 @@ class KafkaDelivery:
             records = [dead_letter(event, failure, received_ms=received_ms, topics=self._topics)]
             outcome = Outcome("dead_lettered", failure.reason)
 
+        if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
+            raise Unavailable("publish_timeout")
         if delivery_id is not None:
             self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
         task = asyncio.create_task(self._publish(delivery_id, records, outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_retrieve)
         try:
             metas = await asyncio.wait_for(asyncio.shield(task), deadline - loop.time())
         except TimeoutError:
+            task.add_done_callback(_log_late_failure)
             raise Unavailable("publish_timeout") from None
+        except BridgeError:
+            raise
+        except Exception:  # a bug or an unforeseen client error: the platform retries, we log it
+            log.exception("publish failed")
+            raise Unavailable("publish_failed") from None
         outcome.records = [(m.topic, m.partition, m.offset) for m in metas]
         return outcome
 
@@ -139,7 +165,7 @@ class KafkaDelivery:
         if outcome.kind == "dead_lettered":
             self._metrics.dead_letters.labels(reason=outcome.reason or "").inc()
         for r in records:
-            self._metrics.published.labels(lark_type=r.lark_type, topic=r.topic).inc()
+            self._metrics.published.labels(lark_type=type_label(r.lark_type), topic=r.topic).inc()
         return metas
 
     async def drain(self, timeout_s: float) -> None:

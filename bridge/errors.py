@@ -4,7 +4,11 @@
 
     BridgeError                       base; ``status``, fixed public ``message``, ``reason`` label
     ├── BadRequest          400       body is not a JSON object (``not_json``)
+    ├── RequestTimeout      408       the body did not arrive before the deadline (``body_timeout``)
     ├── BodyTooLarge        413       body over BRIDGE_HTTP_MAX_BODY_BYTES (``body_too_large``)
+    ├── UnsupportedEncoding 415       a Content-Encoding the platform never sends (``content_encoding``)
+    ├── ClientDisconnected  499       the client hung up before its body arrived (nobody to answer;
+    │                                 the status is for logs and metrics, nginx's convention)
     ├── AuthenticationError 401       signature, decryption, token or freshness failed;
     │                                 ``reason`` is one of :data:`AUTH_REASONS`
     └── Unavailable         503       the event could not be delivered now; the platform retries
@@ -59,6 +63,38 @@ class BadRequest(BridgeError):
 
     status = 400
     message = "bad request"
+
+
+class RequestTimeout(BridgeError):
+    """408: the request body did not arrive in time (a slow or stalled client)."""
+
+    status = 408
+    message = "request timeout"
+
+    def __init__(self) -> None:
+        super().__init__("body_timeout")
+
+
+class UnsupportedEncoding(BridgeError):
+    """415: a ``Content-Encoding`` other than identity. The platform sends plain bodies
+    (docs/protocol.md §1); inflating what a stranger compressed is a cost nobody needs to pay."""
+
+    status = 415
+    message = "unsupported content encoding"
+
+    def __init__(self) -> None:
+        super().__init__("content_encoding")
+
+
+class ClientDisconnected(BridgeError):
+    """499: the client closed the connection before its body arrived. Nobody reads the answer;
+    the status is recorded in the log line and metrics (nginx's "client closed request")."""
+
+    status = 499
+    message = "client closed request"
+
+    def __init__(self) -> None:
+        super().__init__("client_disconnected")
 
 
 class BodyTooLarge(BridgeError):

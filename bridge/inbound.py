@@ -72,6 +72,32 @@ class Outer(msgspec.Struct):
 OUTER_DECODER: Final = msgspec.json.Decoder(Outer)
 
 
+class UnreadableJSON(ValueError):
+    """Bytes that are not one JSON object this bridge can read: malformed JSON, not an object,
+    invalid UTF-8, or nested deeper than the decoder's recursion limit."""
+
+
+_ANY_DECODER: Final = msgspec.json.Decoder()
+
+
+def read_json(data: bytes) -> Any:
+    """``data`` decoded as generic JSON (dicts, lists, scalars). Raises :class:`UnreadableJSON`."""
+    try:
+        return _ANY_DECODER.decode(data)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise UnreadableJSON(type(exc).__name__) from None
+
+
+def decode_outer(payload: bytes) -> Outer:
+    """The top level of ``payload``. Raises :class:`UnreadableJSON` for anything unreadable —
+    never ``RecursionError`` or ``UnicodeDecodeError``, which msgspec raises for hostile bodies
+    (a thousand nested arrays; a ``\xff`` inside a string) besides its own ``DecodeError``."""
+    try:
+        return OUTER_DECODER.decode(payload)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise UnreadableJSON(type(exc).__name__) from None
+
+
 class HeaderV2(msgspec.Struct, kw_only=True):
     """Schema 2.0 ``header`` (docs/protocol.md §2): what a well-formed one must hold."""
 
@@ -137,11 +163,11 @@ def read_inbound(payload: bytes, outer: Outer | None = None) -> InboundEvent:
     """The :class:`InboundEvent` of an authentic plaintext ``payload`` (a JSON object's bytes).
 
     ``outer``: the payload's top level when the caller already decoded it (the verify stage
-    does), else it is decoded here. Raises ``msgspec.DecodeError`` only when ``outer`` is not
-    given and ``payload`` is not a JSON object; every other problem is a ``defect``.
+    does), else it is decoded here. Raises :class:`UnreadableJSON` only when ``outer`` is not
+    given and ``payload`` is not a readable JSON object; every other problem is a ``defect``.
     """
     if outer is None:
-        outer = OUTER_DECODER.decode(payload)
+        outer = decode_outer(payload)
     if outer.schema is not None:
         return _read_v2(payload, outer)
     if outer.type == EVENT_CALLBACK or outer.uuid is not None:

@@ -13,16 +13,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import msgspec
 
 from bridge import envelope as ev
-from bridge.decode import DecodedEvent, DecodeFailure, redact_tokens
-from bridge.inbound import InboundEvent
+from bridge.decode import DecodedEvent, DecodeFailure, TooDeep, redact_tokens
+from bridge.inbound import InboundEvent, UnreadableJSON, read_json
 
 _HEADERS: Final = (("content-type", ev.CONTENT_TYPE.encode("ascii")),)
 _encoder: Final = msgspec.json.Encoder()
-_generic: Final = msgspec.json.Decoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,10 @@ def rfc3339_ms(ms: int) -> str:
 
 
 def _source(app_id: str, tenant_key: str) -> str:
-    return f"/lark/apps/{app_id}/tenants/{tenant_key}"
+    """CloudEvents ``source`` (a URI-reference): ``/lark/apps/{app_id}/tenants/{tenant_key}``, each
+    id percent-encoded (RFC 3986 unreserved characters kept), so that Lark's ids (``cli_…``, hex)
+    appear verbatim and a hostile one (``/``, spaces, control characters) cannot reshape the URI."""
+    return f"/lark/apps/{quote(app_id, safe='')}/tenants/{quote(tenant_key, safe='')}"
 
 
 def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
@@ -132,14 +135,21 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
 def dead_letter(inbound: InboundEvent, failure: DecodeFailure, *, received_ms: int, topics: Topics) -> Record:
     """The dead-letter record of an authenticated ``inbound`` event that failed to decode.
 
-    Its payload (a JSON object — the ingress checked) is carried with every token field redacted;
-    type, delivery id, app and tenant come from the inbound event where it has them.
+    Its payload is carried with every token field redacted; a payload that cannot be read back
+    (invalid UTF-8 in a field the top level skipped, nesting past ``decode.MAX_DEPTH``) is not
+    carried at all — ``error`` then gives its size and SHA-256. Type, delivery id, app and tenant
+    come from the inbound event where it has them.
     ``received_ms``: receive time, unix ms. Keyed by the delivery id when known, else unkeyed
     (and then its ``id`` is a digest of the payload). Raises nothing.
     """
     payload = inbound.payload
     delivery_id = inbound.delivery_id
-    body = redact_tokens(_generic.decode(payload))
+    error = failure.error
+    try:
+        body = redact_tokens(read_json(payload))
+    except (UnreadableJSON, TooDeep) as exc:  # carried neither whole nor in part: it may hold a token
+        body = {}
+        error += f"; payload not carried ({exc}): {len(payload)} bytes, sha256 {hashlib.sha256(payload).hexdigest()}"
     record_id = delivery_id or "sha256:" + hashlib.sha256(payload).hexdigest()
     source = _source(inbound.app_id, inbound.tenant_key) if inbound.app_id and inbound.tenant_key else "/lark-bridge"
     envelope = ev.DeadLetterEnvelope(
@@ -158,7 +168,7 @@ def dead_letter(inbound: InboundEvent, failure: DecodeFailure, *, received_ms: i
         appid=inbound.app_id,
         data=ev.DeadLetterData(
             reason=failure.reason,
-            error=failure.error,
+            error=error,
             path=failure.path,
             lark_type=inbound.lark_type,
             lark_event_id=delivery_id,

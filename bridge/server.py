@@ -1,15 +1,24 @@
 """Run the app: bind, serve until SIGTERM/SIGINT, then shut down gracefully.
 
-Shutdown (README "Operations"): on the signal, readiness turns 503 and new events get 503 at once; the
-listening socket closes; requests in flight finish; the producer flushes and closes; the whole
-takes at most ``BRIDGE_SHUTDOWN_TIMEOUT_S`` seconds, then the process exits 0.
+Shutdown (README "Operations"): on the signal, readiness turns 503 and new events get 503 at
+once; the listening socket closes; requests in flight finish; the producer flushes and closes; the
+whole takes at most ``BRIDGE_SHUTDOWN_TIMEOUT_S`` seconds, then the process exits 0.
+
+Connections (hostile clients are normal clients): a connection that has not sent a whole request
+within :data:`IDLE_TIMEOUT_S` is closed (aiohttp's keep-alive timer, armed from the connection's
+start, is also the header deadline); unread bodies after an early answer are drained for at most
+:data:`LINGER_S`; the open-file soft limit is raised to the hard limit at start; the event loop's
+"socket.accept() out of system resource" error is logged once per :data:`ACCEPT_ERROR_LOG_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
+import time
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -18,24 +27,92 @@ from bridge.settings import Settings
 
 log = logging.getLogger("bridge.server")
 
+#: Seconds a connection may stay without a whole request (headers trickling, or idle keep-alive).
+IDLE_TIMEOUT_S: Final = 15.0
+#: Seconds aiohttp keeps reading (and discarding) a body left unread after an early answer.
+LINGER_S: Final = 2.0
+#: At most one "out of system resource" accept error is logged per this many seconds.
+ACCEPT_ERROR_LOG_S: Final = 10.0
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise ``RLIMIT_NOFILE``'s soft limit to its hard limit; returns ``(before, after)``.
+
+    Each connection holds a file descriptor: the common soft limit of 1,024 is exhausted by a
+    thousand idle clients, while the hard limit is usually far higher. Never raises.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, target
+
+
+class AcceptErrorThrottle:
+    """An event-loop exception handler that logs "socket.accept() out of system resource" (file
+    descriptors exhausted: asyncio retries the accept every second, and logs each time) at most
+    once per ``interval_s`` seconds with the count since the last line; every other context goes to
+    the loop's default handler. ``clock`` returns monotonic seconds."""
+
+    def __init__(self, interval_s: float = ACCEPT_ERROR_LOG_S, clock: Any = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "out of system resource" not in str(context.get("message", "")):
+            loop.default_exception_handler(context)
+            return
+        now = self._clock()
+        if now - self._last < self._interval_s:
+            self._suppressed += 1
+            return
+        exc = context.get("exception")
+        log.error(
+            "socket.accept() out of system resource (%s); %d more since the last line",
+            type(exc).__name__ if exc else "unknown",
+            self._suppressed,
+        )
+        self._last, self._suppressed = now, 0
+
+
+async def serve(
+    settings: Settings, *, ready: asyncio.Event | None = None, app: web.Application | None = None
+) -> None:
     """Serve ``settings.http_host:http_port`` until SIGTERM/SIGINT; returns after a clean shutdown.
 
-    ``ready`` (optional) is set once the socket listens. Raises OSError if the port can't be bound.
+    ``ready`` (optional) is set once the socket listens; ``app`` is the app to serve (default
+    ``create_app(settings)``; the benchmarks pass one with a pre-filled dedup ledger). Raises
+    OSError if the port can't be bound.
     """
-    app = create_app(settings)
+    if app is None:
+        app = create_app(settings)
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info("open-file limit raised from %d to %d", before, after)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorThrottle())
     # The runner's own wait for in-flight handlers gets most of the budget; the producer's close
     # (cleanup context) the rest. Both are bounded again by the wait_for below.
+    # auto_decompress off: the platform never compresses (docs/protocol.md §1), the webhook answers
+    # 415 to a Content-Encoding, and no byte a stranger sends is inflated, read or not.
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s * 0.6
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s * 0.6,
+        auto_decompress=False,
+        keepalive_timeout=IDLE_TIMEOUT_S,
+        lingering_time=LINGER_S,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()
     log.info("listening on http://%s:%d%s", settings.http_host, settings.http_port, settings.http_path)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:

@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "BRIDGE_"
+DEV_PREFIX = "BRIDGE_DEV_"  # the development tools' variables, e.g. BRIDGE_DEV_KAFKA_VERSION
 
 
 class LogFormat(enum.StrEnum):
@@ -100,6 +101,12 @@ class Settings(BaseSettings):
     )
     http_max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted, in bytes; larger is 413."
+    )
+    http_max_body_bytes_in_flight: int = Field(
+        33_554_432,
+        ge=1024,
+        description="Most request body bytes held at once across all requests, in bytes (a body "
+        "of unknown length counts as BRIDGE_HTTP_MAX_BODY_BYTES); beyond it new requests get 503.",
     )
 
     # --- Lark protocol ------------------------------------------------------------------------
@@ -228,6 +235,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BRIDGE_LARK_ENCRYPT_KEY_PREVIOUS is set but BRIDGE_LARK_ENCRYPT_KEY is not"
             )
+        if self.http_max_body_bytes_in_flight < self.http_max_body_bytes:
+            raise ValueError(
+                "BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT must be >= BRIDGE_HTTP_MAX_BODY_BYTES"
+            )
         if self.dedup_ttl_s < self.lark_max_signature_age_s:
             raise ValueError(
                 "BRIDGE_DEDUP_TTL_S must be >= BRIDGE_LARK_MAX_SIGNATURE_AGE_S, or a replay inside "
@@ -302,12 +313,15 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     """``[(variable, closest setting's variable or None)]`` for each ``BRIDGE_*`` variable in
     ``environ`` that is not a setting (a typo such as ``BRIDGE_KAFKA_BOOTSTRAP_SERVER`` would
     otherwise be silently ignored), sorted. Kubernetes service-link variables are left out.
-    Only names are returned, never values."""
+    ``BRIDGE_DEV_*`` variables belong to the development tools (``bridge_devtools``) and are left
+    out too. Only names are returned, never values."""
     known = [env_name(f) for f in Settings.model_fields]
     out = []
     for name in sorted(environ):
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in known or _SERVICE_LINK.search(upper):
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(DEV_PREFIX) or upper in known:
+            continue
+        if _SERVICE_LINK.search(upper):
             continue
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         out.append((name, close[0] if close else None))

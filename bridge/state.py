@@ -23,7 +23,8 @@ class AppState:
     """Everything the handlers need, built once by :func:`bridge.app.create_app`.
 
     ``draining`` turns true when shutdown begins: readiness answers 503 and new events get 503.
-    ``publisher`` and ``ledger`` are None when a test passed its own sink.
+    ``publisher`` and ``ledger`` are None when a test passed its own sink. ``body_bytes_in_flight``:
+    request body bytes reserved by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
     """
 
     settings: Settings
@@ -33,6 +34,7 @@ class AppState:
     publisher: Publisher | None
     ledger: DeliveryLedger | None = None
     draining: bool = False
+    body_bytes_in_flight: int = 0
 
 
 STATE = web.AppKey("bridge_state", AppState)

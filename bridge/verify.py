@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from bridge.errors import AuthenticationError, BadRequest
-from bridge.inbound import OUTER_DECODER, InboundEvent, Outer, read_inbound
+from bridge.inbound import InboundEvent, Outer, UnreadableJSON, decode_outer, read_inbound
 
 HEADER_TIMESTAMP: Final = "X-Lark-Request-Timestamp"
 HEADER_NONCE: Final = "X-Lark-Request-Nonce"
@@ -154,8 +154,8 @@ class Verifier:
         JSON object, else :class:`AuthenticationError` with one of ``bridge.errors.AUTH_REASONS``.
         """
         try:
-            outer = OUTER_DECODER.decode(body)
-        except msgspec.DecodeError:  # includes ValidationError: JSON, but not an object
+            outer = decode_outer(body)
+        except UnreadableJSON:
             raise BadRequest("not_json") from None
 
         if self._keys:
@@ -233,7 +233,7 @@ class Verifier:
 
 def _decode_plaintext(plaintext: bytes) -> Outer:
     try:
-        outer = OUTER_DECODER.decode(plaintext)
-    except msgspec.DecodeError:
+        outer = decode_outer(plaintext)
+    except UnreadableJSON:
         raise AuthenticationError("decrypted_not_json") from None
     return outer

@@ -1,14 +1,11 @@
-"""Shared fixtures: secrets of a test app and the platform-side request builder."""
+"""Shared fixtures: the platform-side request builder of the test app (secrets: tests.support.credentials)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.devtools.platform import Platform
-
-TOKEN = "vt-4f1c2d9a0b7e4e21a5c3"
-KEY = "ek-9b2e71c4d8a34f0e"
-OLD_KEY = "ek-old-31aa0c5e77d2"
+from bridge_devtools.platform import Platform
+from tests.support.credentials import KEY
 
 
 @pytest.fixture

@@ -11,9 +11,15 @@ Answers (README "HTTP interface"):
        event is acknowledged by the broker (or it is a duplicate of a delivered one)
 400    body not a JSON object
 401    authentication failed (fixed body; the reason goes to the log and metrics only)
+408    the body did not arrive within ``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S`` of the request
 413    body over ``BRIDGE_HTTP_MAX_BODY_BYTES``
+415    a ``Content-Encoding`` other than identity (the platform never compresses)
 503    not delivered now (broker away, publish timeout, shutting down) + ``Retry-After``
 ====== ===================================================================================
+
+Every answer comes within ``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S`` (under the platform's 3 s) of the
+request's arrival: reading the body and waiting for the broker share that one deadline. A
+client that hangs up mid-body is logged and counted with status 499 ``client_disconnected``.
 
 :func:`error_middleware` is the one place where :class:`~bridge.errors.BridgeError` becomes an
 HTTP answer, and it writes the request's one log line with ``request_id`` bound to the log
@@ -22,6 +28,7 @@ context for the whole request (so every line logged while it runs carries it).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,9 +37,17 @@ from typing import Any
 
 import msgspec
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from bridge.errors import AuthenticationError, BodyTooLarge, BridgeError, Unavailable
+from bridge.errors import (
+    AuthenticationError,
+    BodyTooLarge,
+    BridgeError,
+    ClientDisconnected,
+    RequestTimeout,
+    Unavailable,
+    UnsupportedEncoding,
+)
 from bridge.state import STATE
 from bridge.verify import Handshake
 
@@ -42,9 +57,11 @@ _json = msgspec.json.Encoder()
 
 @dataclass(slots=True)
 class RequestLog:
-    """Fields of the one log line of a request, filled in as it goes."""
+    """Fields of the one log line of a request, filled in as it goes; ``arrived_s``: the event
+    loop's clock (``loop.time()``, seconds) when the request reached the handler chain."""
 
     request_id: str
+    arrived_s: float
     outcome: str = "error"
     status: int = 500
     fields: dict[str, Any] = field(default_factory=dict)
@@ -60,7 +77,25 @@ def json_answer(body: dict[str, str], status: int = 200, headers: dict[str, str]
     )
 
 
-_OUTCOME_OF_STATUS = {400: "bad_request", 401: "unauthorized", 413: "too_large", 503: "unavailable"}
+_OUTCOME_OF_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    408: "timeout",
+    413: "too_large",
+    415: "unsupported_encoding",
+    499: "client_disconnected",
+    503: "unavailable",
+}
+#: Longest value of a payload-derived log field (Lark type, delivery id, tenant), in characters.
+MAX_LOG_FIELD_CHARS = 128
+
+
+def capped(value: str | None) -> str | None:
+    """``value`` cut to :data:`MAX_LOG_FIELD_CHARS` (marked with ``…``): payload-derived log
+    fields stay bounded whatever a signed payload holds."""
+    if value is None or len(value) <= MAX_LOG_FIELD_CHARS:
+        return value
+    return value[: MAX_LOG_FIELD_CHARS - 1] + "…"
 
 
 @web.middleware
@@ -72,7 +107,8 @@ async def error_middleware(
     webhook = request.path == state.settings.http_path
     if not webhook:
         return await handler(request)
-    rl = RequestLog(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex)
+    arrived_s = asyncio.get_running_loop().time()
+    rl = RequestLog(request_id=capped(request.headers.get("X-Request-Id")) or uuid.uuid4().hex, arrived_s=arrived_s)
     request[REQUEST_LOG] = rl
     with structlog.contextvars.bound_contextvars(request_id=rl.request_id):
         return await _handle_logged(request, handler, rl)
@@ -126,22 +162,47 @@ async def handle_event(request: web.Request) -> web.Response:
     rl = request[REQUEST_LOG]
     if state.draining:
         raise Unavailable("shutting_down", retry_after_s=5)
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding()
     length = request.content_length
-    if length is not None and length > state.settings.http_max_body_bytes:
+    settings = state.settings
+    if length is not None and length > settings.http_max_body_bytes:
         raise BodyTooLarge()
+    # Body bytes held at once are bounded: a body of unknown length reserves the largest allowed.
+    reserved = settings.http_max_body_bytes if length is None else length
+    if state.body_bytes_in_flight + reserved > settings.http_max_body_bytes_in_flight:
+        raise Unavailable("bodies_in_flight", retry_after_s=1)
+    state.body_bytes_in_flight += reserved
     try:
-        body = await request.read()
+        return await _read_and_deliver(request, rl, deadline_s=rl.arrived_s + settings.kafka_publish_timeout_s)
+    finally:
+        state.body_bytes_in_flight -= reserved
+
+
+async def _read_and_deliver(request: web.Request, rl: RequestLog, *, deadline_s: float) -> web.Response:
+    """Read the body by ``deadline_s`` (loop clock, s), verify, deliver by the same deadline."""
+    state = request.app[STATE]
+    try:
+        async with asyncio.timeout_at(deadline_s):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge() from None
+    except TimeoutError:
+        raise RequestTimeout() from None
+    except ConnectionResetError:  # the client hung up mid-body
+        raise ClientDisconnected() from None
     received = time.time()
     verified = state.verifier.verify(body, request.headers, now=received)
     if isinstance(verified, Handshake):
         rl.outcome = "handshake"
         return json_answer({"challenge": verified.challenge})
     rl.fields.update(
-        lark_type=verified.lark_type, delivery_id=verified.delivery_id, tenant_key=verified.tenant_key
+        lark_type=capped(verified.lark_type),
+        delivery_id=capped(verified.delivery_id),
+        tenant_key=capped(verified.tenant_key),
     )
-    outcome = await state.sink.deliver(verified, received_ms=int(received * 1000))
+    outcome = await state.sink.deliver(verified, received_ms=int(received * 1000), deadline_s=deadline_s)
     rl.outcome = outcome.kind
     rl.fields["records"] = [{"topic": t, "partition": p, "offset": o} for t, p, o in outcome.records]
     if outcome.reason:

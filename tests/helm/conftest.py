@@ -1,28 +1,15 @@
-"""The helm binary for the chart tests.
+"""The helm binary for the chart tests (found by :func:`tests.support.helm.find_helm`).
 
-It is ``$HELM``, else ``${XDG_CACHE_HOME:-~/.cache}/lark-bridge/bin/helm`` (where ``.ci/helm.sh``
-builds it), else ``helm`` on ``PATH``. Without one the tests fail when ``CI`` is ``true`` (CI must
-run them) and are skipped otherwise.
+Without one the tests fail when ``CI`` is ``true`` (CI must run them) and are skipped otherwise.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 
-
-def find_helm() -> str | None:
-    """The helm binary to use, or None."""
-    if explicit := os.environ.get("HELM"):
-        return explicit if Path(explicit).is_file() else shutil.which(explicit)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cached = cache / "lark-bridge" / "bin" / "helm"
-    if cached.is_file() and os.access(cached, os.X_OK):
-        return str(cached)
-    return shutil.which("helm")
+from tests.support.helm import find_helm
 
 
 @pytest.fixture(scope="session")

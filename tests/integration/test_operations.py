@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,12 +15,13 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.devtools.broker import free_port
-from bridge.devtools.platform import Platform
-from bridge.samples import sample
-from tests.conftest import KEY, TOKEN
-from tests.integration.conftest import read_topic
-from tests.integration.test_publish import with_token
+from bridge_devtools.broker import free_port
+from bridge_devtools.platform import Platform
+from tests.support.credentials import KEY, TOKEN
+from tests.support.kafka import read_topic
+from tests.support.processes import bridge_env
+from tests.support.samples import sample_event
+from tests.support.waits import wait_http_status, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +36,6 @@ def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 def value(metrics: dict, name: str, **labels: str) -> float:
     return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def wait_status(bridge: Any, path: str, status: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (await bridge.get(path))[0] == status:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{path} never answered {status}")
 
 
 async def test_readiness_follows_the_broker(spare_broker: Any, start_bridge: Any) -> None:
@@ -64,9 +55,9 @@ async def test_metrics_move_by_exact_amounts(broker: Any, start_bridge: Any) -> 
     bridge = await start_bridge(broker.bootstrap_servers)
     before = samples_of((await bridge.get("/metrics"))[1])
     p = bridge.platform
-    room = with_token(sample("vc.room.created_v1"), "m-room")
-    third = with_token(sample("third_party_meeting_room_event_created"), "m-3p")
-    unknown = with_token(sample("vc.room.created_v1"), "m-unknown")
+    room = sample_event("vc.room.created_v1", delivery_id="m-room")
+    third = sample_event("third_party_meeting_room_event_created", delivery_id="m-3p")
+    unknown = sample_event("vc.room.created_v1", delivery_id="m-unknown")
     unknown["header"]["event_type"] = "im.chat.created_v1"
     sequence = [
         p.handshake(TOKEN, "c"),
@@ -110,8 +101,7 @@ async def test_metrics_move_by_exact_amounts(broker: Any, start_bridge: Any) -> 
 
 
 def _spawn_bridge(bootstrap: str, port: int, prefix: str, log_file: Any) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(
+    env = bridge_env(
         BRIDGE_LARK_VERIFICATION_TOKEN=TOKEN,
         BRIDGE_LARK_ENCRYPT_KEY=KEY,
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
@@ -142,16 +132,9 @@ async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: A
     refused: list[int] = []
     try:
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    async with session.get(url + "/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline and proc.poll() is None, "bridge did not start"
-                await asyncio.sleep(0.2)
+            await wait_http_status(
+                session, url + "/readyz", 200, timeout_s=60, alive=lambda: proc.poll() is None, message="bridge did not start"
+            )
 
             stop = asyncio.Event()
 
@@ -160,7 +143,7 @@ async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: A
                 while not stop.is_set():
                     delivery_id = f"sig-{worker}-{n}"
                     n += 1
-                    req = platform.request(with_token(sample("vc.room.created_v1"), delivery_id))
+                    req = platform.request(sample_event("vc.room.created_v1", delivery_id=delivery_id))
                     try:
                         async with aiohttp.ClientSession() as s:  # a fresh connection each time
                             async with s.post(url + "/webhook/event", data=req.body, headers=req.headers) as r:

@@ -15,9 +15,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import OutOfOrderSequenceNumber
 
 from bridge.publish import build_producer
-from bridge.samples import sample
-from tests.integration.conftest import read_topic
-from tests.integration.test_publish import with_token
+from tests.support.kafka import read_topic
+from tests.support.samples import sample_event
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +48,7 @@ async def test_fatal_idempotence_error_replaces_the_producer(broker: Any, start_
         return wrapped
 
     bridge = await start_bridge(broker.bootstrap_servers, producer_factory=factory)
-    body = with_token(sample("vc.room.created_v1"), "stuck-1")
+    body = sample_event("vc.room.created_v1", delivery_id="stuck-1")
     status, _ = await bridge.send(bridge.platform.request(body))
     assert status == 503  # not delivered: the platform will retry
     await bridge.wait_ready()

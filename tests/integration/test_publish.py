@@ -12,23 +12,12 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.envelope import THIRD_PARTY_TYPES
-from bridge.samples import SAMPLE_TYPES, sample
-from tests.conftest import TOKEN
-from tests.integration.conftest import read_topic
+from bridge.samples import SAMPLE_TYPES
+from tests.support.credentials import TOKEN
+from tests.support.kafka import read_topic
+from tests.support.samples import sample_event
 
 pytestmark = pytest.mark.integration
-
-
-def with_token(body: dict[str, Any], delivery_id: str | None = None) -> dict[str, Any]:
-    if "header" in body:
-        body["header"]["token"] = TOKEN
-        if delivery_id:
-            body["header"]["event_id"] = delivery_id
-    else:
-        body["token"] = TOKEN
-        if delivery_id:
-            body["uuid"] = delivery_id
-    return body
 
 
 def topic_of(settings: Any, lark_type: str) -> str:
@@ -43,7 +32,7 @@ async def test_each_sample_lands_with_key_topic_and_envelope(broker: Any, start_
     bridge = await start_bridge(broker.bootstrap_servers)
     for kind in SAMPLE_TYPES:
         # The two documented 2.0 samples share one event_id: give each its own delivery id.
-        status, body = await bridge.send(bridge.platform.request(with_token(sample(kind), f"sample-{kind}")))
+        status, body = await bridge.send(bridge.platform.request(sample_event(kind, delivery_id=f"sample-{kind}")))
         assert (status, body) == (200, {"msg": "success"})
     expected_keys = {
         "vc.room.created_v1": [b"omm_4de32cf10a4358788ff4e09e37ebbf9b"],
@@ -69,7 +58,7 @@ async def test_each_sample_lands_with_key_topic_and_envelope(broker: Any, start_
 async def test_fan_out_and_all_third_party_kinds_share_a_topic(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
     for i, lark_type in enumerate(THIRD_PARTY_TYPES):
-        body = with_token(sample("third_party_meeting_room_event_created"), f"fan-{i}")
+        body = sample_event("third_party_meeting_room_event_created", delivery_id=f"fan-{i}")
         body["event"]["type"] = lark_type
         assert (await bridge.send(bridge.platform.request(body)))[0] == 200
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_third_party_meeting_room_event, expect=6)
@@ -83,10 +72,10 @@ async def test_fan_out_and_all_third_party_kinds_share_a_topic(broker: Any, star
 
 async def test_sequential_and_concurrent_duplicates_give_one_record(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
-    seq = bridge.platform.request(with_token(sample("vc.room.created_v1"), "dup-seq"))
+    seq = bridge.platform.request(sample_event("vc.room.created_v1", delivery_id="dup-seq"))
     assert [await bridge.send(seq) for _ in range(3)] == [(200, {"msg": "success"})] * 3
     # Concurrent: the platform's retry may race the first attempt; each re-signed, same id.
-    body = with_token(sample("vc.room.created_v1"), "dup-conc")
+    body = sample_event("vc.room.created_v1", delivery_id="dup-conc")
     results = await asyncio.gather(*(bridge.send(bridge.platform.request(body)) for _ in range(10)))
     assert all(r == (200, {"msg": "success"}) for r in results)
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=2)
@@ -96,9 +85,9 @@ async def test_sequential_and_concurrent_duplicates_give_one_record(broker: Any,
 
 async def test_dead_letters_are_acknowledged_then_answered_200(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
-    unknown = with_token(sample("vc.room.created_v1"), "dl-unknown")
+    unknown = sample_event("vc.room.created_v1", delivery_id="dl-unknown")
     unknown["header"]["event_type"] = "im.message.receive_v1"
-    invalid = with_token(sample("vc.room.created_v1"), "dl-invalid")
+    invalid = sample_event("vc.room.created_v1", delivery_id="dl-invalid")
     del invalid["event"]["room"]["room_id"]
     for body in (unknown, invalid, invalid):  # the second invalid one is a duplicate
         assert await bridge.send(bridge.platform.request(body)) == (200, {"msg": "success"})
@@ -112,9 +101,9 @@ async def test_dead_letters_are_acknowledged_then_answered_200(broker: Any, star
 
 async def test_unauthenticated_requests_never_reach_kafka(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
-    bad = bridge.platform.request(with_token(sample("vc.room.created_v1"), "unauth"), sign_key="nope")
+    bad = bridge.platform.request(sample_event("vc.room.created_v1", delivery_id="unauth"), sign_key="nope")
     assert (await bridge.send(bad))[0] == 401
-    good = bridge.platform.request(with_token(sample("vc.room.created_v1"), "auth-ok"))
+    good = bridge.platform.request(sample_event("vc.room.created_v1", delivery_id="auth-ok"))
     assert (await bridge.send(good))[0] == 200
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
     assert [json.loads(m.value)["id"] for m in msgs] == ["auth-ok"]
@@ -133,7 +122,7 @@ async def test_ordering_across_1000_interleaved_events_for_20_rooms(broker: Any,
     async def room_writer(room: str) -> None:
         # Per room: the next event is sent only after the previous one was answered 200.
         for delivery_id in queues[room]:
-            body = with_token(sample("vc.room.created_v1"), delivery_id)
+            body = sample_event("vc.room.created_v1", delivery_id=delivery_id)
             body["event"]["room"]["room_id"] = room
             status, _ = await bridge.send(bridge.platform.request(body))
             assert status == 200
@@ -154,7 +143,7 @@ async def test_ordering_across_1000_interleaved_events_for_20_rooms(broker: Any,
 @pytest.mark.parametrize("codec", ["lz4", "zstd", "gzip"])
 async def test_compression(broker: Any, start_bridge: Any, codec: str) -> None:
     bridge = await start_bridge(broker.bootstrap_servers, BRIDGE_KAFKA_COMPRESSION=codec)
-    body = with_token(sample("vc.reserve_config.updated_v1"), f"codec-{codec}")
+    body = sample_event("vc.reserve_config.updated_v1", delivery_id=f"codec-{codec}")
     assert (await bridge.send(bridge.platform.request(body)))[0] == 200
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_reserve_config_updated, expect=1)
     assert json.loads(msgs[0].value)["id"] == f"codec-{codec}"

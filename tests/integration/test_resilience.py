@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from bridge.samples import sample
-from tests.integration.conftest import read_topic
-from tests.integration.test_publish import with_token
+from tests.support.credentials import TOKEN
+from tests.support.kafka import read_topic
+from tests.support.samples import sample_event
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +41,9 @@ async def test_broker_absent_at_start_then_appears(spare_broker: Any, start_brid
     # Up without Kafka: handshake answered, events refused with 503, not ready.
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    status, body = await bridge.send(bridge.platform.handshake("vt-4f1c2d9a0b7e4e21a5c3", "early"))
+    status, body = await bridge.send(bridge.platform.handshake(TOKEN, "early"))
     assert (status, body) == (200, {"challenge": "early"}) and loop.time() - t0 < 1.0
-    event = with_token(sample("vc.room.created_v1"), "absent-1")
+    event = sample_event("vc.room.created_v1", delivery_id="absent-1")
     status, _ = await bridge.send(bridge.platform.request(event))
     assert status == 503
     assert (await bridge.get("/readyz"))[0] == 503
@@ -69,15 +70,15 @@ async def test_broker_restart_under_traffic_loses_nothing(spare_broker: Any, sta
         nonlocal retried
         while not queue.empty():
             delivery_id = queue.get_nowait()
-            body = with_token(sample("third_party_meeting_room_event_created"), delivery_id)
+            body = sample_event("third_party_meeting_room_event_created", delivery_id=delivery_id)
             body["event"]["meeting_rooms"] = [{"open_id": f"omm_r{int(delivery_id[-4:]) % 17}"}]
             attempts = await send_until_200(bridge, body)
             retried += attempts - 1
             answered.append(delivery_id)
 
     async def restarter() -> None:
-        while len(answered) < 100:  # noqa: ASYNC110 - polling a plain list the senders append to
-            await asyncio.sleep(0.05)
+        # Polls a plain list the senders append to; no deadline of its own (the senders' have one).
+        await wait_until(lambda: len(answered) >= 100, timeout_s=None, interval_s=0.05, message="100 answers never reached")
         if how == "graceful":
             await asyncio.to_thread(spare_broker.restart, 120)
         else:  # SIGKILL: in-flight requests see the connection die mid-response

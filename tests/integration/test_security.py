@@ -16,10 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bridge.devtools.broker import LocalBroker, free_ports
-from bridge.samples import sample
-from tests.integration.conftest import read_topic
-from tests.integration.test_publish import with_token
+from bridge_devtools.broker import LocalBroker, free_ports
+from tests.support.kafka import read_topic
+from tests.support.samples import sample_event
 
 pytestmark = pytest.mark.integration
 USER, PASSWORD = "bridge-user", "bridge-password-7f3a"
@@ -110,7 +109,7 @@ async def test_publishes_over_sasl_and_tls(secure_broker: Any, start_bridge: Any
     if protocol == "SASL_SSL":
         env["BRIDGE_KAFKA_SSL_CAFILE"] = str(ca_path)
     bridge = await start_bridge(f"127.0.0.1:{port}", **env)
-    body = with_token(sample("vc.room.created_v1"), f"sec-{mechanism}")
+    body = sample_event("vc.room.created_v1", delivery_id=f"sec-{mechanism}")
     assert (await bridge.send(bridge.platform.request(body)))[0] == 200
     # Read back over the plaintext listener: the record is there.
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
@@ -127,6 +126,6 @@ async def test_wrong_sasl_password_is_not_ready_and_answers_503(secure_broker: A
         BRIDGE_KAFKA_SASL_USERNAME=USER,
         BRIDGE_KAFKA_SASL_PASSWORD="wrong-password",
     )
-    body = with_token(sample("vc.room.created_v1"), "sec-wrong")
+    body = sample_event("vc.room.created_v1", delivery_id="sec-wrong")
     assert (await bridge.send(bridge.platform.request(body)))[0] == 503
     assert (await bridge.get("/readyz"))[0] == 503

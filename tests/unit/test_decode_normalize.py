@@ -10,10 +10,10 @@ import pytest
 
 from bridge import envelope as ev
 from bridge.decode import DecodeFailure, decode, parse_create_time, parse_ts_seconds
-from bridge.devtools.platform import compact
 from bridge.inbound import InboundEvent, read_inbound
 from bridge.normalize import Topics, dead_letter, normalize, rfc3339_ms
 from bridge.samples import sample
+from bridge_devtools.platform import compact
 
 TOPICS = Topics.from_names(
     room_created="t.room", reserve_config_updated="t.cfg", third_party="t.3p", dead_letter="t.dlq"

@@ -16,11 +16,12 @@ import lark_oapi as lark
 import pytest
 from lark_oapi.core.utils.decryptor import AESCipher
 
-from bridge.devtools.platform import Platform, compact
 from bridge.errors import AuthenticationError
-from bridge.samples import SAMPLE_TYPES, sample
+from bridge.samples import SAMPLE_TYPES
 from bridge.verify import HEADER_SIGNATURE, Handshake, Verifier, decrypt, encrypt
-from tests.conftest import KEY, TOKEN
+from bridge_devtools.platform import Platform, compact
+from tests.support.credentials import KEY, TOKEN
+from tests.support.samples import sample_event
 
 FAULTS = ("none", "wrong_key_signature", "tampered_body", "wrong_token", "corrupt_ciphertext", "handshake")
 
@@ -42,14 +43,7 @@ def _sdk_accepts(handler: lark.EventDispatcherHandler, body: bytes, headers: dic
 
 
 def _payload(rng: random.Random, kind: str) -> dict:
-    body = sample(kind)
-    if "header" in body:
-        body["header"]["token"] = TOKEN
-        body["header"]["event_id"] = f"{rng.getrandbits(128):032x}"
-    else:
-        body["token"] = TOKEN
-        body["uuid"] = f"{rng.getrandbits(128):032x}"
-    return body
+    return sample_event(kind, delivery_id=f"{rng.getrandbits(128):032x}")
 
 
 def test_sdk_and_bridge_make_the_same_decisions() -> None:

@@ -5,32 +5,22 @@ crash, never nothing."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.decode import DecodeFailure, decode
-from bridge.devtools.platform import compact
 from bridge.inbound import read_inbound
 from bridge.normalize import Topics, dead_letter, normalize
 from bridge.samples import SAMPLE_TYPES, sample
+from bridge_devtools.platform import compact
+from tests.support.schemas import dead_letter_validator, envelope_validators
 
-ROOT = Path(__file__).resolve().parents[2] / "schemas"
 TOPICS = Topics.from_names(room_created="a", reserve_config_updated="b", third_party="c", dead_letter="dlq")
 TOKEN = "vt-SECRET-9f8e7d6c5b4a"
-
-
-def _validator(rel: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(
-        json.loads((ROOT / rel).read_text()), format_checker=jsonschema.FormatChecker()
-    )
-
-
-VALIDATORS = {p.name.removesuffix(".schema.json"): _validator(str(p.relative_to(ROOT))) for p in ROOT.glob("envelope/v1/*.schema.json")}
-DLQ = _validator("dead_letter/v1/dead_letter.schema.json")
+VALIDATORS = envelope_validators()
+DLQ = dead_letter_validator()
 
 scalars = st.one_of(
     st.none(),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -13,6 +11,8 @@ import pytest
 
 from bridge.__main__ import settings_help
 from bridge.settings import Settings, SettingsError, load_settings, setting_docs, unknown_variables
+from bridge_devtools.broker import free_port
+from tests.support.processes import bridge_env
 
 SECRET_TOKEN = "vt-very-secret-0001"
 SECRET_KEY = "ek-very-secret-0002"
@@ -57,8 +57,7 @@ def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> N
 
 
 def test_serve_exits_2_with_message_and_no_secret() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(BRIDGE_LARK_VERIFICATION_TOKEN=SECRET_TOKEN, BRIDGE_LARK_ENCRYPT_KEY=SECRET_KEY, BRIDGE_HTTP_PORT="99999")
+    env = bridge_env(BRIDGE_LARK_VERIFICATION_TOKEN=SECRET_TOKEN, BRIDGE_LARK_ENCRYPT_KEY=SECRET_KEY, BRIDGE_HTTP_PORT="99999")
     proc = subprocess.run([sys.executable, "-m", "bridge", "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "BRIDGE_HTTP_PORT" in proc.stderr
@@ -100,15 +99,8 @@ def test_unknown_variables_name_the_closest_setting_and_skip_service_links() -> 
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_warns_about_a_stray_variable_at_start_and_still_starts() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(
+    env = bridge_env(
         BRIDGE_LARK_VERIFICATION_TOKEN=SECRET_TOKEN,
         BRIDGE_HTTP_HOST="127.0.0.1",
         BRIDGE_HTTP_PORT=str(free_port()),

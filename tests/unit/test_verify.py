@@ -8,10 +8,8 @@ import json
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from bridge.devtools.platform import Platform, compact
 from bridge.errors import AuthenticationError, BadRequest
 from bridge.inbound import InboundEvent
-from bridge.samples import sample
 from bridge.verify import (
     HEADER_NONCE,
     HEADER_SIGNATURE,
@@ -23,28 +21,20 @@ from bridge.verify import (
     encrypt,
     sign,
 )
-from tests.conftest import KEY, OLD_KEY, TOKEN
+from bridge_devtools.platform import Platform, compact
+from tests.support.credentials import KEY, OLD_KEY, TOKEN
+from tests.support.samples import ROOM_CREATED, THIRD_PARTY_CREATED, sample_event
 
 NOW = 1_763_000_000.0
 MAX_AGE = 28_800
 
 
 def v2_event(token: str | None = TOKEN) -> dict:
-    body = sample("vc.room.created_v1")
-    if token is None:
-        del body["header"]["token"]
-    else:
-        body["header"]["token"] = token
-    return body
+    return sample_event(ROOM_CREATED, token=token)
 
 
 def v1_event(token: str | None = TOKEN) -> dict:
-    body = sample("third_party_meeting_room_event_created")
-    if token is None:
-        del body["token"]
-    else:
-        body["token"] = token
-    return body
+    return sample_event(THIRD_PARTY_CREATED, token=token)
 
 
 def encrypted_verifier(*keys: str) -> Verifier:
@@ -155,14 +145,15 @@ def test_previous_key_is_accepted_during_rotation() -> None:
     old_sender = Platform(encrypt_key=OLD_KEY, clock=lambda: NOW)
     req = old_sender.request(v1_event())
     verifier = encrypted_verifier(KEY, OLD_KEY)
-    assert json.loads(verifier.verify(req.body, req.headers, now=NOW).payload)["uuid"]
+    event = verifier.verify(req.body, req.headers, now=NOW)
+    assert isinstance(event, InboundEvent) and json.loads(event.payload)["uuid"]
     # ... and only while it is configured.
     assert reason_of(encrypted_verifier(KEY), req.body, req.headers) == "signature_mismatch"
 
 
 def test_previous_key_handshake_is_decrypted() -> None:
     req = Platform(encrypt_key=OLD_KEY).handshake(TOKEN, "c-1")
-    assert encrypted_verifier(KEY, OLD_KEY).verify(req.body, req.headers, now=NOW).challenge == "c-1"
+    assert encrypted_verifier(KEY, OLD_KEY).verify(req.body, req.headers, now=NOW) == Handshake("c-1")
 
 
 @pytest.mark.parametrize("missing", [HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE])
@@ -288,7 +279,7 @@ def test_handshake_needs_token_even_when_encrypted() -> None:
 
 def test_handshake_plain_and_encrypted() -> None:
     plain = Platform().handshake(TOKEN, "abc")
-    assert plain_verifier.verify(plain.body, plain.headers, now=NOW).challenge == "abc"
+    assert plain_verifier.verify(plain.body, plain.headers, now=NOW) == Handshake("abc")
     enc = sender.handshake(TOKEN, "xyz")
     assert set(enc.headers) == {"Content-Type"}  # no X-Lark-* on the handshake
     auth = encrypted_verifier().verify(enc.body, enc.headers, now=NOW)

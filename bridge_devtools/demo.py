@@ -1,4 +1,4 @@
-"""``python -m bridge demo``: the main job, end to end, on this machine.
+"""``python -m bridge_devtools.demo`` (``make demo``): the main job, end to end, on this machine.
 
 Starts the project's local Kafka broker and ``python -m bridge serve`` (with an encrypt key),
 sends the three documented sample events as the platform would (encrypted and signed), reads the
@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer
 
-from bridge.devtools.broker import LocalBroker, free_port
-from bridge.devtools.platform import Platform
 from bridge.samples import SAMPLE_TYPES, sample
+from bridge_devtools.broker import LocalBroker, free_port
+from bridge_devtools.platform import Platform
 
 DEMO_TOKEN = "demo-verification-token"  # noqa: S105 - a demo value, not a secret
 DEMO_KEY = "demo-encrypt-key"
@@ -120,3 +120,17 @@ def run_demo(*, kafka_version: str | None = None) -> int:
             bridge.kill()
         broker.stop()
         broker.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bridge_devtools.demo [--kafka-version V]``; returns the exit code."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bridge_devtools.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--kafka-version", default=None, help="Kafka version of the local broker")
+    args = parser.parse_args(argv)
+    return run_demo(kafka_version=args.kafka_version)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,337 +1,36 @@
-"""Single-node Apache Kafka (KRaft) broker on 127.0.0.1 for development and tests.
-
-There is no Docker on the development machines, so this module fetches the
-Kafka broker jars from Maven Central (``mvn dependency:copy-dependencies`` on
-``kafka-pom.xml`` next to this file) into a per-user cache outside the work
-tree and runs ``kafka.Kafka`` directly with ``java``, in combined
-broker+controller (KRaft) mode with a static one-voter quorum.
-
-Requirements: Java 17+ (``$JAVA_HOME/bin/java`` or ``java`` on ``PATH``) and,
-for the first fetch of a version, Maven 3.6.3+ (``mvn`` on ``PATH``) with
-access to Maven Central.
-
-Python API::
-
-    from bridge.devtools.broker import LocalBroker
-
-    with LocalBroker() as broker:          # fresh temp state dir, free ports
-        use(broker.bootstrap_servers)      # "127.0.0.1:<port>"
-        broker.restart()                   # same port, same data
-    # leaving the block stops the JVM and deletes the temp state dir
-
-CLI (``python -m bridge.devtools.broker --help``)::
-
-    python -m bridge.devtools.broker fetch   [--version V]
-    python -m bridge.devtools.broker start   [--version V] [--state-dir D] [--port P]
-    python -m bridge.devtools.broker stop    [--state-dir D]
-    python -m bridge.devtools.broker restart [--state-dir D]
-    python -m bridge.devtools.broker status  [--state-dir D]
-
-Environment:
-
-``BRIDGE_DEV_KAFKA_VERSION``
-    Kafka version to use when none is passed (default :data:`DEFAULT_KAFKA_VERSION`).
-``XDG_CACHE_HOME``
-    Cache root (default ``~/.cache``); jars go to
-    ``$XDG_CACHE_HOME/lark-bridge/kafka/<version>/libs``, the CLI's default
-    state dir is ``$XDG_CACHE_HOME/lark-bridge/run``.
-
-Sources:
-
-* KRaft single-node config and ``kafka-storage.sh format``:
-  https://kafka.apache.org/documentation/#quickstart and
-  https://kafka.apache.org/documentation/#kraft_config
-* Kafka wire protocol (ApiVersions key 18, Metadata key 3, request header v1,
-  response header v0) used by the readiness probe:
-  https://kafka.apache.org/protocol.html
-* KIP-896 (Kafka 4.0 removed Metadata v0-v3, hence the probe uses v4):
-  https://cwiki.apache.org/confluence/display/KAFKA/KIP-896%3A+Remove+old+client+protocol+API+versions+in+Kafka+4.0
-
-This module only uses the standard library, so the CLI runs without the
-project's virtualenv.
+"""The broker process: :class:`LocalBroker` (config, storage format, start/stop/restart, state files).
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import signal
-import socket
-import struct
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
-__all__ = [
-    "DEFAULT_KAFKA_VERSION",
-    "VERSION_ENV",
-    "BrokerError",
-    "LocalBroker",
-    "ProbeResult",
-    "cache_root",
-    "default_state_dir",
-    "fetch",
-    "free_port",
-    "kafka_version",
-    "libs_dir",
-    "probe",
-]
-
-#: Kafka version used when neither an argument nor ``$BRIDGE_DEV_KAFKA_VERSION`` is given.
-#: Verified with aiokafka 0.14.0 (admin create_topics, idempotent produce with
-#: lz4/zstd, consume, broker restart).
-DEFAULT_KAFKA_VERSION = "4.1.1"
-
-#: Environment variable overriding :data:`DEFAULT_KAFKA_VERSION`.
-VERSION_ENV = "BRIDGE_DEV_KAFKA_VERSION"
-
-POM_PATH = Path(__file__).with_name("kafka-pom.xml")
-
-#: JVM flags tuned for start-up time and footprint on small (2-core) machines,
-#: not for throughput. Override per broker with ``LocalBroker(jvm_opts=...)``.
-DEFAULT_JVM_OPTS: tuple[str, ...] = (
-    "-Xms64m",
-    "-Xmx512m",
-    "-XX:+UseSerialGC",
-    "-XX:TieredStopAtLevel=1",
-    "-XX:+ExitOnOutOfMemoryError",
-    "-Djava.awt.headless=true",
+from bridge_devtools.broker.fetch import (
+    _BOOTSTRAP_FILE,
+    _NODE_ID,
+    _PID_FILE,
+    _STATE_FILE,
+    DEFAULT_JVM_OPTS,
+    BrokerError,
+    _java,
+    fetch,
+    kafka_version,
 )
-
-_NODE_ID = 1
-_COMPLETE_MARKER = ".complete"
-_STATE_FILE = "broker.json"
-_PID_FILE = "broker.pid"
-_BOOTSTRAP_FILE = "bootstrap"
-
-
-class BrokerError(RuntimeError):
-    """Raised when the local broker cannot be fetched, formatted, started or stopped."""
-
-
-# --------------------------------------------------------------------------
-# Versions, cache, fetching
-# --------------------------------------------------------------------------
-
-
-def kafka_version(version: str | None = None) -> str:
-    """Return *version*, else ``$BRIDGE_DEV_KAFKA_VERSION``, else :data:`DEFAULT_KAFKA_VERSION`."""
-    return version or os.environ.get(VERSION_ENV) or DEFAULT_KAFKA_VERSION
-
-
-def cache_root() -> Path:
-    """``${XDG_CACHE_HOME:-~/.cache}/lark-bridge`` (not created)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lark-bridge"
-
-
-def default_state_dir() -> Path:
-    """Default state dir of the CLI's daemonized broker: ``<cache_root()>/run``."""
-    return cache_root() / "run"
-
-
-def libs_dir(version: str | None = None) -> Path:
-    """Directory holding the broker jars of *version*: ``<cache_root()>/kafka/<version>/libs``."""
-    return cache_root() / "kafka" / kafka_version(version) / "libs"
-
-
-def _is_fetched(libs: Path) -> bool:
-    return (libs / _COMPLETE_MARKER).is_file()
-
-
-def fetch(version: str | None = None, *, timeout_s: float = 1800.0) -> Path:
-    """Download the broker jars of *version* from Maven Central, once.
-
-    Runs ``mvn -B -q -f kafka-pom.xml dependency:copy-dependencies
-    -DincludeScope=runtime -Dkafka.version=<version>`` into a temporary
-    directory, then moves it to :func:`libs_dir` and writes a ``.complete``
-    marker. Does nothing if the marker already exists. Concurrent callers
-    (e.g. pytest-xdist workers) are serialised with an ``flock``.
-
-    :param version: Kafka version, see :func:`kafka_version`.
-    :param timeout_s: limit for the Maven run, in seconds.
-    :returns: the libs directory.
-    :raises BrokerError: ``mvn`` is missing, fails, or times out.
-    """
-    version = kafka_version(version)
-    libs = libs_dir(version)
-    if _is_fetched(libs):
-        return libs
-    vdir = libs.parent
-    vdir.mkdir(parents=True, exist_ok=True)
-    with open(vdir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _is_fetched(libs):
-            return libs
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise BrokerError(
-                f"Kafka {version} jars are not cached in {libs} and 'mvn' is not on PATH; "
-                "install Maven 3.6.3+ (or copy the jars there and create the .complete marker)"
-            )
-        tmp = Path(tempfile.mkdtemp(prefix="libs.", dir=vdir))
-        cmd = [
-            mvn, "-B", "-q", "-Dstyle.color=never",
-            "-f", str(POM_PATH),
-            "dependency:copy-dependencies",
-            "-DincludeScope=runtime",
-            f"-DoutputDirectory={tmp}",
-            f"-Dkafka.version={version}",
-        ]
-        try:
-            try:
-                res = subprocess.run(
-                    cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                    timeout=timeout_s, check=False,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise BrokerError(f"mvn did not finish within {timeout_s:.0f}s: {' '.join(cmd)}") from exc
-            jars = sorted(p.name for p in tmp.glob("*.jar"))
-            if res.returncode != 0 or not any(j.startswith("kafka_2.13-") for j in jars):
-                out = (res.stdout + res.stderr).strip()[-4000:]
-                raise BrokerError(
-                    f"fetching Kafka {version} failed (mvn exit {res.returncode}): {' '.join(cmd)}\n{out}"
-                )
-            (tmp / _COMPLETE_MARKER).write_text(
-                json.dumps({"version": version, "jars": jars, "fetched_at": time.time()}, indent=1)
-            )
-            if libs.exists():
-                shutil.rmtree(libs)
-            os.replace(tmp, libs)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return libs
-
-
-def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    if home and os.access(os.path.join(home, "bin", "java"), os.X_OK):
-        return os.path.join(home, "bin", "java")
-    java = shutil.which("java")
-    if java is None:
-        raise BrokerError("'java' not found (set JAVA_HOME or put Java 17+ on PATH)")
-    return java
-
-
-# --------------------------------------------------------------------------
-# Ports and the stdlib readiness probe
-# --------------------------------------------------------------------------
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """*n* distinct TCP ports on *host* that were free a moment ago (all bound at once)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on *host* that was free a moment ago (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed by broker")
-        buf += chunk
-    return bytes(buf)
-
-
-def _request(sock: socket.socket, api_key: int, api_version: int, corr: int, body: bytes) -> bytes:
-    """Send one request (header v1) and return the response body (after header v0)."""
-    client_id = b"bridge-devtools-probe"
-    msg = struct.pack(">hhih", api_key, api_version, corr, len(client_id)) + client_id + body
-    sock.sendall(struct.pack(">i", len(msg)) + msg)
-    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-    resp = _recv_exact(sock, size)
-    (rcorr,) = struct.unpack_from(">i", resp, 0)
-    if rcorr != corr:
-        raise ConnectionError(f"correlation id mismatch: sent {corr}, got {rcorr}")
-    return resp[4:]
-
-
-def _read_str(buf: bytes, off: int) -> tuple[str | None, int]:
-    (n,) = struct.unpack_from(">h", buf, off)
-    off += 2
-    if n < 0:
-        return None, off
-    return buf[off:off + n].decode(), off + n
-
-
-class ProbeResult(NamedTuple):
-    """What :func:`probe` learned from a broker."""
-
-    #: ``cluster.id`` from the Metadata response (``None`` if Metadata v4 is unsupported).
-    cluster_id: str | None
-    #: ``(node_id, host, port)`` of every live broker in the Metadata response.
-    brokers: list[tuple[int, str, int]]
-
-
-def probe(host: str, port: int, timeout_s: float = 2.0) -> ProbeResult | None:
-    """Ask the broker at *host*:*port* for ApiVersions v0, then Metadata v4 with no topics.
-
-    Pure-stdlib implementation of the two requests, used to decide that a
-    freshly started broker is serving clients.
-
-    :param timeout_s: socket timeout for connect and each read, in seconds.
-    :returns: the cluster id and brokers from the Metadata response
-        (``ProbeResult(None, [])`` if the broker answered ApiVersions but does
-        not support Metadata v4), or ``None`` if it is not reachable/answering.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            body = _request(sock, 18, 0, 1, b"")
-            (err, n) = struct.unpack_from(">hi", body, 0)
-            if err != 0:
-                return None
-            ranges = {}
-            for i in range(n):
-                k, lo, hi = struct.unpack_from(">hhh", body, 6 + 6 * i)
-                ranges[k] = (lo, hi)
-            lo, hi = ranges.get(3, (-1, -1))
-            if not lo <= 4 <= hi:
-                return ProbeResult(None, [])
-            # Metadata v4: topics = [] (no topics), allow_auto_topic_creation = false.
-            body = _request(sock, 3, 4, 2, struct.pack(">ib", 0, 0))
-            off = 4  # throttle_time_ms
-            (nb,) = struct.unpack_from(">i", body, off)
-            off += 4
-            brokers = []
-            for _ in range(nb):
-                (node_id,) = struct.unpack_from(">i", body, off)
-                bhost, off = _read_str(body, off + 4)
-                (bport,) = struct.unpack_from(">i", body, off)
-                _rack, off = _read_str(body, off + 4)
-                brokers.append((node_id, bhost or "", bport))
-            cluster_id, off = _read_str(body, off)
-            return ProbeResult(cluster_id, brokers)
-    except (OSError, struct.error, UnicodeDecodeError):
-        return None
-
+from bridge_devtools.broker.probe import free_port, probe
 
 # --------------------------------------------------------------------------
 # Process helpers
@@ -380,7 +79,7 @@ def _new_cluster_id() -> str:
 
 
 _LOG4J2_PROPERTIES = """\
-# Written by bridge/devtools/broker.py - regenerated on every start.
+# Written by bridge_devtools/broker/process.py - regenerated on every start.
 status = warn
 name = bridge-dev-kafka
 
@@ -621,7 +320,7 @@ class LocalBroker:
     def _write_config(self) -> None:
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        lines = ["# Written by bridge/devtools/broker.py - regenerated on every start."]
+        lines = ["# Written by bridge_devtools/broker/process.py - regenerated on every start."]
         lines += [f"{k}={v}" for k, v in self.server_properties().items()]
         self.config_path.write_text("\n".join(lines) + "\n")
         (self.config_path.parent / "log4j2.properties").write_text(
@@ -845,94 +544,3 @@ class LocalBroker:
             f"LocalBroker(version={self.version!r}, state_dir={str(self.state_dir)!r}, "
             f"port={self.port!r}, running={self.is_running()})"
         )
-
-
-# --------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bridge.devtools.broker",
-        description="Fetch and run a single-node KRaft Kafka broker on 127.0.0.1 (no Docker).",
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--version", help=f"Kafka version (default ${VERSION_ENV} or {DEFAULT_KAFKA_VERSION}; "
-                                          "for an existing state dir, the version it was created with)")
-        sp.add_argument("--state-dir", type=Path, default=None,
-                        help=f"config/data/log dir (default {default_state_dir()})")
-        sp.add_argument("--port", type=int, default=None, help="PLAINTEXT port (default: free port, then kept)")
-        sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness (default 60)")
-
-    f = sub.add_parser("fetch", help="download the jars of a Kafka version into the cache")
-    f.add_argument("--version", help=f"Kafka version (default ${VERSION_ENV} or {DEFAULT_KAFKA_VERSION})")
-    s = sub.add_parser("start", help="start a detached broker and print its bootstrap servers")
-    common(s)
-    s.add_argument("--reset", action="store_true", help="delete the state dir's data/config first")
-    common(sub.add_parser("restart", help="stop and start again (same port and data)"))
-    common(sub.add_parser("stop", help="stop the broker of the state dir"))
-    common(sub.add_parser("status", help="print bootstrap servers if running; exit 1 if not"))
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the process exit status (errors are printed, status 2)."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "fetch":
-            t0 = time.monotonic()
-            libs = fetch(args.version)
-            print(f"{libs}  ({time.monotonic() - t0:.1f}s)", file=sys.stderr)
-            return 0
-        state_dir = args.state_dir or default_state_dir()
-        if args.cmd == "start" and args.reset:
-            if LocalBroker(state_dir=state_dir).is_running():
-                raise BrokerError(f"broker in {state_dir} is running; stop it before --reset")
-            for name in ("data", "config", _STATE_FILE):
-                path = state_dir / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-        broker = LocalBroker(version=args.version, state_dir=state_dir, port=args.port)
-        if args.cmd == "start":
-            if broker.is_running():
-                running = broker._read_state().get("version", "?")
-                print(f"Kafka {running} already running (pid {broker.pid})", file=sys.stderr)
-            else:
-                secs = broker.start(args.timeout, detach=True)
-                print(f"Kafka {broker.version} started in {secs:.1f}s (pid {broker.pid}); "
-                      f"logs: {broker.log_path}", file=sys.stderr)
-            print(broker.bootstrap_servers)
-            return 0
-        if args.cmd == "stop":
-            was = broker.pid
-            broker.stop()
-            print("stopped" if was else "not running", file=sys.stderr)
-            return 0
-        if args.cmd == "restart":
-            secs = broker.restart(args.timeout, detach=True)
-            print(f"Kafka {broker.version} restarted in {secs:.1f}s (pid {broker.pid})", file=sys.stderr)
-            print(broker.bootstrap_servers)
-            return 0
-        if args.cmd == "status":
-            if not broker.is_running():
-                print(f"not running (state dir {state_dir})", file=sys.stderr)
-                return 1
-            rss = broker.rss_bytes()
-            print(f"Kafka {broker.version} running, pid {broker.pid}, "
-                  f"rss {rss / 2**20:.0f} MiB" if rss else f"Kafka {broker.version} running, pid {broker.pid}",
-                  file=sys.stderr)
-            print(broker.bootstrap_servers)
-            return 0
-    except BrokerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    raise AssertionError(args.cmd)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Fakes for the edges of the delivery: the Kafka publish stage (the ``RecordPublisher``
+protocol of :mod:`bridge.delivery`) and the sink an ingress hands events to (``EventSink``).
+
+Publishers:
+
+* :class:`RecordingPublisher` acks at once, with offsets increasing per topic, and keeps what it got.
+* :class:`FailingPublisher` raises (``Unavailable("broker_unavailable")`` or a given exception)
+  on its first ``times`` calls, then acks like a recording publisher.
+* :class:`GatedPublisher` holds every publish until the test releases or fails it (or for a
+  fixed delay): a publish that outlives the request's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka.structs import RecordMetadata, TopicPartition
+
+from bridge.delivery import Outcome
+from bridge.errors import Unavailable
+from bridge.inbound import InboundEvent
+from bridge.normalize import Record
+
+
+class RecordingPublisher:
+    """Acks every record at once on ``partition``; offsets count from 0 per topic.
+
+    ``calls``: the records of each ``publish`` call, in order; ``acked``: every acked record.
+    """
+
+    def __init__(self, *, partition: int = 0) -> None:
+        self.partition = partition
+        self.calls: list[list[Record]] = []
+        self.acked: list[Record] = []
+        self._next: dict[str, int] = {}
+
+    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+        self.calls.append(list(records))
+        return self.ack(records)
+
+    def ack(self, records: Sequence[Record]) -> list[RecordMetadata]:
+        """The broker's metadata for ``records``, as if acked now (offsets advance)."""
+        metas = []
+        for r in records:
+            offset = self._next.get(r.topic, 0)
+            self._next[r.topic] = offset + 1
+            metas.append(
+                RecordMetadata(
+                    topic=r.topic,
+                    partition=self.partition,
+                    topic_partition=TopicPartition(r.topic, self.partition),
+                    offset=offset,
+                    timestamp=None,
+                    timestamp_type=0,
+                    log_start_offset=None,
+                )
+            )
+        self.acked.extend(records)
+        return metas
+
+
+class FailingPublisher(RecordingPublisher):
+    """Raises ``error`` (default ``Unavailable("broker_unavailable")``) on its first ``times``
+    calls (default: every call), then acks. ``calls`` holds every attempt; ``acked`` what was acked."""
+
+    def __init__(self, error: BaseException | None = None, *, times: int | None = None) -> None:
+        super().__init__()
+        self.error = error or Unavailable("broker_unavailable")
+        self.times = times
+
+    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+        self.calls.append(list(records))
+        if self.times is None or len(self.calls) <= self.times:
+            raise self.error
+        return self.ack(records)
+
+
+class GatedPublisher(RecordingPublisher):
+    """Holds every publish at a gate until the test decides.
+
+    * :meth:`release` acks the publishes waiting now and opens the gate (later ones ack at once);
+    * :meth:`fail` makes the publishes waiting now raise; later ones wait again;
+    * ``delay_s``: instead of a gate, every publish acks after that many seconds.
+
+    ``entered`` is set when a publish starts waiting (cleared by :meth:`release` and :meth:`fail`);
+    ``waiting`` counts the publishes held now.
+    """
+
+    def __init__(self, *, delay_s: float | None = None) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.entered = asyncio.Event()
+        self._open = False
+        self._held: list[asyncio.Future[None]] = []
+
+    @property
+    def waiting(self) -> int:
+        return len(self._held)
+
+    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+        self.calls.append(list(records))
+        if self.delay_s is not None:
+            self.entered.set()
+            await asyncio.sleep(self.delay_s)
+        elif not self._open:
+            held = asyncio.get_running_loop().create_future()
+            self._held.append(held)
+            self.entered.set()
+            try:
+                await held  # raises what fail() set
+            finally:
+                if held in self._held:
+                    self._held.remove(held)
+        return self.ack(records)
+
+    def release(self) -> None:
+        """Ack every publish held now, and let later ones through at once."""
+        self._open = True
+        for held in self._held:
+            if not held.done():
+                held.set_result(None)
+        self._held.clear()
+        self.entered.clear()
+
+    def fail(self, error: BaseException | None = None) -> None:
+        """Make every publish held now raise ``error`` (default ``Unavailable("broker_unavailable")``)."""
+        for held in self._held:
+            if not held.done():
+                held.set_exception(error or Unavailable("broker_unavailable"))
+        self._held.clear()
+        self.entered.clear()
+
+
+class RecordingSink:
+    """An ``EventSink`` that records what reaches the next stage; can be told to fail or to hang."""
+
+    def __init__(self) -> None:
+        self.received: list[InboundEvent] = []
+        self.deadlines: list[float | None] = []  # the deadline_s of each call
+        self.fail: Exception | None = None
+        self.delay_s = 0.0
+
+    async def deliver(self, event: InboundEvent, *, received_ms: int, deadline_s: float | None = None) -> Outcome:
+        self.deadlines.append(deadline_s)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        self.received.append(event)
+        return Outcome("published", records=[("t", 0, 1)])

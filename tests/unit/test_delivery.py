@@ -1,0 +1,291 @@
+"""The delivery's orchestration (bridge.delivery.KafkaDelivery) with a fake publish stage: acked
+outcomes, dedup of sequential and concurrent duplicates, publish timeouts with a late ack, failed
+publishes, dead letters, the shutdown drain, and the metrics each of them moves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from bridge.dedup import DeliveryLedger
+from bridge.delivery import KafkaDelivery, Outcome
+from bridge.errors import Unavailable
+from bridge.inbound import InboundEvent, read_inbound
+from bridge.metrics import Metrics
+from bridge.normalize import Topics
+from bridge_devtools.platform import compact
+from tests.support.fakes import FailingPublisher, GatedPublisher, RecordingPublisher
+from tests.support.samples import ROOM_CREATED, THIRD_PARTY_CREATED, sample_event
+
+TOPICS = Topics.from_names(room_created="t.room", reserve_config_updated="t.cfg", third_party="t.3p", dead_letter="t.dlq")
+RECEIVED_MS = 1_763_000_000_000
+SHORT_S = 0.05  # a request timeout that a held publish always outlives
+
+
+class Harness:
+    """A KafkaDelivery wired to ``publisher``, a fresh ledger and fresh metrics."""
+
+    def __init__(self, publisher: Any, *, timeout_s: float = 5.0) -> None:
+        self.publisher = publisher
+        self.ledger = DeliveryLedger(ttl_s=3600, max_entries=1000)
+        self.metrics = Metrics()
+        self.delivery = KafkaDelivery(publisher, TOPICS, self.ledger, self.metrics, timeout_s=timeout_s)
+
+    async def deliver(self, event: InboundEvent) -> Outcome:
+        return await self.delivery.deliver(event, received_ms=RECEIVED_MS)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    @property
+    def duplicates(self) -> float:
+        return self.metric("bridge_duplicates_suppressed_total")
+
+
+def inbound(kind: str = ROOM_CREATED, delivery_id: str = "d-1", **changes: Any) -> InboundEvent:
+    """The inbound event of a sample with its own delivery id; ``changes`` update its header
+    (schema 2.0) or top level (1.0)."""
+    body = sample_event(kind, delivery_id=delivery_id)
+    body.get("header", body).update(changes)
+    return read_inbound(compact(body))
+
+
+async def soon(awaitable: Any, timeout_s: float = 2.0) -> Any:
+    """``awaitable``'s result, failing the test (TimeoutError) instead of hanging it."""
+    return await asyncio.wait_for(awaitable, timeout_s)
+
+
+async def settle() -> None:
+    """Let every task that can run, run (a handful of loop iterations)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def raises_unavailable(awaitable: Any) -> str:
+    with pytest.raises(Unavailable) as info:
+        await soon(awaitable)
+    return info.value.reason
+
+
+# ---- published, then a duplicate ----------------------------------------------------------------
+
+
+async def test_published_event_returns_its_acked_records_and_a_redelivery_is_a_duplicate() -> None:
+    h = Harness(RecordingPublisher())
+    fan_out = await h.deliver(inbound(THIRD_PARTY_CREATED, "d-3p"))  # two rooms: two records
+    room = await h.deliver(inbound(ROOM_CREATED, "d-room"))
+    assert fan_out == Outcome("published", None, [("t.3p", 0, 0), ("t.3p", 0, 1)])
+    assert room == Outcome("published", None, [("t.room", 0, 0)])
+    assert [[(r.topic, r.key) for r in call] for call in h.publisher.calls] == [
+        [("t.3p", b"omm_c4e2da9493fbd2ceea4f37aae6b3ee78"), ("t.3p", b"omm_a5ab469c8e012e2a0b48fe4a8e344f94")],
+        [("t.room", b"omm_4de32cf10a4358788ff4e09e37ebbf9b")],
+    ]
+
+    again = await h.deliver(inbound(ROOM_CREATED, "d-room"))
+    assert again == Outcome("duplicate") and again.records == []
+    assert len(h.publisher.calls) == 2, "a duplicate is never published again"
+    assert h.duplicates == 1
+    assert h.metric("bridge_events_published_total", lark_type=ROOM_CREATED, topic="t.room") == 1
+    assert h.metric("bridge_events_published_total", lark_type=THIRD_PARTY_CREATED, topic="t.3p") == 2
+    assert h.metric("bridge_dedup_entries") == 2
+
+
+# ---- a duplicate while the first is in flight --------------------------------------------------
+
+
+async def test_duplicates_arriving_in_flight_wait_for_the_first_and_are_duplicates_once_it_is_acked() -> None:
+    h = Harness(GatedPublisher())
+    first = asyncio.create_task(h.deliver(inbound(delivery_id="d-race")))
+    await soon(h.publisher.entered.wait())
+    waiting = [asyncio.create_task(h.deliver(inbound(delivery_id="d-race"))) for _ in range(3)]
+    await settle()
+    assert not first.done() and not any(w.done() for w in waiting), "duplicates wait for the first's ack"
+    assert len(h.publisher.calls) == 1 and h.duplicates == 0
+    h.publisher.release()
+    assert await soon(first) == Outcome("published", None, [("t.room", 0, 0)])
+    assert [await soon(w) for w in waiting] == [Outcome("duplicate")] * 3
+    assert len(h.publisher.calls) == 1
+    assert h.duplicates == 3
+
+
+async def test_a_duplicate_waiting_on_a_failed_first_publishes_itself() -> None:
+    h = Harness(GatedPublisher())
+    first = asyncio.create_task(h.deliver(inbound(delivery_id="d-retry")))
+    await soon(h.publisher.entered.wait())
+    second = asyncio.create_task(h.deliver(inbound(delivery_id="d-retry")))
+    await settle()
+    assert not second.done() and len(h.publisher.calls) == 1
+    h.publisher.fail()  # the first's publish fails: broker_unavailable
+    assert await raises_unavailable(first) == "broker_unavailable"
+    await soon(h.publisher.entered.wait())  # ... and the waiting duplicate publishes its own records
+    assert len(h.publisher.calls) == 2 and not second.done()
+    assert not h.ledger.delivered("d-retry")
+    h.publisher.release()
+    assert await soon(second) == Outcome("published", None, [("t.room", 0, 0)])
+    assert h.ledger.delivered("d-retry") and h.duplicates == 0
+    assert h.metric("bridge_events_published_total", lark_type=ROOM_CREATED, topic="t.room") == 1
+
+
+# ---- timeout, then a late ack ------------------------------------------------------------------
+
+
+async def test_publish_timeout_then_late_ack_counts_as_delivered() -> None:
+    h = Harness(GatedPublisher(), timeout_s=SHORT_S)
+    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-late"))) == "publish_timeout"
+    assert h.publisher.waiting == 1, "the publish goes on after the request timed out"
+    assert not h.ledger.delivered("d-late") and h.ledger.in_flight("d-late") is not None
+    # The platform's retry while it is still in flight: waits for it, times out too, no second publish.
+    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-late"))) == "publish_timeout"
+    assert len(h.publisher.calls) == 1
+    h.publisher.release()  # the broker acks, late
+    await soon(h.delivery.drain(1.0))
+    assert h.ledger.delivered("d-late") and h.ledger.in_flight("d-late") is None
+    assert h.metric("bridge_events_published_total", lark_type=ROOM_CREATED, topic="t.room") == 1
+    assert await h.deliver(inbound(delivery_id="d-late")) == Outcome("duplicate")
+    assert len(h.publisher.calls) == 1 and h.duplicates == 1
+
+
+async def test_publish_timeout_then_late_failure_leaves_the_id_to_the_retry() -> None:
+    h = Harness(GatedPublisher(), timeout_s=SHORT_S)
+    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-late-fail"))) == "publish_timeout"
+    h.publisher.fail()
+    await soon(h.delivery.drain(1.0))
+    assert not h.ledger.delivered("d-late-fail") and h.ledger.in_flight("d-late-fail") is None
+    h.publisher.release()
+    assert await h.deliver(inbound(delivery_id="d-late-fail")) == Outcome("published", None, [("t.room", 0, 0)])
+    assert len(h.publisher.calls) == 2
+
+
+async def test_the_ingress_deadline_bounds_the_wait_instead_of_the_timeout() -> None:
+    h = Harness(GatedPublisher(), timeout_s=30.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(Unavailable) as info:
+        await soon(h.delivery.deliver(inbound(delivery_id="d-deadline"), received_ms=RECEIVED_MS, deadline_s=started + SHORT_S))
+    assert info.value.reason == "publish_timeout" and loop.time() - started < 1.0
+    h.publisher.release()
+    await soon(h.delivery.drain(1.0))
+    assert h.ledger.delivered("d-deadline")
+
+
+# ---- failed publishes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error", [Unavailable("broker_unavailable"), RuntimeError("boom")], ids=["unavailable", "unexpected"]
+)
+async def test_a_failed_publish_does_not_mark_the_id_and_the_retry_publishes(error: Exception) -> None:
+    h = Harness(FailingPublisher(error, times=1))
+    with pytest.raises(Unavailable) as info:  # whatever failed, the platform is told to retry
+        await h.deliver(inbound(delivery_id="d-fail"))
+    assert info.value is error if isinstance(error, Unavailable) else info.value.reason == "publish_failed"
+    assert not h.ledger.delivered("d-fail") and h.ledger.in_flight("d-fail") is None
+    assert h.metric("bridge_events_published_total", lark_type=ROOM_CREATED, topic="t.room") == 0
+    assert h.metric("bridge_dedup_entries") == 0
+    retry = await h.deliver(inbound(delivery_id="d-fail"))
+    assert retry == Outcome("published", None, [("t.room", 0, 0)])
+    assert len(h.publisher.calls) == 2 and len(h.publisher.acked) == 1
+    assert h.duplicates == 0 and h.ledger.delivered("d-fail")
+    assert h.metric("bridge_events_published_total", lark_type=ROOM_CREATED, topic="t.room") == 1
+    assert h.metric("bridge_dedup_entries") == 1
+
+
+# ---- dead letters ------------------------------------------------------------------------------
+
+
+def _unknown_type() -> InboundEvent:
+    return inbound(delivery_id="d-dl", event_type="im.message.receive_v1")
+
+
+def _invalid_event() -> InboundEvent:
+    body = sample_event(ROOM_CREATED, delivery_id="d-dl")
+    del body["event"]["room"]["room_id"]
+    return read_inbound(compact(body))
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"), [(_unknown_type, "unknown_event_type"), (_invalid_event, "invalid_event")], ids=["unknown", "invalid"]
+)
+async def test_an_undecodable_event_publishes_exactly_one_dead_letter(make: Any, reason: str) -> None:
+    h = Harness(RecordingPublisher())
+    outcome = await h.deliver(make())
+    assert outcome == Outcome("dead_lettered", reason, [("t.dlq", 0, 0)])
+    [[record]] = h.publisher.calls
+    assert (record.topic, record.key) == ("t.dlq", b"d-dl")
+    assert json.loads(record.value)["data"]["reason"] == reason
+    assert h.metric("bridge_dead_letters_total", reason=reason) == 1
+    # Its redelivery is a duplicate like any other: no second dead letter.
+    assert await h.deliver(make()) == Outcome("duplicate")
+    assert len(h.publisher.calls) == 1
+    assert h.metric("bridge_dead_letters_total", reason=reason) == 1 and h.duplicates == 1
+
+
+async def test_a_dead_letter_counts_only_once_acked() -> None:
+    h = Harness(FailingPublisher(times=1))
+    assert await raises_unavailable(h.deliver(_unknown_type())) == "broker_unavailable"
+    assert h.metric("bridge_dead_letters_total", reason="unknown_event_type") == 0
+    assert not h.ledger.delivered("d-dl")
+    assert await h.deliver(_unknown_type()) == Outcome("dead_lettered", "unknown_event_type", [("t.dlq", 0, 0)])
+    assert h.metric("bridge_dead_letters_total", reason="unknown_event_type") == 1
+
+
+async def test_an_event_without_a_delivery_id_is_dead_lettered_each_time() -> None:
+    # A malformed top level (header not an object) has no delivery id: nothing to dedupe on.
+    h = Harness(RecordingPublisher())
+    event = read_inbound(compact({"schema": "2.0", "header": "oops", "event": {}}))
+    assert event.delivery_id is None and event.defect is not None
+    first = await h.deliver(event)
+    second = await h.deliver(event)
+    assert first == Outcome("dead_lettered", "invalid_event", [("t.dlq", 0, 0)])
+    assert second == Outcome("dead_lettered", "invalid_event", [("t.dlq", 0, 1)])
+    assert [[r.key for r in call] for call in h.publisher.calls] == [[None], [None]]
+    assert h.metric("bridge_dead_letters_total", reason="invalid_event") == 2
+    assert h.duplicates == 0 and h.metric("bridge_dedup_entries") == 0
+
+
+# ---- drain at shutdown -------------------------------------------------------------------------
+
+
+async def test_drain_waits_for_a_publish_still_running_after_its_request_timed_out() -> None:
+    h = Harness(GatedPublisher(), timeout_s=SHORT_S)
+    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-drain"))) == "publish_timeout"
+    drain = asyncio.create_task(h.delivery.drain(5.0))
+    await asyncio.sleep(0.1)
+    assert not drain.done(), "drain returned while a publish was still running"
+    h.publisher.release()
+    await soon(drain)
+    assert h.ledger.delivered("d-drain")
+
+
+async def test_drain_gives_up_after_its_timeout_when_the_publish_never_finishes() -> None:
+    h = Harness(GatedPublisher(), timeout_s=SHORT_S)
+    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-stuck"))) == "publish_timeout"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await soon(h.delivery.drain(0.2))
+    took = loop.time() - started
+    assert 0.15 <= took < 1.0, took
+    assert h.publisher.waiting == 1 and h.ledger.in_flight("d-stuck") is not None
+    h.publisher.fail()  # end it, so that the test leaves no task behind
+    await soon(h.delivery.drain(1.0))
+    assert h.ledger.in_flight("d-stuck") is None and not h.ledger.delivered("d-stuck")
+
+
+async def test_drain_with_nothing_in_flight_returns_at_once() -> None:
+    h = Harness(RecordingPublisher())
+    await h.deliver(inbound())
+    await soon(h.delivery.drain(30.0), 0.5)
+
+
+async def test_a_deadline_already_past_publishes_nothing_and_leaves_the_id_unmarked() -> None:
+    h = Harness(RecordingPublisher())
+    past = asyncio.get_running_loop().time() - 0.001  # e.g. the body took the whole budget to arrive
+    with pytest.raises(Unavailable) as info:
+        await h.delivery.deliver(inbound(delivery_id="d-late"), received_ms=RECEIVED_MS, deadline_s=past)
+    assert info.value.reason == "publish_timeout"
+    assert h.publisher.calls == [] and h.ledger.in_flight("d-late") is None and not h.ledger.delivered("d-late")
+    assert (await h.deliver(inbound(delivery_id="d-late"))).kind == "published"
