@@ -38,9 +38,11 @@ def main(n: int) -> None:
     t1 = time.perf_counter()
     hits = sum(ledger.delivered(i) for i in ids[: min(n, 100_000)])
     lookup = (time.perf_counter() - t1) / min(n, 100_000)
-    print(f"entries={len(ledger):,} traced={current / 2**20:.1f} MiB ({current / n:.0f} B/id) "
-          f"rss_growth={(rss1 - rss0) / 1024:.1f} MiB mark={elapsed / n * 1e6:.2f} us/id "
-          f"lookup={lookup * 1e6:.2f} us hits={hits:,}")
+    print(
+        f"entries={len(ledger):,} traced={current / 2**20:.1f} MiB ({current / n:.0f} B/id) "
+        f"rss_growth={(rss1 - rss0) / 1024:.1f} MiB mark={elapsed / n * 1e6:.2f} us/id "
+        f"lookup={lookup * 1e6:.2f} us hits={hits:,}"
+    )
 
 
 if __name__ == "__main__":

@@ -87,13 +87,9 @@ def create_app(
         topics = topics_of(settings)
         publisher = Publisher(settings, topics, metrics, producer_factory=producer_factory)
         ledger = DeliveryLedger(settings.dedup_ttl_s, settings.dedup_max_entries)
-        delivery = KafkaDelivery(
-            publisher, topics, ledger, metrics, timeout_s=settings.kafka_publish_timeout_s
-        )
+        delivery = KafkaDelivery(publisher, topics, ledger, metrics, timeout_s=settings.kafka_publish_timeout_s)
         sink = delivery
-    app = web.Application(
-        client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware]
-    )
+    app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware])
     app[STATE] = AppState(settings, verifier, sink, metrics, publisher, ledger)
     app.router.add_post(settings.http_path, handle_event)
     app.router.add_get("/healthz", handle_healthz)

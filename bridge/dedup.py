@@ -32,9 +32,7 @@ class DeliveryLedger:
 
     __slots__ = ("_buckets", "_clock", "_entries", "_gen", "_in_flight", "_max", "_span", "_ttl_s")
 
-    def __init__(
-        self, ttl_s: float, max_entries: int, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, ttl_s: float, max_entries: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         if ttl_s <= 0 or max_entries < 1:
             raise ValueError("ttl_s must be > 0 and max_entries >= 1")
         self._ttl_s = ttl_s

@@ -151,9 +151,7 @@ class KafkaDelivery:
         self._metrics.duplicates.inc()
         return Outcome("duplicate")
 
-    async def _publish(
-        self, delivery_id: str | None, records: list[Record], outcome: Outcome
-    ) -> list[RecordMetadata]:
+    async def _publish(self, delivery_id: str | None, records: list[Record], outcome: Outcome) -> list[RecordMetadata]:
         delivered = False
         try:
             metas = await self._publisher.publish(records)

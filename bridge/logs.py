@@ -29,9 +29,7 @@ def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer = (
-        structlog.processors.JSONRenderer()
-        if fmt == LogFormat.JSON
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if fmt == LogFormat.JSON else structlog.dev.ConsoleRenderer(colors=False)
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

@@ -12,7 +12,22 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    3.0,
+    5.0,
 )
 
 
@@ -22,38 +37,57 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "bridge_requests_total", "Webhook requests by outcome and HTTP status.",
-            ["outcome", "status"], registry=r,
+            "bridge_requests_total",
+            "Webhook requests by outcome and HTTP status.",
+            ["outcome", "status"],
+            registry=r,
         )
         self.published = Counter(
-            "bridge_events_published_total", "Records acknowledged by the broker, by Lark type and topic.",
-            ["lark_type", "topic"], registry=r,
+            "bridge_events_published_total",
+            "Records acknowledged by the broker, by Lark type and topic.",
+            ["lark_type", "topic"],
+            registry=r,
         )
         self.dead_letters = Counter(
-            "bridge_dead_letters_total", "Dead-letter records acknowledged, by reason.", ["reason"], registry=r,
+            "bridge_dead_letters_total",
+            "Dead-letter records acknowledged, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.duplicates = Counter(
-            "bridge_duplicates_suppressed_total", "Deliveries answered 200 without a new record (already delivered).",
+            "bridge_duplicates_suppressed_total",
+            "Deliveries answered 200 without a new record (already delivered).",
             registry=r,
         )
         self.auth_failures = Counter(
-            "bridge_auth_failures_total", "Requests rejected with 401, by reason.", ["reason"], registry=r,
+            "bridge_auth_failures_total",
+            "Requests rejected with 401, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.in_flight = Gauge("bridge_requests_in_flight", "Webhook requests being handled.", registry=r)
         self.request_latency = Histogram(
-            "bridge_request_duration_seconds", "Webhook handling time, receive to answer, by kind (handshake/event).",
-            ["kind"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "bridge_request_duration_seconds",
+            "Webhook handling time, receive to answer, by kind (handshake/event).",
+            ["kind"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.ack_latency = Histogram(
             "bridge_broker_ack_duration_seconds",
             "From handing a request's records to the producer to the broker's last ack.",
-            buckets=LATENCY_BUCKETS_S, registry=r,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.publish_failures = Counter(
-            "bridge_publish_failures_total", "Publishes that did not complete, by reason.", ["reason"], registry=r,
+            "bridge_publish_failures_total",
+            "Publishes that did not complete, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.producer_starts = Counter(
-            "bridge_producer_starts_total", "Kafka producers started (the first, then reconnects and replacements).",
+            "bridge_producer_starts_total",
+            "Kafka producers started (the first, then reconnects and replacements).",
             registry=r,
         )
         self.producer_replacements = Counter(
@@ -63,6 +97,8 @@ class Metrics:
             registry=r,
         )
         self.dedup_entries = Gauge(
-            "bridge_dedup_entries", "Delivery ids held in the dedup window.", registry=r,
+            "bridge_dedup_entries",
+            "Delivery ids held in the dedup window.",
+            registry=r,
         )
         self.ready = Gauge("bridge_ready", "1 while /readyz answers 200.", registry=r)

@@ -116,9 +116,7 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     envelope_type = ev.ENVELOPE_TYPES[event.lark_type]
     records = []
     for record_id, key, record_data in keyed:
-        envelope = envelope_type(
-            id=record_id, subject=key, partitionkey=key, data=record_data, **common
-        )
+        envelope = envelope_type(id=record_id, subject=key, partitionkey=key, data=record_data, **common)
         records.append(
             Record(
                 topic=topic,

@@ -251,10 +251,7 @@ class Publisher:
             raise Unavailable("broker_unavailable")
         started = time.perf_counter()
         try:
-            futures = [
-                await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
-                for r in records
-            ]
+            futures = [await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers)) for r in records]
             results = list(await asyncio.gather(*futures))
         except _FATAL as exc:
             self._mark_fatal(exc)

@@ -79,9 +79,7 @@ def examples() -> dict[str, list[Any]]:
     from bridge.normalize import Topics, dead_letter, normalize
     from bridge.samples import sample
 
-    topics = Topics.from_names(
-        room_created="t", reserve_config_updated="t", third_party="t", dead_letter="dlq"
-    )
+    topics = Topics.from_names(room_created="t", reserve_config_updated="t", third_party="t", dead_letter="dlq")
 
     def records_of(body: dict[str, Any]) -> list[Any]:
         inbound = read_inbound(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
@@ -106,9 +104,7 @@ def examples() -> dict[str, list[Any]]:
 
 def generated_files() -> dict[str, str]:
     """``{path relative to schemas/: content}`` of every generated file: schemas and examples."""
-    files = {
-        f"envelope/v1/{t}.schema.json": _dump(envelope_schema(t)) for t in ev.LARK_TYPES
-    }
+    files = {f"envelope/v1/{t}.schema.json": _dump(envelope_schema(t)) for t in ev.LARK_TYPES}
     files["dead_letter/v1/dead_letter.schema.json"] = _dump(dead_letter_schema())
     for stem, records in examples().items():
         folder = "dead_letter/v1" if stem == "dead_letter" else "envelope/v1"

@@ -79,9 +79,7 @@ class AcceptErrorThrottle:
         self._last, self._suppressed = now, 0
 
 
-async def serve(
-    settings: Settings, *, ready: asyncio.Event | None = None, app: web.Application | None = None
-) -> None:
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: web.Application | None = None) -> None:
     """Serve ``settings.http_host:http_port`` until SIGTERM/SIGINT; returns after a clean shutdown.
 
     ``ready`` (optional) is set once the socket listens; ``app`` is the app to serve (default

@@ -126,14 +126,11 @@ class Settings(BaseSettings):
     lark_max_signature_age_s: int = Field(
         28_800,
         ge=60,
-        description="Oldest X-Lark-Request-Timestamp accepted, in seconds (the platform retries "
-        "for about 7.1 h).",
+        description="Oldest X-Lark-Request-Timestamp accepted, in seconds (the platform retries for about 7.1 h).",
     )
 
     # --- Kafka --------------------------------------------------------------------------------
-    kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092", min_length=1, description="Comma-separated host:port list."
-    )
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Comma-separated host:port list.")
     kafka_client_id: str = Field("lark-bridge", description="Kafka client.id of the producer.")
     kafka_security_protocol: SecurityProtocol = Field(
         SecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
@@ -146,9 +143,7 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str | None = Field(
         None, description="Path of a PEM CA bundle that signs the brokers' certificates."
     )
-    kafka_compression: Compression = Field(
-        Compression.NONE, description="none, gzip, snappy, lz4 or zstd."
-    )
+    kafka_compression: Compression = Field(Compression.NONE, description="none, gzip, snappy, lz4 or zstd.")
     kafka_publish_timeout_s: float = Field(
         2.0,
         gt=0,
@@ -157,17 +152,13 @@ class Settings(BaseSettings):
         "platform gives up after 3 s).",
     )
     kafka_create_topics: bool = Field(True, description="Create missing topics at start.")
-    kafka_topic_partitions: int = Field(
-        12, ge=1, description="Partitions of topics the bridge creates."
-    )
+    kafka_topic_partitions: int = Field(12, ge=1, description="Partitions of topics the bridge creates.")
     kafka_topic_replication_factor: int | None = Field(
         None, ge=1, description="Replication of topics the bridge creates (unset: broker default)."
     )
 
     # --- Topics -------------------------------------------------------------------------------
-    topic_room_created: str = Field(
-        "lark.vc.room.created_v1", min_length=1, description="Topic of vc.room.created_v1."
-    )
+    topic_room_created: str = Field("lark.vc.room.created_v1", min_length=1, description="Topic of vc.room.created_v1.")
     topic_reserve_config_updated: str = Field(
         "lark.vc.reserve_config.updated_v1",
         min_length=1,
@@ -178,20 +169,15 @@ class Settings(BaseSettings):
         min_length=1,
         description="Topic of third_party_meeting_room_event_created/updated/deleted.",
     )
-    topic_dead_letter: str = Field(
-        "lark.bridge.dead_letter", min_length=1, description="Dead-letter topic."
-    )
+    topic_dead_letter: str = Field("lark.bridge.dead_letter", min_length=1, description="Dead-letter topic.")
 
     # --- Dedup --------------------------------------------------------------------------------
     dedup_ttl_s: int = Field(
         86_400,
         ge=60,
-        description="How long a published delivery id is remembered, in seconds (>= "
-        "BRIDGE_LARK_MAX_SIGNATURE_AGE_S).",
+        description="How long a published delivery id is remembered, in seconds (>= BRIDGE_LARK_MAX_SIGNATURE_AGE_S).",
     )
-    dedup_max_entries: int = Field(
-        1_000_000, ge=1, description="Most delivery ids remembered; the oldest go first."
-    )
+    dedup_max_entries: int = Field(1_000_000, ge=1, description="Most delivery ids remembered; the oldest go first.")
 
     # --- Operations ---------------------------------------------------------------------------
     log_level: Annotated[str, Field(pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")] = Field(
@@ -232,13 +218,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.lark_encrypt_key_previous is not None and self.lark_encrypt_key is None:
-            raise ValueError(
-                "BRIDGE_LARK_ENCRYPT_KEY_PREVIOUS is set but BRIDGE_LARK_ENCRYPT_KEY is not"
-            )
+            raise ValueError("BRIDGE_LARK_ENCRYPT_KEY_PREVIOUS is set but BRIDGE_LARK_ENCRYPT_KEY is not")
         if self.http_max_body_bytes_in_flight < self.http_max_body_bytes:
-            raise ValueError(
-                "BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT must be >= BRIDGE_HTTP_MAX_BODY_BYTES"
-            )
+            raise ValueError("BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT must be >= BRIDGE_HTTP_MAX_BODY_BYTES")
         if self.dedup_ttl_s < self.lark_max_signature_age_s:
             raise ValueError(
                 "BRIDGE_DEDUP_TTL_S must be >= BRIDGE_LARK_MAX_SIGNATURE_AGE_S, or a replay inside "
@@ -249,8 +231,7 @@ class Settings(BaseSettings):
                 raise ValueError("BRIDGE_KAFKA_SASL_MECHANISM is required with a SASL_* protocol")
             if not self.kafka_sasl_username or self.kafka_sasl_password is None:
                 raise ValueError(
-                    "BRIDGE_KAFKA_SASL_USERNAME and BRIDGE_KAFKA_SASL_PASSWORD are required "
-                    "with a SASL_* protocol"
+                    "BRIDGE_KAFKA_SASL_USERNAME and BRIDGE_KAFKA_SASL_PASSWORD are required with a SASL_* protocol"
                 )
         return self
 
@@ -289,9 +270,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     may be a secret).
     """
     env = os.environ if environ is None else environ
-    values = {
-        k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)
-    }
+    values = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
     known: dict[str, Any] = {k: v for k, v in values.items() if k in Settings.model_fields}
     try:
         return Settings(**known)

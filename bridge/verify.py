@@ -127,9 +127,7 @@ class Verifier:
 
     __slots__ = ("_aes", "_keys", "_max_age_s", "_token")
 
-    def __init__(
-        self, verification_token: str, encrypt_keys: tuple[str, ...] = (), *, max_age_s: int
-    ) -> None:
+    def __init__(self, verification_token: str, encrypt_keys: tuple[str, ...] = (), *, max_age_s: int) -> None:
         if not verification_token:
             raise ValueError("verification token must not be empty")
         self._token = verification_token

@@ -208,5 +208,3 @@ async def _read_and_deliver(request: web.Request, rl: RequestLog, *, deadline_s:
     if outcome.reason:
         rl.fields["reason"] = outcome.reason
     return json_answer({"msg": "success"})
-
-

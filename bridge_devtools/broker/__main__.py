@@ -32,10 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--version", help=f"Kafka version (default ${VERSION_ENV} or {DEFAULT_KAFKA_VERSION}; "
-                                          "for an existing state dir, the version it was created with)")
-        sp.add_argument("--state-dir", type=Path, default=None,
-                        help=f"config/data/log dir (default {default_state_dir()})")
+        sp.add_argument(
+            "--version",
+            help=f"Kafka version (default ${VERSION_ENV} or {DEFAULT_KAFKA_VERSION}; "
+            "for an existing state dir, the version it was created with)",
+        )
+        sp.add_argument(
+            "--state-dir", type=Path, default=None, help=f"config/data/log dir (default {default_state_dir()})"
+        )
         sp.add_argument("--port", type=int, default=None, help="PLAINTEXT port (default: free port, then kept)")
         sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness (default 60)")
 
@@ -76,8 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"Kafka {running} already running (pid {broker.pid})", file=sys.stderr)
             else:
                 secs = broker.start(args.timeout, detach=True)
-                print(f"Kafka {broker.version} started in {secs:.1f}s (pid {broker.pid}); "
-                      f"logs: {broker.log_path}", file=sys.stderr)
+                print(
+                    f"Kafka {broker.version} started in {secs:.1f}s (pid {broker.pid}); logs: {broker.log_path}",
+                    file=sys.stderr,
+                )
             print(broker.bootstrap_servers)
             return 0
         if args.cmd == "stop":
@@ -95,9 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"not running (state dir {state_dir})", file=sys.stderr)
                 return 1
             rss = broker.rss_bytes()
-            print(f"Kafka {broker.version} running, pid {broker.pid}, "
-                  f"rss {rss / 2**20:.0f} MiB" if rss else f"Kafka {broker.version} running, pid {broker.pid}",
-                  file=sys.stderr)
+            print(
+                f"Kafka {broker.version} running, pid {broker.pid}, rss {rss / 2**20:.0f} MiB"
+                if rss
+                else f"Kafka {broker.version} running, pid {broker.pid}",
+                file=sys.stderr,
+            )
             print(broker.bootstrap_servers)
             return 0
     except BrokerError as exc:

@@ -108,8 +108,12 @@ def fetch(version: str | None = None, *, timeout_s: float = 1800.0) -> Path:
             )
         tmp = Path(tempfile.mkdtemp(prefix="libs.", dir=vdir))
         cmd = [
-            mvn, "-B", "-q", "-Dstyle.color=never",
-            "-f", str(POM_PATH),
+            mvn,
+            "-B",
+            "-q",
+            "-Dstyle.color=never",
+            "-f",
+            str(POM_PATH),
             "dependency:copy-dependencies",
             "-DincludeScope=runtime",
             f"-DoutputDirectory={tmp}",
@@ -118,8 +122,12 @@ def fetch(version: str | None = None, *, timeout_s: float = 1800.0) -> Path:
         try:
             try:
                 res = subprocess.run(
-                    cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                    timeout=timeout_s, check=False,
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout_s,
+                    check=False,
                 )
             except subprocess.TimeoutExpired as exc:
                 raise BrokerError(f"mvn did not finish within {timeout_s:.0f}s: {' '.join(cmd)}") from exc

@@ -63,7 +63,7 @@ def _read_str(buf: bytes, off: int) -> tuple[str | None, int]:
     off += 2
     if n < 0:
         return None, off
-    return buf[off:off + n].decode(), off + n
+    return buf[off : off + n].decode(), off + n
 
 
 class ProbeResult(NamedTuple):

@@ -1,5 +1,4 @@
-"""The broker process: :class:`LocalBroker` (config, storage format, start/stop/restart, state files).
-"""
+"""The broker process: :class:`LocalBroker` (config, storage format, start/stop/restart, state files)."""
 
 from __future__ import annotations
 
@@ -253,10 +252,12 @@ class LocalBroker:
             return {}
 
     def _write_state(self) -> None:
-        (self.state_dir / _STATE_FILE).write_text(json.dumps(
-            {"version": self.version, "port": self.port, "controller_port": self.controller_port},
-            indent=1,
-        ))
+        (self.state_dir / _STATE_FILE).write_text(
+            json.dumps(
+                {"version": self.version, "port": self.port, "controller_port": self.controller_port},
+                indent=1,
+            )
+        )
 
     def _read_pid(self) -> int | None:
         try:
@@ -335,8 +336,10 @@ class LocalBroker:
             f"-Dkafka.logs.dir={self.state_dir / 'logs'}",
             # Log4j's own shutdown hook would race Kafka's and drop the shutdown log.
             "-Dlog4j2.shutdownHookEnabled=false",
-            "-cp", f"{libs}/*",
-            main, *args,
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
         ]
 
     def _format_storage(self, libs: Path) -> None:
@@ -344,8 +347,14 @@ class LocalBroker:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = self._java_cmd(
-            libs, "kafka.tools.StorageTool",
-            "format", "-t", _new_cluster_id(), "-c", str(self.config_path), *self.format_args,
+            libs,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _new_cluster_id(),
+            "-c",
+            str(self.config_path),
+            *self.format_args,
         )
         try:
             res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
@@ -406,8 +415,13 @@ class LocalBroker:
             out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
             out.flush()
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.state_dir, start_new_session=True, close_fds=True,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.state_dir,
+                start_new_session=True,
+                close_fds=True,
             )
         (self.state_dir / _PID_FILE).write_text(f"{self._proc.pid}\n")
         if not detach:
@@ -448,8 +462,7 @@ class LocalBroker:
 
     def _log_tails(self) -> str:
         errors = [
-            line[:500] for line in _tail(self.log_path, 2000).splitlines()
-            if "] ERROR " in line or "] FATAL " in line
+            line[:500] for line in _tail(self.log_path, 2000).splitlines() if "] ERROR " in line or "] FATAL " in line
         ]
         return (
             f"--- ERROR/FATAL lines of {self.log_path} (last 10) ---\n" + "\n".join(errors[-10:]) + "\n"

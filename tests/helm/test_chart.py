@@ -289,10 +289,7 @@ def test_schema_config_properties_match_settings() -> None:
 def test_every_secret_setting_has_a_value_and_a_key_name() -> None:
     secrets = chart_values()["secrets"]
     secret_fields = {field_of(e) for e in SECRET_ENV}
-    camel = {
-        "".join(p.capitalize() if i else p for i, p in enumerate(f.split("_")))
-        for f in secret_fields
-    }
+    camel = {"".join(p.capitalize() if i else p for i, p in enumerate(f.split("_"))) for f in secret_fields}
     assert set(secrets["keys"]) == camel
     assert camel <= set(secrets)
     assert set(SENTINELS) == camel
@@ -341,9 +338,7 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
-def test_ci_values_render_an_environment_the_bridge_loads(
-    render: RenderFn, values_file: Path
-) -> None:
+def test_ci_values_render_an_environment_the_bridge_loads(render: RenderFn, values_file: Path) -> None:
     values = yaml.safe_load(values_file.read_text(encoding="utf-8"))
     r = render(values)
     existing = None
@@ -377,9 +372,7 @@ def test_numbers_survive_rendering(render: RenderFn) -> None:
 
 
 @pytest.mark.parametrize("port", [None, 9090])
-def test_probes_hit_healthz_and_readyz_on_the_container_port(
-    render: RenderFn, port: int | None
-) -> None:
+def test_probes_hit_healthz_and_readyz_on_the_container_port(render: RenderFn, port: int | None) -> None:
     values = {} if port is None else {"config": {"http_port": port}}
     r = render(values)
     expected_port = int(r.env_configmap["BRIDGE_HTTP_PORT"])
@@ -419,9 +412,7 @@ def prestop_seconds(r: Rendered) -> float:
         {"lifecycle": {"preStopSleepSeconds": 0}, "terminationGracePeriodSeconds": 21},
     ],
 )
-def test_grace_period_exceeds_prestop_plus_shutdown_timeout(
-    render: RenderFn, values: dict[str, Any]
-) -> None:
+def test_grace_period_exceeds_prestop_plus_shutdown_timeout(render: RenderFn, values: dict[str, Any]) -> None:
     r = render(values)
     shutdown = float(r.env_configmap["BRIDGE_SHUTDOWN_TIMEOUT_S"])
     assert r.pod["terminationGracePeriodSeconds"] > shutdown + prestop_seconds(r)
@@ -625,9 +616,7 @@ def notes(r: Rendered) -> str:
     return text
 
 
-def test_notes_give_the_webhook_url_from_the_ingress(
-    render: RenderFn, chart_with_notes: Path
-) -> None:
+def test_notes_give_the_webhook_url_from_the_ingress(render: RenderFn, chart_with_notes: Path) -> None:
     values = {
         "config": {"http_path": "/lark/events"},
         "ingress": {
@@ -641,9 +630,7 @@ def test_notes_give_the_webhook_url_from_the_ingress(
     assert "WARNING" in text  # bootstrap servers still 127.0.0.1
 
 
-def test_notes_without_ingress_give_a_port_forward_hint(
-    render: RenderFn, chart_with_notes: Path
-) -> None:
+def test_notes_without_ingress_give_a_port_forward_hint(render: RenderFn, chart_with_notes: Path) -> None:
     text = notes(render(None, None, chart=chart_with_notes))
     assert "kubectl --namespace lark-test port-forward svc/t-lark-bridge" in text
     assert "/webhook/event" in text

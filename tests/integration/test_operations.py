@@ -82,11 +82,14 @@ async def test_metrics_move_by_exact_amounts(broker: Any, start_bridge: Any) -> 
     assert delta("bridge_requests_total", outcome="dead_lettered", status="200") == 1
     assert delta("bridge_requests_total", outcome="unauthorized", status="401") == 2
     assert delta("bridge_events_published_total", lark_type="vc.room.created_v1", topic=topics.topic_room_created) == 1
-    assert delta(
-        "bridge_events_published_total",
-        lark_type="third_party_meeting_room_event_created",
-        topic=topics.topic_third_party_meeting_room_event,
-    ) == 2
+    assert (
+        delta(
+            "bridge_events_published_total",
+            lark_type="third_party_meeting_room_event_created",
+            topic=topics.topic_third_party_meeting_room_event,
+        )
+        == 2
+    )
     assert delta("bridge_dead_letters_total", reason="unknown_event_type") == 1
     assert delta("bridge_duplicates_suppressed_total") == 1
     assert delta("bridge_auth_failures_total", reason="signature_mismatch") == 1
@@ -133,7 +136,12 @@ async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: A
     try:
         async with aiohttp.ClientSession() as session:
             await wait_http_status(
-                session, url + "/readyz", 200, timeout_s=60, alive=lambda: proc.poll() is None, message="bridge did not start"
+                session,
+                url + "/readyz",
+                200,
+                timeout_s=60,
+                alive=lambda: proc.poll() is None,
+                message="bridge did not start",
             )
 
             stop = asyncio.Event()

@@ -78,7 +78,9 @@ async def test_broker_restart_under_traffic_loses_nothing(spare_broker: Any, sta
 
     async def restarter() -> None:
         # Polls a plain list the senders append to; no deadline of its own (the senders' have one).
-        await wait_until(lambda: len(answered) >= 100, timeout_s=None, interval_s=0.05, message="100 answers never reached")
+        await wait_until(
+            lambda: len(answered) >= 100, timeout_s=None, interval_s=0.05, message="100 answers never reached"
+        )
         if how == "graceful":
             await asyncio.to_thread(spare_broker.restart, 120)
         else:  # SIGKILL: in-flight requests see the connection die mid-response
@@ -87,7 +89,12 @@ async def test_broker_restart_under_traffic_loses_nothing(spare_broker: Any, sta
 
     await asyncio.gather(restarter(), *(sender() for _ in range(8)))
     assert sorted(answered) == ids
-    msgs = await read_topic(spare_broker.bootstrap_servers, bridge.settings.topic_third_party_meeting_room_event, expect=len(ids), timeout_s=60)
+    msgs = await read_topic(
+        spare_broker.bootstrap_servers,
+        bridge.settings.topic_third_party_meeting_room_event,
+        expect=len(ids),
+        timeout_s=60,
+    )
     got = [json.loads(m.value)["larkeventid"] for m in msgs]
     assert sorted(got) == ids, f"missing={set(ids) - set(got)} dup={len(got) - len(set(got))}"
     print(f"\n{how} restart under traffic: {len(ids)} events, {retried} retries after 503s")

@@ -31,9 +31,12 @@ def _make_ca_and_server_cert(folder: Path) -> tuple[Path, Path]:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bridge test CA")])
     ca = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
@@ -41,9 +44,11 @@ def _make_ca_and_server_cert(folder: Path) -> tuple[Path, Path]:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key())
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -83,8 +88,10 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lo
         "ssl.keystore.location": str(server_path),
     }
     scram_users = [
-        "--add-scram", f"SCRAM-SHA-256=[name={USER},password={PASSWORD}]",
-        "--add-scram", f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]",
+        "--add-scram",
+        f"SCRAM-SHA-256=[name={USER},password={PASSWORD}]",
+        "--add-scram",
+        f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]",
     ]
     broker = LocalBroker(port=port, controller_port=cport, extra_properties=props, format_args=scram_users)
     broker.start(timeout_s=120)
@@ -97,7 +104,9 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lo
     ("protocol", "mechanism"),
     [("SASL_PLAINTEXT", "PLAIN"), ("SASL_PLAINTEXT", "SCRAM-SHA-256"), ("SASL_SSL", "SCRAM-SHA-512")],
 )
-async def test_publishes_over_sasl_and_tls(secure_broker: Any, start_bridge: Any, protocol: str, mechanism: str) -> None:
+async def test_publishes_over_sasl_and_tls(
+    secure_broker: Any, start_bridge: Any, protocol: str, mechanism: str
+) -> None:
     broker, sasl_port, ssl_port, ca_path = secure_broker
     port = ssl_port if protocol == "SASL_SSL" else sasl_port
     env = {

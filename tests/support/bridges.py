@@ -55,7 +55,9 @@ class RunningBridge:
             return resp.status, await resp.text()
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
-        await wait_status(self, "/readyz", 200, timeout_s=timeout_s, interval_s=0.1, message="bridge did not become ready")
+        await wait_status(
+            self, "/readyz", 200, timeout_s=timeout_s, interval_s=0.1, message="bridge did not become ready"
+        )
 
     @property
     def metrics(self) -> Any:

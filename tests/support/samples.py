@@ -37,7 +37,9 @@ def with_token(body: dict[str, Any], token: str | None = TOKEN, *, delivery_id: 
     return body
 
 
-def sample_event(kind: str = ROOM_CREATED, *, token: str | None = TOKEN, delivery_id: str | None = None) -> dict[str, Any]:
+def sample_event(
+    kind: str = ROOM_CREATED, *, token: str | None = TOKEN, delivery_id: str | None = None
+) -> dict[str, Any]:
     """A fresh copy of the documented sample of ``kind`` carrying ``token`` (``None``: no token)
     and ``delivery_id`` (``None``: the sample's own; :func:`fresh_id` for a new one)."""
     return with_token(sample(kind), token, delivery_id=delivery_id)

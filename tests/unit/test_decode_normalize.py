@@ -59,7 +59,9 @@ def test_reserve_config_sample_keys_by_scope_and_normalizes_seconds_of_day() -> 
     assert topic == "t.cfg" and key == b"omm_3c5dd7e09bac0c1758fcf9511bd1a771"
     tc = env["data"]["time_config"]
     assert (tc["opening_hour"], tc["start_time"], tc["end_time"]) == (27900, 0, 86400)
-    assert env["data"]["reserve_scope_config"]["allow_depts"][0]["department_id"] == "od-47d8b570b0a011e9679a755efcc5f61a"
+    assert (
+        env["data"]["reserve_scope_config"]["allow_depts"][0]["department_id"] == "od-47d8b570b0a011e9679a755efcc5f61a"
+    )
 
 
 def test_reserve_config_room_level_scope() -> None:
@@ -144,7 +146,10 @@ def test_token_never_in_envelope() -> None:
         (lambda b: b["event"]["room"].pop("room_id"), "$.event.room"),
         (lambda b: b["event"]["room"].update(room_id=""), "$.event.room.room_id"),
         (lambda b: b["event"]["room"].update(capacity="many"), "$.event.room.capacity"),
-        (lambda b: b["event"]["room"]["room_status"].update(disable_start_time="soon"), "$.event.room.room_status.disable_start_time"),
+        (
+            lambda b: b["event"]["room"]["room_status"].update(disable_start_time="soon"),
+            "$.event.room.room_status.disable_start_time",
+        ),
         (lambda b: b["header"].update(create_time="yesterday"), "$.header.create_time"),
         (lambda b: b["header"].update(create_time="160872598"), "$.header.create_time"),
         (lambda b: b["header"].pop("event_id"), "$.header"),
@@ -183,12 +188,20 @@ def test_unknown_types() -> None:
     v2["header"]["event_type"] = "im.message.receive_v1"
     f = failure(v2)
     inbound = authenticate(v2)
-    assert (f.reason, inbound.lark_type, inbound.delivery_id) == ("unknown_event_type", "im.message.receive_v1", v2["header"]["event_id"])
+    assert (f.reason, inbound.lark_type, inbound.delivery_id) == (
+        "unknown_event_type",
+        "im.message.receive_v1",
+        v2["header"]["event_id"],
+    )
     v1 = sample("third_party_meeting_room_event_created")
     v1["event"]["type"] = "third_party_meeting_room_event_moved"
     f = failure(v1)
     inbound = authenticate(v1)
-    assert (f.reason, inbound.lark_type, inbound.delivery_id) == ("unknown_event_type", "third_party_meeting_room_event_moved", v1["uuid"])
+    assert (f.reason, inbound.lark_type, inbound.delivery_id) == (
+        "unknown_event_type",
+        "third_party_meeting_room_event_moved",
+        v1["uuid"],
+    )
 
 
 def test_dead_letter_record_redacts_tokens_and_keeps_the_rest() -> None:
@@ -224,13 +237,25 @@ def test_inbound_event_reads_the_top_level_of_both_schemas_once() -> None:
     e = authenticate(v2)
     h = v2["header"]
     assert (e.schema, e.delivery_id, e.lark_type, e.app_id, e.tenant_key, e.create_time, e.defect) == (
-        "2.0", h["event_id"], "vc.room.created_v1", h["app_id"], h["tenant_key"], h["create_time"], None
+        "2.0",
+        h["event_id"],
+        "vc.room.created_v1",
+        h["app_id"],
+        h["tenant_key"],
+        h["create_time"],
+        None,
     )
     assert json.loads(bytes(e.event)) == v2["event"] and e.payload == compact(v2)
     v1 = sample("third_party_meeting_room_event_created")
     e = authenticate(v1)
     assert (e.schema, e.delivery_id, e.lark_type, e.app_id, e.tenant_key, e.create_time, e.defect) == (
-        "1.0", v1["uuid"], v1["event"]["type"], v1["event"]["app_id"], v1["event"]["tenant_key"], v1["ts"], None
+        "1.0",
+        v1["uuid"],
+        v1["event"]["type"],
+        v1["event"]["app_id"],
+        v1["event"]["tenant_key"],
+        v1["ts"],
+        None,
     )
 
 
@@ -245,7 +270,9 @@ def test_inbound_event_reads_the_top_level_of_both_schemas_once() -> None:
         (lambda b: (b.pop("schema"), b.pop("header")), "$", None),
     ],
 )
-def test_a_malformed_top_level_is_still_an_inbound_event_and_one_dead_letter(mutate: Any, path: str, delivery_id: str | None) -> None:
+def test_a_malformed_top_level_is_still_an_inbound_event_and_one_dead_letter(
+    mutate: Any, path: str, delivery_id: str | None
+) -> None:
     body = sample("vc.room.created_v1")
     mutate(body)
     inbound = authenticate(body)
@@ -257,7 +284,9 @@ def test_a_malformed_top_level_is_still_an_inbound_event_and_one_dead_letter(mut
     assert env["id"] == delivery_id if delivery_id else env["id"].startswith("sha256:")
 
 
-@pytest.mark.parametrize("kind", ["vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"])
+@pytest.mark.parametrize(
+    "kind", ["vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"]
+)
 def test_vendored_envelope_models_pin_their_type(kind: str) -> None:
     model = ev.ENVELOPE_TYPES[kind]
     for _, _, env in records(sample(kind)):

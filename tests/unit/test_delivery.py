@@ -20,7 +20,9 @@ from bridge_devtools.platform import compact
 from tests.support.fakes import FailingPublisher, GatedPublisher, RecordingPublisher
 from tests.support.samples import ROOM_CREATED, THIRD_PARTY_CREATED, sample_event
 
-TOPICS = Topics.from_names(room_created="t.room", reserve_config_updated="t.cfg", third_party="t.3p", dead_letter="t.dlq")
+TOPICS = Topics.from_names(
+    room_created="t.room", reserve_config_updated="t.cfg", third_party="t.3p", dead_letter="t.dlq"
+)
 RECEIVED_MS = 1_763_000_000_000
 SHORT_S = 0.05  # a request timeout that a held publish always outlives
 
@@ -165,7 +167,9 @@ async def test_the_ingress_deadline_bounds_the_wait_instead_of_the_timeout() -> 
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(Unavailable) as info:
-        await soon(h.delivery.deliver(inbound(delivery_id="d-deadline"), received_ms=RECEIVED_MS, deadline_s=started + SHORT_S))
+        await soon(
+            h.delivery.deliver(inbound(delivery_id="d-deadline"), received_ms=RECEIVED_MS, deadline_s=started + SHORT_S)
+        )
     assert info.value.reason == "publish_timeout" and loop.time() - started < 1.0
     h.publisher.release()
     await soon(h.delivery.drain(1.0))
@@ -208,7 +212,9 @@ def _invalid_event() -> InboundEvent:
 
 
 @pytest.mark.parametrize(
-    ("make", "reason"), [(_unknown_type, "unknown_event_type"), (_invalid_event, "invalid_event")], ids=["unknown", "invalid"]
+    ("make", "reason"),
+    [(_unknown_type, "unknown_event_type"), (_invalid_event, "invalid_event")],
+    ids=["unknown", "invalid"],
 )
 async def test_an_undecodable_event_publishes_exactly_one_dead_letter(make: Any, reason: str) -> None:
     h = Harness(RecordingPublisher())

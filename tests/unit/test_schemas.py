@@ -40,7 +40,9 @@ def test_published_files_never_change() -> None:
     on_disk = {"./" + str(p.relative_to(ROOT)) for p in ROOT.rglob("*.schema.json")}
     assert set(locked) == on_disk, "a new schema version must be added to PUBLISHED.sha256 when released"
     for rel, digest in locked.items():
-        assert hashlib.sha256((ROOT / rel).read_bytes()).hexdigest() == digest, f"{rel} was published; make a new version"
+        assert hashlib.sha256((ROOT / rel).read_bytes()).hexdigest() == digest, (
+            f"{rel} was published; make a new version"
+        )
 
 
 @pytest.mark.parametrize("lark_type", ev.LARK_TYPES)

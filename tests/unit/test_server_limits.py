@@ -39,7 +39,10 @@ def test_accept_errors_are_logged_once_per_interval_with_a_count(caplog: pytest.
     throttle = AcceptErrorThrottle(interval_s=10.0, clock=clock)
     loop = asyncio.new_event_loop()
     try:
-        context: dict[str, Any] = {"message": "socket.accept() out of system resource", "exception": OSError(24, "EMFILE")}
+        context: dict[str, Any] = {
+            "message": "socket.accept() out of system resource",
+            "exception": OSError(24, "EMFILE"),
+        }
         with caplog.at_level(logging.ERROR, logger="bridge.server"):
             for _ in range(1000):  # asyncio retries the accept and reports each failure
                 throttle(loop, context)

@@ -20,7 +20,12 @@ SECRET_KEY = "ek-very-secret-0002"
 
 def test_defaults() -> None:
     s = load_settings({"BRIDGE_LARK_VERIFICATION_TOKEN": SECRET_TOKEN})
-    assert (s.http_host, s.http_port, s.http_path, s.http_max_body_bytes) == ("0.0.0.0", 8080, "/webhook/event", 1 << 20)
+    assert (s.http_host, s.http_port, s.http_path, s.http_max_body_bytes) == (
+        "0.0.0.0",
+        8080,
+        "/webhook/event",
+        1 << 20,
+    )
     assert s.lark_max_signature_age_s == 28800 and s.encrypt_keys == ()
     assert s.kafka_bootstrap_servers == "127.0.0.1:9092" and s.kafka_publish_timeout_s == 2.0
     assert s.dedup_ttl_s == 86400 and s.dedup_max_entries == 1_000_000
@@ -28,9 +33,7 @@ def test_defaults() -> None:
 
 
 def test_secrets_masked_in_repr() -> None:
-    s = load_settings(
-        {"BRIDGE_LARK_VERIFICATION_TOKEN": SECRET_TOKEN, "BRIDGE_LARK_ENCRYPT_KEY": SECRET_KEY}
-    )
+    s = load_settings({"BRIDGE_LARK_VERIFICATION_TOKEN": SECRET_TOKEN, "BRIDGE_LARK_ENCRYPT_KEY": SECRET_KEY})
     for text in (repr(s), str(s), str(s.model_dump())):
         assert SECRET_TOKEN not in text and SECRET_KEY not in text
     assert s.encrypt_keys == (SECRET_KEY,)
@@ -49,7 +52,9 @@ def test_secrets_masked_in_repr() -> None:
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
-    full = {"BRIDGE_LARK_VERIFICATION_TOKEN": SECRET_TOKEN, **env} if variable != "BRIDGE_LARK_VERIFICATION_TOKEN" else env
+    full = (
+        {"BRIDGE_LARK_VERIFICATION_TOKEN": SECRET_TOKEN, **env} if variable != "BRIDGE_LARK_VERIFICATION_TOKEN" else env
+    )
     with pytest.raises(SettingsError) as info:
         load_settings(full)
     assert variable in str(info.value)
@@ -57,15 +62,21 @@ def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> N
 
 
 def test_serve_exits_2_with_message_and_no_secret() -> None:
-    env = bridge_env(BRIDGE_LARK_VERIFICATION_TOKEN=SECRET_TOKEN, BRIDGE_LARK_ENCRYPT_KEY=SECRET_KEY, BRIDGE_HTTP_PORT="99999")
-    proc = subprocess.run([sys.executable, "-m", "bridge", "serve"], env=env, capture_output=True, text=True, timeout=60)
+    env = bridge_env(
+        BRIDGE_LARK_VERIFICATION_TOKEN=SECRET_TOKEN, BRIDGE_LARK_ENCRYPT_KEY=SECRET_KEY, BRIDGE_HTTP_PORT="99999"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "BRIDGE_HTTP_PORT" in proc.stderr
     assert SECRET_TOKEN not in proc.stderr + proc.stdout and SECRET_KEY not in proc.stderr + proc.stdout
 
 
 def test_help_lists_every_setting_with_its_default() -> None:
-    out = subprocess.run([sys.executable, "-m", "bridge", "serve", "--help"], capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge", "serve", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
     for row in setting_docs():
         assert f"{row.env}  (default: {row.default})" in out
     assert len(setting_docs()) == len(Settings.model_fields)
@@ -107,7 +118,9 @@ def test_serve_warns_about_a_stray_variable_at_start_and_still_starts() -> None:
         BRIDGE_KAFKA_BOOTSTRAP_SERVER="kafka-typo:9092",
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
     )
-    with subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve"], env=env, stderr=subprocess.PIPE, text=True
+    ) as proc:
         try:
             assert proc.stderr is not None
             lines = []

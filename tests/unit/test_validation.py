@@ -35,7 +35,11 @@ def msgspec_says(value: Any, tp: Any) -> tuple[str, str] | None:
         ({"room": {}}, "$.room", "Object missing required field `room_id`"),
         ({"room": {"room_id": ""}}, "$.room.room_id", "Expected `str` of length >= 1"),
         ({"room": {"room_id": "r", "capacity": "many"}}, "$.room.capacity", "Expected `int | null`, got `str`"),
-        ({"room": {"room_id": "r", "device": [{}, {"name": 3}]}}, "$.room.device[1].name", "Expected `str | null`, got `int`"),
+        (
+            {"room": {"room_id": "r", "device": [{}, {"name": 3}]}},
+            "$.room.device[1].name",
+            "Expected `str | null`, got `int`",
+        ),
         ({"room": []}, "$.room", "Expected `object`, got `array`"),
         ([], "$", "Expected `object`, got `array`"),
     ],
@@ -56,7 +60,9 @@ def test_convert_prefixes_the_document_path_and_returns_the_value_when_it_fits()
 
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**13), st.text(max_size=5), st.just("12"))
-_json = st.recursive(_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6)
+_json = st.recursive(
+    _scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6
+)
 
 
 def _mutate(draw: st.DrawFn, value: Any) -> Any:
@@ -79,7 +85,11 @@ def _mutate(draw: st.DrawFn, value: Any) -> Any:
 
 @st.composite
 def mutated_events(draw: st.DrawFn) -> tuple[Any, Any]:
-    kind = draw(st.sampled_from(["vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"]))
+    kind = draw(
+        st.sampled_from(
+            ["vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"]
+        )
+    )
     event = sample(kind)["event"]
     for _ in range(draw(st.integers(1, 3))):
         event = _mutate(draw, event)
