@@ -222,7 +222,11 @@ def _decode_data(inbound: InboundEvent, lark_type: str) -> Any:
     try:
         return _EVENT_DECODERS[lark_type].decode(inbound.event)
     except msgspec.ValidationError as exc:
-        where = locate(read_json(inbound.event), ev.DATA_TYPES[lark_type], path="$.event", strict=False)
+        try:
+            event = read_json(inbound.event)
+        except UnreadableJSON as unreadable:  # e.g. invalid UTF-8 in a key the typed decode skipped
+            raise DecodeFailure("invalid_event", f"not readable JSON ({unreadable})", "$.event") from None
+        where = locate(event, ev.DATA_TYPES[lark_type], path="$.event", strict=False)
         raise DecodeFailure.invalid(where or Invalid(str(exc), "$.event")) from None
     except (RecursionError, UnicodeDecodeError) as exc:  # hostile but authenticated: invalid_event
         raise DecodeFailure("invalid_event", f"not readable JSON ({type(exc).__name__})", "$.event") from None

@@ -221,6 +221,8 @@ def _read_v1(payload: bytes, outer: Outer) -> InboundEvent:
             peek = _peek_v1.decode(outer.event)
         except msgspec.ValidationError as exc:  # JSON (Raw is valid JSON), but not an object
             defect = Defect(str(exc), "$.event")
+        except (RecursionError, UnicodeDecodeError) as exc:  # e.g. invalid UTF-8 in event.type
+            defect = Defect(f"not readable JSON ({type(exc).__name__})", "$.event")
     if defect is None:
         for value, tp, path in (
             (outer.type, Literal["event_callback"], "$.type"),

@@ -79,6 +79,27 @@ class AcceptErrorThrottle:
         self._last, self._suppressed = now, 0
 
 
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of the ``web.AppRunner`` that serves the app (tests serve it the same way).
+
+    The runner's wait for in-flight handlers gets most of the shutdown budget (``0.6 × S``), the
+    producer's close (cleanup context) the rest; both are bounded again by :func:`serve`.
+    ``auto_decompress`` is off: the platform never compresses (docs/protocol.md §1), the webhook
+    answers 415 to a Content-Encoding, and no byte a stranger sends is inflated, read or not.
+    Handlers are not cancelled when a client leaves (aiohttp's default): the webhook sees the
+    hang-up as ``ConnectionResetError`` and a publish under way still completes.
+    """
+    return {
+        "handle_signals": False,
+        "access_log": None,
+        "shutdown_timeout": settings.shutdown_timeout_s * 0.6,
+        "auto_decompress": False,
+        "keepalive_timeout": IDLE_TIMEOUT_S,
+        "lingering_time": LINGER_S,
+        "handler_cancellation": False,
+    }
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: web.Application | None = None) -> None:
     """Serve ``settings.http_host:http_port`` until SIGTERM/SIGINT; returns after a clean shutdown.
 
@@ -95,17 +116,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: 
     loop.set_exception_handler(AcceptErrorThrottle())
     # The runner's own wait for in-flight handlers gets most of the budget; the producer's close
     # (cleanup context) the rest. Both are bounded again by the wait_for below.
-    # auto_decompress off: the platform never compresses (docs/protocol.md §1), the webhook answers
-    # 415 to a Content-Encoding, and no byte a stranger sends is inflated, read or not.
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s * 0.6,
-        auto_decompress=False,
-        keepalive_timeout=IDLE_TIMEOUT_S,
-        lingering_time=LINGER_S,
-    )
+    runner = web.AppRunner(app, **runner_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()

@@ -134,6 +134,9 @@ async def _handle_logged(
         except web.HTTPException as exc:  # 405 and the like from aiohttp itself
             rl.status, rl.outcome = exc.status, "http_error"
             raise
+        except asyncio.CancelledError:  # the server cancelled the handler (shutdown past its budget)
+            rl.status, rl.outcome = 499, "cancelled"
+            raise
         except Exception:
             rl.status, rl.outcome = 500, "error"
             log.exception("unhandled error")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import io
 import json
 import logging
@@ -11,12 +13,14 @@ from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.app import create_app
 from bridge.delivery import Outcome
 from bridge.errors import Unavailable
 from bridge.inbound import InboundEvent
+from bridge.server import runner_options
 from bridge.settings import load_settings
 from bridge_devtools.platform import Platform
 from tests.support.credentials import KEY, TOKEN
@@ -24,6 +28,19 @@ from tests.support.fakes import RecordingSink
 from tests.support.samples import sample_event
 
 PATH = "/webhook/event"
+
+
+class ServedLikeProduction(TestServer):
+    """aiohttp's TestServer, but run with the production runner's options (``runner_options``):
+    TestServer alone cancels handlers on disconnect and inflates compressed bodies, which the
+    bridge's server does not."""
+
+    def __init__(self, app: web.Application, *, options: dict[str, Any]) -> None:
+        super().__init__(app)
+        self._options = options
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return web.AppRunner(self.app, **{**kwargs, **self._options})
 
 
 def settings(**env: str):
@@ -38,7 +55,8 @@ async def make_client() -> AsyncIterator[Callable[..., Any]]:
     clients: list[TestClient] = []
 
     async def make(sink: RecordingSink, **env: str) -> TestClient:
-        client = TestClient(TestServer(create_app(settings(**env), sink=sink)))
+        s = settings(**env)
+        client = TestClient(ServedLikeProduction(create_app(s, sink=sink), options=runner_options(s)))
         await client.start_server()
         clients.append(client)
         return client
@@ -208,3 +226,104 @@ async def test_request_id_is_bound_to_every_line_logged_during_the_request(
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
     library = [json.loads(line) for line in library_lines.getvalue().splitlines()]
     assert [line["request_id"] for line in library] == ["req-from-the-caller", generated]
+
+
+# ---- hostile and unlucky clients ---------------------------------------------------------------
+
+
+async def metric_value(client: TestClient, name: str, **labels: str) -> float:
+    """One sample of /metrics (0 when absent)."""
+    text = await (await client.get("/metrics")).text()
+    want = name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            head, _, value = line.rpartition(" ")
+            got = "{" + ",".join(sorted(head[len(name) + 1 : -1].split(","))) + "}"
+            if name + got == want:
+                return float(value)
+    return 0.0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-unknown"])
+async def test_a_content_encoding_is_415_and_never_inflated(make_client: Any, encoding: str) -> None:
+    sink = RecordingSink()
+    client = await make_client(sink)
+    body = gzip.compress(Platform().request(sample_event()).body) if encoding == "gzip" else b"\x78\x9c"
+    resp = await client.post(PATH, data=body, headers={"Content-Encoding": encoding})
+    assert resp.status == 415 and await resp.json() == {"msg": "unsupported content encoding"}
+    assert sink.received == []
+    resp = await client.post(
+        PATH, data=Platform().request(sample_event()).body, headers={"Content-Encoding": "identity"}
+    )
+    assert resp.status == 200
+
+
+async def raw_request(
+    client: TestClient, head: bytes, body: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(head + body)
+    await writer.drain()
+    return reader, writer
+
+
+def post_head(length: int) -> bytes:
+    return f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+async def test_a_client_hanging_up_mid_body_is_499_not_a_server_error(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(RecordingSink())
+    _, writer = await raw_request(client, post_head(1000), b"{" + b" " * 99)
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):
+        if await metric_value(client, "bridge_requests_total", outcome="client_disconnected", status="499"):
+            break
+        await asyncio.sleep(0.02)
+    assert await metric_value(client, "bridge_requests_total", outcome="client_disconnected", status="499") == 1
+    assert await metric_value(client, "bridge_requests_total", outcome="error", status="500") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_body_that_misses_the_deadline_is_408_in_time(make_client: Any) -> None:
+    client = await make_client(RecordingSink(), BRIDGE_KAFKA_PUBLISH_TIMEOUT_S="0.3")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reader, writer = await raw_request(client, post_head(1000), b"{")
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    elapsed = loop.time() - started
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408") and 0.25 <= elapsed < 1.0
+
+
+async def test_body_bytes_in_flight_are_bounded_and_released(make_client: Any) -> None:
+    sink = RecordingSink()
+    client = await make_client(
+        sink,
+        BRIDGE_HTTP_MAX_BODY_BYTES="4096",
+        BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT="8192",
+        BRIDGE_KAFKA_PUBLISH_TIMEOUT_S="0.5",
+    )
+    stalled = [await raw_request(client, post_head(4096), b"{") for _ in range(2)]  # hold 2 x 4096
+    await asyncio.sleep(0.1)
+    resp = await client.post(PATH, data=Platform().request(sample_event()).body)
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    for reader, writer in stalled:  # their deadline passes: 408, and the budget is free again
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 408")
+        writer.close()
+    resp = await client.post(PATH, data=Platform().request(sample_event()).body)
+    assert resp.status == 200 and len(sink.received) == 1
+
+
+async def test_payload_derived_log_fields_are_capped(make_client: Any) -> None:
+    sink = RecordingSink()
+    client = await make_client(sink, BRIDGE_HTTP_MAX_BODY_BYTES="65536")
+    long_id = "e" * 20_000
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.post(PATH, data=Platform().request(sample_event(delivery_id=long_id)).body)
+    assert resp.status == 200 and sink.received[0].delivery_id == long_id  # the event keeps it
+    [line] = [e for e in logs if e["event"] == "request"]
+    assert len(line["delivery_id"]) == 128 and line["delivery_id"].endswith("…")

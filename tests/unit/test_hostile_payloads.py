@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bridge.decode import MAX_DEPTH, DecodeFailure, decode
 from bridge.errors import AuthenticationError, BadRequest
 from bridge.inbound import InboundEvent, read_inbound
 from bridge.normalize import Topics, dead_letter, normalize
-from bridge.samples import sample
+from bridge.samples import SAMPLE_TYPES, sample
 from bridge.verify import Verifier
 from bridge_devtools.platform import Platform, compact
+from tests.support.samples import with_token
+from tests.support.schemas import dead_letter_validator, envelope_validators
 
 TOPICS = Topics.from_names(room_created="t", reserve_config_updated="t", third_party="t", dead_letter="dlq")
 TOKEN = sample("vc.room.created_v1")["header"]["token"]
@@ -96,3 +100,87 @@ def test_nesting_up_to_the_limit_is_carried() -> None:
     depth = MAX_DEPTH - 2  # the value sits one level below the payload root
     [rec] = normalize(decode(read_inbound(room_with(x=nested(depth)))), TOPICS)
     assert json.loads(rec.value)["data"]["_unmodelled"]["/x"] == json.loads(nested(depth))
+
+
+# ---- byte-level mutation: the outcome is always 4xx, records, or one dead letter -------------
+
+VALIDATORS = envelope_validators()
+DLQ = dead_letter_validator()
+SEED_PLAINTEXTS = [compact(with_token(sample(t), TOKEN)) for t in SAMPLE_TYPES]
+
+
+@st.composite
+def mutated_bytes(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEED_PLAINTEXTS)))
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["flip", "insert", "delete", "dup"]))
+        i = draw(st.integers(0, len(data) - 1))
+        if op == "flip":
+            data[i] = draw(st.integers(0, 255))
+        elif op == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del data[i : i + draw(st.integers(1, 16))]
+        else:
+            j = draw(st.integers(i, min(len(data), i + 64)))
+            data[i:i] = data[i:j] * draw(st.integers(1, 3))
+    return bytes(data)
+
+
+def outcome_of(verifier: Verifier, body: bytes, headers: dict[str, str], now: float) -> str:
+    """'4xx', 'records' or 'dead_letter' — and the records are schema-valid; anything else raises.
+
+    The token must not reach a record wherever it sat under a ``token`` key (a mutation that
+    renamed the key, e.g. to ``oken``, made it an ordinary value, carried like any other)."""
+    try:
+        verified = verifier.verify(body, headers, now=now)
+    except (BadRequest, AuthenticationError):
+        return "4xx"
+    if not isinstance(verified, InboundEvent):
+        return "handshake"
+    token = TOKEN.encode()
+    if verified.payload.count(token) != verified.payload.count(b'"token":"' + token):
+        token = b"\x00never-in-a-record"
+    try:
+        records = normalize(decode(verified), TOPICS)
+    except DecodeFailure as failure:
+        rec = dead_letter(verified, failure, received_ms=1_700_000_000_000, topics=TOPICS)
+        DLQ.validate(json.loads(rec.value))
+        assert token not in rec.value
+        return "dead_letter"
+    for rec in records:
+        env = json.loads(rec.value)
+        VALIDATORS[env["type"]].validate(env)
+        assert token not in rec.value
+    return "records"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_bytes())
+def test_mutated_plaintext_bytes_of_a_plain_request(body: bytes) -> None:
+    verifier = Verifier(TOKEN, (), max_age_s=3600)
+    assert outcome_of(verifier, body, {}, 0) in ("4xx", "records", "dead_letter", "handshake")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_bytes())
+def test_mutated_plaintext_inside_an_encrypted_signed_request(plaintext: bytes) -> None:
+    platform = Platform(encrypt_key=KEY, clock=lambda: 1_700_000_000)
+    req = platform.request(None, raw_plaintext=plaintext)
+    verifier = Verifier(TOKEN, (KEY,), max_age_s=3600)
+    assert outcome_of(verifier, req.body, req.headers, 1_700_000_000) in ("4xx", "records", "dead_letter", "handshake")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_bytes_of_the_encrypted_request_itself(data: st.DataObject) -> None:
+    platform = Platform(encrypt_key=KEY, clock=lambda: 1_700_000_000)
+    req = platform.request(with_token(sample(data.draw(st.sampled_from(SAMPLE_TYPES))), TOKEN))
+    body = bytearray(req.body)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(body) - 1))
+        body[i] = data.draw(st.integers(0, 255))
+    verifier = Verifier(TOKEN, (KEY,), max_age_s=3600)
+    # The signature covers the raw bytes: any change is refused before decryption.
+    expected = "records" if bytes(body) == req.body else "4xx"
+    assert outcome_of(verifier, bytes(body), req.headers, 1_700_000_000) == expected
