@@ -87,7 +87,14 @@ def create_app(
         topics = topics_of(settings)
         publisher = Publisher(settings, topics, metrics, producer_factory=producer_factory)
         ledger = DeliveryLedger(settings.dedup_ttl_s, settings.dedup_max_entries)
-        delivery = KafkaDelivery(publisher, topics, ledger, metrics, timeout_s=settings.kafka_publish_timeout_s)
+        delivery = KafkaDelivery(
+            publisher,
+            topics,
+            ledger,
+            metrics,
+            timeout_s=settings.kafka_publish_timeout_s,
+            max_record_bytes=settings.kafka_max_record_bytes,
+        )
         sink = delivery
     app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware])
     app[STATE] = AppState(settings, verifier, sink, metrics, publisher, ledger)

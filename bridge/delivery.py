@@ -16,9 +16,9 @@ delivery knows nothing of HTTP. The contract (README "Delivery semantics"):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 from aiokafka.structs import RecordMetadata
@@ -30,6 +30,7 @@ from bridge.errors import BridgeError, Unavailable
 from bridge.inbound import InboundEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics, dead_letter, normalize
+from bridge.publish import record_bytes
 
 
 @dataclass(slots=True)
@@ -64,6 +65,8 @@ class RecordPublisher(Protocol):
 
 
 log = structlog.get_logger("bridge.delivery")
+#: An event's records together may take this many times ``BRIDGE_KAFKA_MAX_RECORD_BYTES``.
+MAX_EVENT_RECORDS_FACTOR: Final = 16
 
 
 def type_label(lark_type: str) -> str:
@@ -83,6 +86,9 @@ class KafkaDelivery:
     """The production :class:`EventSink`: dedup window + decode/normalize + acked publish.
 
     ``timeout_s``: the longest a request waits (``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S``), seconds.
+    ``max_record_bytes``: the largest record sent (``BRIDGE_KAFKA_MAX_RECORD_BYTES``), bytes, as
+    ``record_bytes`` measures it (the producer's own estimate by default); an event's records
+    together may take :data:`MAX_EVENT_RECORDS_FACTOR` times that.
     """
 
     def __init__(
@@ -93,12 +99,17 @@ class KafkaDelivery:
         metrics: Metrics,
         *,
         timeout_s: float,
+        max_record_bytes: int = 1_048_576,
+        record_bytes: Callable[[Record], int] = record_bytes,
     ) -> None:
         self._publisher = publisher
         self._topics = topics
         self._ledger = ledger
         self._metrics = metrics
         self._timeout_s = timeout_s
+        self._max_record_bytes = max_record_bytes
+        self._max_event_bytes = MAX_EVENT_RECORDS_FACTOR * max_record_bytes
+        self._record_bytes = record_bytes
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def deliver(self, event: InboundEvent, *, received_ms: int, deadline_s: float | None = None) -> Outcome:
@@ -120,12 +131,7 @@ class KafkaDelivery:
                     return self._duplicate()
                 pending = self._ledger.in_flight(delivery_id)
 
-        try:
-            records = normalize(decode(event), self._topics)
-            outcome = Outcome("published")
-        except DecodeFailure as failure:
-            records = [dead_letter(event, failure, received_ms=received_ms, topics=self._topics)]
-            outcome = Outcome("dead_lettered", failure.reason)
+        records, outcome = self._records_of(event, received_ms)
 
         if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
             raise Unavailable("publish_timeout")
@@ -146,6 +152,31 @@ class KafkaDelivery:
             raise Unavailable("publish_failed") from None
         outcome.records = [(m.topic, m.partition, m.offset) for m in metas]
         return outcome
+
+    def _records_of(self, event: InboundEvent, received_ms: int) -> tuple[list[Record], Outcome]:
+        """The records of ``event`` — its envelopes, or one dead letter — each of at most
+        ``max_record_bytes`` and together of at most ``16 × max_record_bytes``. Records over
+        either bound (an event that no retry could ever publish) become a dead letter; a dead
+        letter too large for a record does not carry the payload."""
+        try:
+            records = normalize(decode(event), self._topics)
+        except DecodeFailure as exc:
+            failure = exc
+        else:
+            sizes = [self._record_bytes(r) for r in records]
+            if max(sizes) <= self._max_record_bytes and sum(sizes) <= self._max_event_bytes:
+                return records, Outcome("published")
+            failure = DecodeFailure(
+                "invalid_event",
+                f"record too large: {len(records)} record(s), the largest {max(sizes)} bytes, "
+                f"{sum(sizes)} in all; the limits are {self._max_record_bytes} per record "
+                f"(BRIDGE_KAFKA_MAX_RECORD_BYTES) and {self._max_event_bytes} per event",
+                "$",
+            )
+        record = dead_letter(event, failure, received_ms=received_ms, topics=self._topics)
+        if self._record_bytes(record) > self._max_record_bytes:
+            record = dead_letter(event, failure, received_ms=received_ms, topics=self._topics, carry_payload=False)
+        return [record], Outcome("dead_lettered", failure.reason)
 
     def _duplicate(self) -> Outcome:
         self._metrics.duplicates.inc()

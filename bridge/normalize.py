@@ -16,12 +16,19 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import msgspec
+from msgspec.structs import replace
 
 from bridge import envelope as ev
 from bridge.decode import DecodedEvent, DecodeFailure, TooDeep, redact_tokens
 from bridge.inbound import InboundEvent, UnreadableJSON, read_json
 
 _HEADERS: Final = (("content-type", ev.CONTENT_TYPE.encode("ascii")),)
+#: A third-party event's records carry its whole ``meeting_rooms`` list while it lists at most
+#: this many rooms; beyond it each record carries only its own ``meeting_room``, so a record's
+#: size does not grow with the number of rooms (the siblings share ``larkeventid``).
+MAX_LISTED_ROOMS: Final = 50
+#: Most records one third-party event fans out to (distinct rooms); more is an ``invalid_event``.
+MAX_FANOUT_ROOMS: Final = 1000
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -76,8 +83,10 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     """Envelope records of one event, in the order they must be published.
 
     Keys: ``room.room_id`` (room created), ``scope_id`` (reserve config), each
-    ``meeting_rooms[i].open_id`` (third-party; a room listed twice gives one record), or ``uid``
-    when no room is listed. Raises nothing for a :class:`DecodedEvent`.
+    ``meeting_rooms[i].open_id`` (third-party; a room listed twice gives one record; the list
+    itself is carried only up to :data:`MAX_LISTED_ROOMS` rooms), or ``uid`` when no room is
+    listed. Raises :class:`DecodeFailure` (``invalid_event``) for a third-party event listing more
+    than :data:`MAX_FANOUT_ROOMS` distinct rooms.
     """
     data = event.data
     topic = topics.by_type[event.lark_type]
@@ -98,19 +107,18 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     elif isinstance(data, ev.ReserveConfigUpdatedData):
         keyed = [(event.delivery_id, data.scope_id, data)]
     elif data.meeting_rooms:
-        seen: set[str] = set()
-        keyed = []
-        for room in data.meeting_rooms:
-            if room.open_id in seen:
-                continue
-            seen.add(room.open_id)
-            keyed.append(
-                (
-                    f"{event.delivery_id}:{room.open_id}",
-                    room.open_id,
-                    msgspec.structs.replace(data, meeting_room=ev.MeetingRoom(open_id=room.open_id)),
-                )
+        rooms = list(dict.fromkeys(room.open_id for room in data.meeting_rooms))  # distinct, in order
+        if len(rooms) > MAX_FANOUT_ROOMS:
+            raise DecodeFailure(
+                "invalid_event",
+                f"lists {len(rooms)} distinct meeting rooms; the bridge fans out to at most {MAX_FANOUT_ROOMS}",
+                "$.event.meeting_rooms",
             )
+        listed = data if len(data.meeting_rooms) <= MAX_LISTED_ROOMS else replace(data, meeting_rooms=None)
+        keyed = [
+            (f"{event.delivery_id}:{room}", room, replace(listed, meeting_room=ev.MeetingRoom(open_id=room)))
+            for room in rooms
+        ]
     else:
         keyed = [(event.delivery_id, data.uid, data)]
     envelope_type = ev.ENVELOPE_TYPES[event.lark_type]
@@ -130,11 +138,14 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     return records
 
 
-def dead_letter(inbound: InboundEvent, failure: DecodeFailure, *, received_ms: int, topics: Topics) -> Record:
+def dead_letter(
+    inbound: InboundEvent, failure: DecodeFailure, *, received_ms: int, topics: Topics, carry_payload: bool = True
+) -> Record:
     """The dead-letter record of an authenticated ``inbound`` event that failed to decode.
 
     Its payload is carried with every token field redacted; a payload that cannot be read back
-    (invalid UTF-8 in a field the top level skipped, nesting past ``decode.MAX_DEPTH``) is not
+    (invalid UTF-8 in a field the top level skipped, nesting past ``decode.MAX_DEPTH``), or one
+    the caller says not to carry (``carry_payload=False``: it would not fit in a record), is not
     carried at all — ``error`` then gives its size and SHA-256. Type, delivery id, app and tenant
     come from the inbound event where it has them.
     ``received_ms``: receive time, unix ms. Keyed by the delivery id when known, else unkeyed
@@ -143,11 +154,17 @@ def dead_letter(inbound: InboundEvent, failure: DecodeFailure, *, received_ms: i
     payload = inbound.payload
     delivery_id = inbound.delivery_id
     error = failure.error
-    try:
-        body = redact_tokens(read_json(payload))
-    except (UnreadableJSON, TooDeep) as exc:  # carried neither whole nor in part: it may hold a token
-        body = {}
-        error += f"; payload not carried ({exc}): {len(payload)} bytes, sha256 {hashlib.sha256(payload).hexdigest()}"
+    body: dict[str, Any] = {}
+    why = "too large for a record"
+    if carry_payload:
+        try:
+            body = redact_tokens(read_json(payload))
+        except (UnreadableJSON, TooDeep) as exc:  # carried neither whole nor in part (tokens)
+            why = str(exc)
+        else:
+            why = ""
+    if why:
+        error += f"; payload not carried ({why}): {len(payload)} bytes, sha256 {hashlib.sha256(payload).hexdigest()}"
     record_id = delivery_id or "sha256:" + hashlib.sha256(payload).hexdigest()
     source = _source(inbound.app_id, inbound.tenant_key) if inbound.app_id and inbound.tenant_key else "/lark-bridge"
     envelope = ev.DeadLetterEnvelope(

@@ -34,6 +34,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 
 from bridge.errors import Unavailable
@@ -80,6 +81,13 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+def record_bytes(record: Record) -> int:
+    """The size the producer gives ``record`` (key + value + headers in a batch of its own), in
+    bytes: what aiokafka compares with ``max_request_size`` before refusing a send."""
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, list(record.headers))
+    return size
+
+
 def build_producer(settings: Settings) -> AIOKafkaProducer:
     """The bridge's producer: idempotent (``acks=all``), connection/compression from settings.
 
@@ -92,6 +100,7 @@ def build_producer(settings: Settings) -> AIOKafkaProducer:
         acks="all",
         compression_type=compression,
         linger_ms=0,
+        max_request_size=settings.kafka_max_record_bytes,
         request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
         retry_backoff_ms=100,
     )

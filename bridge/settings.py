@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         description="Longest wait for the broker's ack before answering 503, in seconds (the "
         "platform gives up after 3 s).",
     )
+    kafka_max_record_bytes: int = Field(
+        1_048_576,
+        ge=16_384,
+        description="Largest record the bridge sends (key + value + headers, as the producer counts "
+        "it), in bytes; keep it at most the topics' max.message.bytes. An event whose records "
+        "would be larger is dead-lettered, never retried forever.",
+    )
     kafka_create_topics: bool = Field(True, description="Create missing topics at start.")
     kafka_topic_partitions: int = Field(12, ge=1, description="Partitions of topics the bridge creates.")
     kafka_topic_replication_factor: int | None = Field(

@@ -11,7 +11,7 @@ import pytest
 from bridge import envelope as ev
 from bridge.decode import DecodeFailure, decode, parse_create_time, parse_ts_seconds
 from bridge.inbound import InboundEvent, read_inbound
-from bridge.normalize import Topics, dead_letter, normalize, rfc3339_ms
+from bridge.normalize import MAX_FANOUT_ROOMS, MAX_LISTED_ROOMS, Topics, dead_letter, normalize, rfc3339_ms
 from bridge.samples import sample
 from bridge_devtools.platform import compact
 
@@ -293,3 +293,31 @@ def test_vendored_envelope_models_pin_their_type(kind: str) -> None:
         assert msgspec.convert(env, model).type == kind
         with pytest.raises(msgspec.ValidationError, match=r"\$\.type"):
             msgspec.convert({**env, "type": "vc.room.deleted_v1"}, model)
+
+
+def third_party_with_rooms(n: int) -> dict[str, Any]:
+    body = sample("third_party_meeting_room_event_created")
+    body["event"]["meeting_rooms"] = [{"open_id": f"omm_{i:032x}"} for i in range(n)]
+    return body
+
+
+def test_fan_out_records_carry_the_room_list_only_while_it_is_short() -> None:
+    short = records(third_party_with_rooms(MAX_LISTED_ROOMS))
+    assert len(short) == MAX_LISTED_ROOMS
+    assert all(len(env["data"]["meeting_rooms"]) == MAX_LISTED_ROOMS for _, _, env in short)
+    long = records(third_party_with_rooms(MAX_LISTED_ROOMS + 1))
+    assert len(long) == MAX_LISTED_ROOMS + 1
+    assert all("meeting_rooms" not in env["data"] for _, _, env in long)
+    assert [env["data"]["meeting_room"]["open_id"] for _, _, env in long] == [
+        f"omm_{i:032x}" for i in range(MAX_LISTED_ROOMS + 1)
+    ]
+    # A record's size no longer grows with the number of rooms.
+    assert max(len(json.dumps(env)) for _, _, env in long) < max(len(json.dumps(env)) for _, _, env in short)
+
+
+def test_fan_out_beyond_the_cap_is_an_invalid_event() -> None:
+    assert len(records(third_party_with_rooms(MAX_FANOUT_ROOMS))) == MAX_FANOUT_ROOMS
+    inbound = authenticate(third_party_with_rooms(MAX_FANOUT_ROOMS + 1))
+    with pytest.raises(DecodeFailure) as info:
+        normalize(decode(inbound), TOPICS)
+    assert (info.value.reason, info.value.path) == ("invalid_event", "$.event.meeting_rooms")

@@ -16,6 +16,7 @@ from bridge.errors import Unavailable
 from bridge.inbound import InboundEvent, read_inbound
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
+from bridge.publish import record_bytes
 from bridge_devtools.platform import compact
 from tests.support.fakes import FailingPublisher, GatedPublisher, RecordingPublisher
 from tests.support.samples import ROOM_CREATED, THIRD_PARTY_CREATED, sample_event
@@ -30,11 +31,13 @@ SHORT_S = 0.05  # a request timeout that a held publish always outlives
 class Harness:
     """A KafkaDelivery wired to ``publisher``, a fresh ledger and fresh metrics."""
 
-    def __init__(self, publisher: Any, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, publisher: Any, *, timeout_s: float = 5.0, max_record_bytes: int = 1_048_576) -> None:
         self.publisher = publisher
         self.ledger = DeliveryLedger(ttl_s=3600, max_entries=1000)
         self.metrics = Metrics()
-        self.delivery = KafkaDelivery(publisher, TOPICS, self.ledger, self.metrics, timeout_s=timeout_s)
+        self.delivery = KafkaDelivery(
+            publisher, TOPICS, self.ledger, self.metrics, timeout_s=timeout_s, max_record_bytes=max_record_bytes
+        )
 
     async def deliver(self, event: InboundEvent) -> Outcome:
         return await self.delivery.deliver(event, received_ms=RECEIVED_MS)
@@ -295,3 +298,43 @@ async def test_a_deadline_already_past_publishes_nothing_and_leaves_the_id_unmar
     assert info.value.reason == "publish_timeout"
     assert h.publisher.calls == [] and h.ledger.in_flight("d-late") is None and not h.ledger.delivered("d-late")
     assert (await h.deliver(inbound(delivery_id="d-late"))).kind == "published"
+
+
+# ---- records that could never be published as they are ----------------------------------------
+
+
+def with_unmodelled(kind: str, delivery_id: str, size: int, rooms: int = 0) -> InboundEvent:
+    body = sample_event(kind, delivery_id=delivery_id)
+    body["event"]["notes"] = "n" * size
+    if rooms:
+        body["event"]["meeting_rooms"] = [{"open_id": f"omm_{i:032x}"} for i in range(rooms)]
+    return read_inbound(compact(body))
+
+
+async def test_a_record_over_the_limit_becomes_one_dead_letter_without_its_payload() -> None:
+    h = Harness(RecordingPublisher(), max_record_bytes=8_000)
+    out = await h.deliver(with_unmodelled(ROOM_CREATED, "d-big", 9_000))
+    assert out.kind == "dead_lettered" and out.reason == "invalid_event"
+    [[record]] = h.publisher.calls
+    env = json.loads(record.value)
+    assert record.topic == "t.dlq" and record_bytes(record) <= 8_000
+    assert env["data"]["error"].startswith("record too large: 1 record(s)") and env["data"]["payload"] == {}
+    assert "payload not carried (too large for a record): " in env["data"]["error"]
+    assert (await h.deliver(with_unmodelled(ROOM_CREATED, "d-big", 9_000))).kind == "duplicate"
+
+
+async def test_a_record_just_under_the_limit_is_published() -> None:
+    h = Harness(RecordingPublisher(), max_record_bytes=8_000)
+    out = await h.deliver(with_unmodelled(ROOM_CREATED, "d-fits", 6_000))
+    [[record]] = h.publisher.calls
+    assert out.kind == "published" and record.topic == "t.room" and 6_000 < record_bytes(record) <= 8_000
+
+
+async def test_a_fan_out_over_the_event_bound_is_one_dead_letter_with_its_payload() -> None:
+    h = Harness(RecordingPublisher(), max_record_bytes=16_384)  # 16 x 16 KiB = 256 KiB per event
+    out = await h.deliver(with_unmodelled(THIRD_PARTY_CREATED, "d-fan", 6_000, rooms=50))  # 50 x 7 KB
+    assert out.kind == "dead_lettered"
+    [[record]] = h.publisher.calls
+    env = json.loads(record.value)
+    assert env["data"]["error"].startswith("record too large: 50 record(s)")
+    assert env["data"]["payload"]["event"]["notes"] == "n" * 6_000
