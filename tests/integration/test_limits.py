@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bridge_devtools.platform import Platform
+from bridge_devtools.platform import Platform, compact
 from tests.support.kafka import read_topic
 from tests.support.samples import sample_event
 
@@ -23,7 +23,7 @@ async def test_a_legal_body_whose_record_cannot_fit_is_one_dead_letter_without_i
     bridge = await start_bridge(broker.bootstrap_servers, BRIDGE_LARK_ENCRYPT_KEY="")
     body = sample_event("vc.room.created_v1", delivery_id="too-large-1")
     body["event"]["room"]["floor_plan"] = ""
-    filler = bridge.settings.http_max_body_bytes - len(json.dumps(body, separators=(",", ":")).encode()) - 64
+    filler = bridge.settings.http_max_body_bytes - len(compact(body)) - 64
     body["event"]["room"]["floor_plan"] = "x" * filler
     req = Platform().request(body)
     assert bridge.settings.http_max_body_bytes - 100 < len(req.body) <= bridge.settings.http_max_body_bytes
