@@ -11,17 +11,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge.dedup import DeliveryLedger
+from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink, KafkaDelivery
 from bridge.ingress.webhook import error_middleware, handle_event
 from bridge.ingress.webhook import json_answer as _answer
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import Publisher
-from bridge.settings import Settings
+from bridge.settings import DedupStore, Settings
 from bridge.state import STATE, AppState
 from bridge.verify import Verifier
 
@@ -43,14 +44,24 @@ async def handle_healthz(request: web.Request) -> web.Response:
     return _answer({"status": "ok"})
 
 
-async def handle_readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 while the producer is connected and the topics exist; else 503 + reason."""
-    state = request.app[STATE]
+def not_ready_reason(state: AppState) -> str | None:
+    """Why the bridge is not ready (``shutting_down``, the producer's reason, ``dedup_replay``),
+    or None when it is: the producer is connected, the topics exist and the dedup ledger is
+    replayed."""
     if state.draining:
-        return _answer({"status": "unavailable", "reason": "shutting_down"}, 503)
-    publisher = state.publisher
-    if publisher is not None and not publisher.ready:
-        return _answer({"status": "unavailable", "reason": publisher.not_ready_reason or "not_ready"}, 503)
+        return "shutting_down"
+    if state.publisher is not None and not state.publisher.ready:
+        return state.publisher.not_ready_reason or "not_ready"
+    if state.feed is not None and not state.feed.ready:
+        return state.feed.not_ready_reason
+    return None
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 when :func:`not_ready_reason` has none; else 503 + reason."""
+    reason = not_ready_reason(request.app[STATE])
+    if reason is not None:
+        return _answer({"status": "unavailable", "reason": reason}, 503)
     return _answer({"status": "ok"})
 
 
@@ -67,12 +78,14 @@ def create_app(
     *,
     sink: EventSink | None = None,
     producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+    consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
 ) -> web.Application:
     """Build the bridge's aiohttp app from ``settings``.
 
-    ``sink``: where authenticated events go; default is the Kafka delivery (producer started and
-    stopped by the app's cleanup context). A test may pass its own and then no producer is made.
-    ``producer_factory``: see :class:`bridge.publish.Publisher`.
+    ``sink``: where authenticated events go; default is the Kafka delivery (producer and, with
+    ``BRIDGE_DEDUP_STORE=kafka``, the dedup ledger's feed started and stopped by the app's cleanup
+    context). A test may pass its own and then neither is made. ``producer_factory`` /
+    ``consumer_factory``: see :class:`bridge.publish.Publisher` / :class:`bridge.dedup_feed.LedgerFeed`.
     """
     metrics = Metrics()
     verifier = Verifier(
@@ -83,10 +96,13 @@ def create_app(
     publisher: Publisher | None = None
     delivery: KafkaDelivery | None = None
     ledger: DeliveryLedger | None = None
+    feed: LedgerFeed | None = None
     if sink is None:
         topics = topics_of(settings)
         publisher = Publisher(settings, topics, metrics, producer_factory=producer_factory)
         ledger = DeliveryLedger(settings.dedup_ttl_s, settings.dedup_max_entries)
+        if settings.dedup_store == DedupStore.KAFKA:
+            feed = LedgerFeed(settings, topics, ledger, metrics, consumer_factory=consumer_factory)
         delivery = KafkaDelivery(
             publisher,
             topics,
@@ -94,10 +110,12 @@ def create_app(
             metrics,
             timeout_s=settings.kafka_publish_timeout_s,
             max_record_bytes=settings.kafka_max_record_bytes,
+            ledger_ready=(lambda: feed.ready) if feed is not None else None,
         )
         sink = delivery
     app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware])
-    app[STATE] = AppState(settings, verifier, sink, metrics, publisher, ledger)
+    state = app[STATE] = AppState(settings, verifier, sink, metrics, publisher, ledger, feed)
+    metrics.ready.set_function(lambda: 0.0 if not_ready_reason(state) else 1.0)
     app.router.add_post(settings.http_path, handle_event)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
@@ -107,8 +125,12 @@ def create_app(
 
         async def producer_ctx(app: web.Application) -> AsyncIterator[None]:
             await publisher.start()
+            if feed is not None:
+                await feed.start()
             yield
             app[STATE].draining = True
+            if feed is not None:
+                await feed.close()
             if delivery is not None:
                 await delivery.drain(settings.kafka_publish_timeout_s)
             await publisher.close(timeout_s=max(1.0, settings.shutdown_timeout_s / 2))

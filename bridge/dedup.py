@@ -22,12 +22,19 @@ from typing import Final
 _BUCKETS: Final = 64
 
 
+LOCAL: Final = "local"
+LOG: Final = "log"
+
+
 class DeliveryLedger:
     """Delivered ids within ``ttl_s`` seconds (at most ``max_entries``, oldest evicted first), and
     the futures of deliveries still in flight.
 
     ``clock`` returns seconds (monotonic). Entries expire in buckets of ``ttl_s / 64``: an id is
-    remembered for at least ``ttl_s`` and at most ``ttl_s · (1 + 1/64)`` seconds.
+    remembered for at least ``ttl_s`` and at most ``ttl_s · (1 + 1/64)`` seconds after it was
+    marked. Each entry remembers who marked it first: :data:`LOCAL` (this process published it)
+    or :data:`LOG` (read back from the bridge's topics: another replica, or this one before a
+    restart).
     """
 
     __slots__ = ("_buckets", "_clock", "_entries", "_gen", "_in_flight", "_max", "_span", "_ttl_s")
@@ -40,7 +47,7 @@ class DeliveryLedger:
         self._clock = clock
         self._span = ttl_s / _BUCKETS
         self._gen = 0
-        self._entries: dict[int, int] = {}  # hash(id) -> bucket generation
+        self._entries: dict[int, int] = {}  # hash(id) -> bucket generation * 2 + (1 if LOG)
         self._buckets: deque[tuple[int, float, list[int]]] = deque()  # (gen, start_s, hashes)
         self._in_flight: dict[str, asyncio.Future[bool]] = {}
 
@@ -52,7 +59,7 @@ class DeliveryLedger:
         while buckets and buckets[0][1] + self._span + self._ttl_s <= now:
             gen, _, hashes = buckets.popleft()
             for h in hashes:
-                if entries.get(h) == gen:
+                if (entries.get(h, -2) >> 1) == gen:
                     del entries[h]
 
     def delivered(self, delivery_id: str) -> bool:
@@ -60,8 +67,17 @@ class DeliveryLedger:
         self._expire(self._clock())
         return hash(delivery_id) in self._entries
 
-    def mark_delivered(self, delivery_id: str) -> None:
-        """Remember ``delivery_id`` as delivered (idempotent), evicting the oldest past the bound."""
+    def marked_by(self, delivery_id: str) -> str | None:
+        """Who marked ``delivery_id`` first — :data:`LOCAL` or :data:`LOG` — or None if unmarked."""
+        self._expire(self._clock())
+        value = self._entries.get(hash(delivery_id))
+        if value is None:
+            return None
+        return LOG if value & 1 else LOCAL
+
+    def mark_delivered(self, delivery_id: str, *, source: str = LOCAL) -> None:
+        """Remember ``delivery_id`` as delivered (idempotent: the first mark's source stays),
+        evicting the oldest past the bound. ``source``: :data:`LOCAL` or :data:`LOG`."""
         now = self._clock()
         self._expire(now)
         h = hash(delivery_id)
@@ -72,12 +88,12 @@ class DeliveryLedger:
             self._buckets.append((self._gen, now, []))
         gen, _, hashes = self._buckets[-1]
         hashes.append(h)
-        self._entries[h] = gen
+        self._entries[h] = gen * 2 + (1 if source == LOG else 0)
         while len(self._entries) > self._max:
             ogen, _, ohashes = self._buckets[0]
             while ohashes and len(self._entries) > self._max:
                 oh = ohashes.pop()
-                if self._entries.get(oh) == ogen:
+                if (self._entries.get(oh, -2) >> 1) == ogen:
                     del self._entries[oh]
             if not ohashes:
                 self._buckets.popleft()

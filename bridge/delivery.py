@@ -25,7 +25,7 @@ from aiokafka.structs import RecordMetadata
 
 from bridge import envelope as ev
 from bridge.decode import DecodeFailure, decode
-from bridge.dedup import DeliveryLedger
+from bridge.dedup import LOCAL, DeliveryLedger
 from bridge.errors import BridgeError, Unavailable
 from bridge.inbound import InboundEvent
 from bridge.metrics import Metrics
@@ -88,7 +88,9 @@ class KafkaDelivery:
     ``timeout_s``: the longest a request waits (``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S``), seconds.
     ``max_record_bytes``: the largest record sent (``BRIDGE_KAFKA_MAX_RECORD_BYTES``), bytes, as
     ``record_bytes`` measures it (the producer's own estimate by default); an event's records
-    together may take :data:`MAX_EVENT_RECORDS_FACTOR` times that.
+    together may take :data:`MAX_EVENT_RECORDS_FACTOR` times that. ``ledger_ready``: false while
+    the ledger is still being rebuilt (:class:`bridge.dedup_feed.LedgerFeed`); events are then
+    answered 503 ``dedup_replay`` rather than risk a duplicate.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class KafkaDelivery:
         timeout_s: float,
         max_record_bytes: int = 1_048_576,
         record_bytes: Callable[[Record], int] = record_bytes,
+        ledger_ready: Callable[[], bool] | None = None,
     ) -> None:
         self._publisher = publisher
         self._topics = topics
@@ -110,6 +113,7 @@ class KafkaDelivery:
         self._max_record_bytes = max_record_bytes
         self._max_event_bytes = MAX_EVENT_RECORDS_FACTOR * max_record_bytes
         self._record_bytes = record_bytes
+        self._ledger_ready = ledger_ready or (lambda: True)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def deliver(self, event: InboundEvent, *, received_ms: int, deadline_s: float | None = None) -> Outcome:
@@ -117,10 +121,12 @@ class KafkaDelivery:
         ``broker_unavailable``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s if deadline_s is None else deadline_s
+        if not self._ledger_ready():
+            raise Unavailable("dedup_replay", retry_after_s=5)
         delivery_id = event.delivery_id
         if delivery_id is not None:
             if self._ledger.delivered(delivery_id):
-                return self._duplicate()
+                return self._duplicate(delivery_id)
             pending = self._ledger.in_flight(delivery_id)
             while pending is not None:
                 try:
@@ -128,7 +134,7 @@ class KafkaDelivery:
                 except TimeoutError:
                     raise Unavailable("publish_timeout") from None
                 if ok:
-                    return self._duplicate()
+                    return self._duplicate(delivery_id)
                 pending = self._ledger.in_flight(delivery_id)
 
         records, outcome = self._records_of(event, received_ms)
@@ -178,8 +184,8 @@ class KafkaDelivery:
             record = dead_letter(event, failure, received_ms=received_ms, topics=self._topics, carry_payload=False)
         return [record], Outcome("dead_lettered", failure.reason)
 
-    def _duplicate(self) -> Outcome:
-        self._metrics.duplicates.inc()
+    def _duplicate(self, delivery_id: str) -> Outcome:
+        self._metrics.duplicates.labels(source=self._ledger.marked_by(delivery_id) or LOCAL).inc()
         return Outcome("duplicate")
 
     async def _publish(self, delivery_id: str | None, records: list[Record], outcome: Outcome) -> list[RecordMetadata]:

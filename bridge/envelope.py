@@ -37,6 +37,10 @@ THIRD_PARTY_DELETED: Final = "third_party_meeting_room_event_deleted"
 THIRD_PARTY_TYPES: Final = (THIRD_PARTY_CREATED, THIRD_PARTY_UPDATED, THIRD_PARTY_DELETED)
 LARK_TYPES: Final = (ROOM_CREATED, RESERVE_CONFIG_UPDATED, *THIRD_PARTY_TYPES)
 DEAD_LETTER_TYPE: Final = "lark.bridge.dead_letter"
+#: Kafka header of every record the bridge writes whose delivery id is known: the platform's
+#: delivery id (UTF-8), so that the bridge's dedup ledger is rebuilt from its topics without
+#: parsing values (and consumers can group fan-out siblings the same way).
+DELIVERY_ID_HEADER: Final = "lark_event_id"
 
 
 def dataschema_id(lark_type: str, version: int = ENVELOPE_VERSION) -> str:

@@ -56,7 +56,10 @@ class Metrics:
         )
         self.duplicates = Counter(
             "bridge_duplicates_suppressed_total",
-            "Deliveries answered 200 without a new record (already delivered).",
+            "Deliveries answered 200 without a new record (already delivered), by who marked the "
+            "id first: local (this process published it) or log (read from the bridge's topics: "
+            "another replica, or this one before a restart).",
+            ["source"],
             registry=r,
         )
         self.auth_failures = Counter(
@@ -102,3 +105,24 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("bridge_ready", "1 while /readyz answers 200.", registry=r)
+        self.dedup_replay_seconds = Gauge(
+            "bridge_dedup_replay_seconds",
+            "Duration of the dedup ledger's replay from the bridge's topics at start, in seconds.",
+            registry=r,
+        )
+        self.dedup_replay_ids = Gauge(
+            "bridge_dedup_replay_ids",
+            "Delivery ids read from the bridge's topics by the replay at start.",
+            registry=r,
+        )
+        self.dedup_replay_incomplete = Counter(
+            "bridge_dedup_replay_incomplete_total",
+            "Replays still running after BRIDGE_DEDUP_REPLAY_TIMEOUT_S (the bridge served anyway).",
+            registry=r,
+        )
+        self.dedup_tail_lag = Histogram(
+            "bridge_dedup_tail_lag_seconds",
+            "Delay from a record's timestamp to its delivery id entering this process's ledger.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )

@@ -22,7 +22,16 @@ from bridge import envelope as ev
 from bridge.decode import DecodedEvent, DecodeFailure, TooDeep, redact_tokens
 from bridge.inbound import InboundEvent, UnreadableJSON, read_json
 
-_HEADERS: Final = (("content-type", ev.CONTENT_TYPE.encode("ascii")),)
+_CONTENT_TYPE_HEADER: Final = ("content-type", ev.CONTENT_TYPE.encode("ascii"))
+
+
+def _headers(delivery_id: str | None) -> tuple[tuple[str, bytes], ...]:
+    """Kafka headers of a record: content type, and the delivery id when known."""
+    if delivery_id is None:
+        return (_CONTENT_TYPE_HEADER,)
+    return (_CONTENT_TYPE_HEADER, (ev.DELIVERY_ID_HEADER, delivery_id.encode("utf-8")))
+
+
 #: A third-party event's records carry its whole ``meeting_rooms`` list while it lists at most
 #: this many rooms; beyond it each record carries only its own ``meeting_room``, so a record's
 #: size does not grow with the number of rooms (the siblings share ``larkeventid``).
@@ -122,6 +131,7 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     else:
         keyed = [(event.delivery_id, data.uid, data)]
     envelope_type = ev.ENVELOPE_TYPES[event.lark_type]
+    headers = _headers(event.delivery_id)
     records = []
     for record_id, key, record_data in keyed:
         envelope = envelope_type(id=record_id, subject=key, partitionkey=key, data=record_data, **common)
@@ -130,7 +140,7 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
                 topic=topic,
                 key=key.encode("utf-8"),
                 value=_encoder.encode(envelope),
-                headers=_HEADERS,
+                headers=headers,
                 lark_type=event.lark_type,
                 delivery_id=event.delivery_id,
             )
@@ -195,7 +205,7 @@ def dead_letter(
         topic=topics.dead_letter,
         key=delivery_id.encode("utf-8") if delivery_id else None,
         value=_encoder.encode(envelope),
-        headers=_HEADERS,
+        headers=_headers(delivery_id),
         lark_type=inbound.lark_type or "unknown",
         delivery_id=delivery_id,
     )

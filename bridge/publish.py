@@ -220,7 +220,6 @@ class Publisher:
                 self._connected = False
                 self.not_ready_reason = "broker_unreachable"
                 log.debug("metadata probe failed: %s", type(exc).__name__)
-            self._metrics.ready.set(1 if self.ready else 0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._replace.wait(), PROBE_INTERVAL_S)
 

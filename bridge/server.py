@@ -129,8 +129,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: 
     try:
         await stop.wait()
     finally:
-        app[STATE].draining = True
-        app[STATE].metrics.ready.set(0)
+        app[STATE].draining = True  # readiness (and the bridge_ready gauge) turn 0 at once
         log.info("shutting down")
         try:
             await asyncio.wait_for(runner.cleanup(), settings.shutdown_timeout_s)

@@ -51,6 +51,14 @@ class SaslMechanism(enum.StrEnum):
     SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
+class DedupStore(enum.StrEnum):
+    """Where the dedup ledger comes from: ``kafka`` (rebuilt from and kept in step with the
+    bridge's own topics: survives restarts, spans replicas) or ``memory`` (this process only)."""
+
+    KAFKA = "kafka"
+    MEMORY = "memory"
+
+
 class Compression(enum.StrEnum):
     """Producer ``compression.type``."""
 
@@ -185,6 +193,16 @@ class Settings(BaseSettings):
         description="How long a published delivery id is remembered, in seconds (>= BRIDGE_LARK_MAX_SIGNATURE_AGE_S).",
     )
     dedup_max_entries: int = Field(1_000_000, ge=1, description="Most delivery ids remembered; the oldest go first.")
+    dedup_store: DedupStore = Field(
+        DedupStore.KAFKA,
+        description="kafka (the ledger is rebuilt from the bridge's topics at start and follows "
+        "them: survives restarts, spans replicas) or memory (this process only).",
+    )
+    dedup_replay_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest wait for the ledger's replay at start before serving anyway, in seconds.",
+    )
 
     # --- Operations ---------------------------------------------------------------------------
     log_level: Annotated[str, Field(pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")] = Field(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from bridge.dedup import DeliveryLedger
+from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink
 from bridge.metrics import Metrics
 from bridge.publish import Publisher
@@ -23,7 +24,8 @@ class AppState:
     """Everything the handlers need, built once by :func:`bridge.app.create_app`.
 
     ``draining`` turns true when shutdown begins: readiness answers 503 and new events get 503.
-    ``publisher`` and ``ledger`` are None when a test passed its own sink. ``body_bytes_in_flight``:
+    ``publisher``, ``ledger`` and ``feed`` are None when a test passed its own sink; ``feed`` is
+    also None with ``BRIDGE_DEDUP_STORE=memory``. ``body_bytes_in_flight``:
     request body bytes reserved by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
     """
 
@@ -33,6 +35,7 @@ class AppState:
     metrics: Metrics
     publisher: Publisher | None
     ledger: DeliveryLedger | None = None
+    feed: LedgerFeed | None = None
     draining: bool = False
     body_bytes_in_flight: int = 0
 

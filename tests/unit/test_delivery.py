@@ -48,7 +48,9 @@ class Harness:
 
     @property
     def duplicates(self) -> float:
-        return self.metric("bridge_duplicates_suppressed_total")
+        return self.metric("bridge_duplicates_suppressed_total", source="local") + self.metric(
+            "bridge_duplicates_suppressed_total", source="log"
+        )
 
 
 def inbound(kind: str = ROOM_CREATED, delivery_id: str = "d-1", **changes: Any) -> InboundEvent:

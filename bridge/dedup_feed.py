@@ -1,0 +1,222 @@
+"""The dedup ledger's feed: rebuilt from the bridge's own topics at start, then kept in step with them.
+
+Kafka already holds the truth of what was published: every record the bridge writes whose
+delivery id is known carries it in the Kafka header ``lark_event_id``
+(:data:`bridge.envelope.DELIVERY_ID_HEADER`). So the ledger needs no store of its own
+(``BRIDGE_DEDUP_STORE=kafka``, the default):
+
+* **Replay, at start.** A consumer without a group is assigned every partition of the bridge's
+  topics (event topics and dead letters), seeks each to the first offset at or after
+  ``now − BRIDGE_DEDUP_TTL_S`` (``offsets_for_times``) and reads up to the end offsets seen at
+  start, marking each delivery id delivered (source ``log``). Until it is done the bridge is not
+  ready (``/readyz`` 503 ``dedup_replay``) and events are answered 503, so that the platform
+  retries rather than a duplicate slipping through. A replay still running after
+  ``BRIDGE_DEDUP_REPLAY_TIMEOUT_S`` seconds makes the bridge ready anyway (a warning line and
+  ``bridge_dedup_replay_incomplete_total``): serving with a partial ledger beats never serving.
+* **Tail, while running.** The same consumer keeps reading, so that ids published by other
+  replicas (or by this one before a restart) enter the ledger as soon as the broker hands them
+  out; ``bridge_dedup_tail_lag_seconds`` measures the delay from each record's timestamp.
+
+What remains: two replicas that receive the *same* delivery within one publish-plus-tail-lag
+window of each other (milliseconds on one network; the platform's retries come 15 s apart) can
+both publish it. Ids replayed at start are marked at replay time, so they are remembered up to
+one TTL longer than needed — never shorter. Partitions added while running are not followed
+until a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bridge.dedup import LOG, DeliveryLedger
+from bridge.envelope import DELIVERY_ID_HEADER
+from bridge.metrics import Metrics
+from bridge.normalize import Topics
+from bridge.publish import kafka_client_options
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.dedup")
+
+START_TIMEOUT_S: Final = 10.0
+POLL_MS: Final = 200
+MAX_POLL_RECORDS: Final = 5000
+
+
+def build_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """The feed's consumer: no group, no commits, the producer's connection and security settings.
+
+    Must be called with a running event loop (aiokafka binds it at construction).
+    """
+    options = kafka_client_options(settings)
+    options["client_id"] = f"{settings.kafka_client_id}-dedup"
+    return AIOKafkaConsumer(
+        **options,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        max_poll_records=MAX_POLL_RECORDS,
+    )
+
+
+class LedgerFeed:
+    """Replays the bridge's topics into ``ledger`` at start, then tails them (module docstring).
+
+    ``settings``: ``dedup_ttl_s`` (replay window, s), ``dedup_replay_timeout_s`` (s), and the
+    Kafka connection. ``consumer_factory`` builds the consumer (tests inject faults); ``clock``
+    returns unix seconds. :meth:`start` never raises; connection failures are retried with
+    backoff, resuming from the offsets already read.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        ledger: DeliveryLedger,
+        metrics: Metrics,
+        *,
+        consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics.all()
+        self._ledger = ledger
+        self._metrics = metrics
+        self._factory = consumer_factory or (lambda: build_consumer(settings))
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._positions: dict[TopicPartition, int] = {}  # next offset to read, once known
+        self._replay_end: dict[TopicPartition, int] | None = None
+        self._replay_started: float | None = None
+        self._ids_replayed = 0
+        self.replayed = False  # the replay reached the end offsets seen at start
+        self.ready = False  # replayed, or gave up waiting for it after the bound
+
+    @property
+    def not_ready_reason(self) -> str:
+        """``dedup_replay`` until :attr:`ready`, then empty."""
+        return "" if self.ready else "dedup_replay"
+
+    async def start(self) -> None:
+        """Start reading in the background. Never raises."""
+        self._task = asyncio.create_task(self._run(), name="bridge-dedup-feed")
+
+    async def close(self) -> None:
+        """Stop reading (the consumer is stopped; nothing is committed anywhere)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            consumer = self._factory()
+            try:
+                await asyncio.wait_for(consumer.start(), START_TIMEOUT_S)
+                await self._assign(consumer)
+                backoff = 0.2
+                await self._read(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker away or refusing: retry, resuming where we were
+                log.warning("dedup feed: %s; retrying in %.1fs", type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 5.0)
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        """Every partition of the bridge's topics, waiting (while the publisher creates them) for
+        topics that do not exist yet."""
+        while True:
+            missing = [t for t in self._topics if not consumer.partitions_for_topic(t)]
+            if not missing:
+                break
+            await consumer._client.force_metadata_update()
+            if any(not consumer.partitions_for_topic(t) for t in missing):
+                await asyncio.sleep(0.5)
+        return [TopicPartition(t, p) for t in self._topics for p in sorted(consumer.partitions_for_topic(t))]
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        tps = await self._partitions(consumer)
+        consumer.assign(tps)
+        if self._replay_end is None:  # the first connection: find the replay's range
+            since_ms = int((self._clock() - self._settings.dedup_ttl_s) * 1000)
+            starts = await consumer.offsets_for_times(dict.fromkeys(tps, max(since_ms, 0)))
+            ends = await consumer.end_offsets(tps)
+            self._replay_end = {tp: ends[tp] for tp in tps}
+            for tp in tps:
+                found = starts.get(tp)
+                self._positions[tp] = found.offset if found is not None else ends[tp]
+            self._replay_started = asyncio.get_running_loop().time()
+            log.info("dedup replay: %d partitions, %d records at most", len(tps), self._remaining(tps))
+        for tp in tps:
+            if tp in self._positions:
+                consumer.seek(tp, self._positions[tp])
+            else:  # a partition that appeared since: from its start
+                await consumer.seek_to_beginning(tp)
+
+    def _remaining(self, tps: Iterable[TopicPartition]) -> int:
+        assert self._replay_end is not None
+        return sum(max(0, self._replay_end.get(tp, 0) - self._positions.get(tp, 0)) for tp in tps)
+
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+        loop = asyncio.get_running_loop()
+        await self._check_replay(consumer, loop.time())
+        while True:
+            batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_POLL_RECORDS)
+            now_s = self._clock()
+            for tp, messages in batches.items():
+                for message in messages:
+                    self._mark(message, now_s)
+                if messages:
+                    self._positions[tp] = messages[-1].offset + 1
+            if not self.replayed:
+                await self._check_replay(consumer, loop.time())
+
+    def _mark(self, message: Any, now_s: float) -> None:
+        for key, value in message.headers or ():
+            if key == DELIVERY_ID_HEADER:
+                delivery_id = value.decode("utf-8", "replace")
+                self._ledger.mark_delivered(delivery_id, source=LOG)
+                if self.replayed:
+                    self._metrics.dedup_tail_lag.observe(max(0.0, now_s - message.timestamp / 1000))
+                else:
+                    self._ids_replayed += 1
+                break
+        self._metrics.dedup_entries.set(len(self._ledger))
+
+    async def _check_replay(self, consumer: AIOKafkaConsumer, now: float) -> None:
+        if self.replayed or self._replay_end is None or self._replay_started is None:
+            return
+        behind = []
+        for tp, end in self._replay_end.items():
+            # Offsets read so far; the consumer's position also counts what it skipped (e.g. a
+            # record deleted by retention meanwhile).
+            if self._positions.get(tp, 0) < end and await consumer.position(tp) < end:
+                behind.append(tp)
+        elapsed = now - self._replay_started
+        if not behind:
+            self.replayed = self.ready = True
+            self._metrics.dedup_replay_seconds.set(elapsed)
+            self._metrics.dedup_replay_ids.set(self._ids_replayed)
+            log.info("dedup replay done: %d ids in %.1fs", self._ids_replayed, elapsed)
+        elif not self.ready and elapsed > self._settings.dedup_replay_timeout_s:
+            self.ready = True
+            self._metrics.dedup_replay_incomplete.inc()
+            log.warning(
+                "dedup replay not done after %.0fs (%d ids so far, %d partitions behind): serving anyway; "
+                "duplicates of deliveries not yet read can be published until it catches up",
+                elapsed,
+                self._ids_replayed,
+                len(behind),
+            )
