@@ -96,6 +96,7 @@ class LedgerFeed:
         self._replay_end: dict[TopicPartition, int] | None = None
         self._replay_started: float | None = None
         self._ids_replayed = 0
+        self._give_up: asyncio.TimerHandle | None = None
         self.replayed = False  # the replay reached the end offsets seen at start
         self.ready = False  # replayed, or gave up waiting for it after the bound
 
@@ -110,6 +111,8 @@ class LedgerFeed:
 
     async def close(self) -> None:
         """Stop reading (the consumer is stopped; nothing is committed anywhere)."""
+        if self._give_up is not None:
+            self._give_up.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -157,7 +160,9 @@ class LedgerFeed:
             for tp in tps:
                 found = starts.get(tp)
                 self._positions[tp] = found.offset if found is not None else ends[tp]
-            self._replay_started = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            self._replay_started = loop.time()
+            self._give_up = loop.call_later(self._settings.dedup_replay_timeout_s, self._serve_anyway)
             log.info("dedup replay: %d partitions, %d records at most", len(tps), self._remaining(tps))
         for tp in tps:
             if tp in self._positions:
@@ -204,19 +209,26 @@ class LedgerFeed:
             # record deleted by retention meanwhile).
             if self._positions.get(tp, 0) < end and await consumer.position(tp) < end:
                 behind.append(tp)
-        elapsed = now - self._replay_started
         if not behind:
+            elapsed = now - self._replay_started
             self.replayed = self.ready = True
+            if self._give_up is not None:
+                self._give_up.cancel()
             self._metrics.dedup_replay_seconds.set(elapsed)
             self._metrics.dedup_replay_ids.set(self._ids_replayed)
             log.info("dedup replay done: %d ids in %.1fs", self._ids_replayed, elapsed)
-        elif not self.ready and elapsed > self._settings.dedup_replay_timeout_s:
-            self.ready = True
-            self._metrics.dedup_replay_incomplete.inc()
-            log.warning(
-                "dedup replay not done after %.0fs (%d ids so far, %d partitions behind): serving anyway; "
-                "duplicates of deliveries not yet read can be published until it catches up",
-                elapsed,
-                self._ids_replayed,
-                len(behind),
-            )
+
+    def _serve_anyway(self) -> None:
+        """The replay's bound passed (``BRIDGE_DEDUP_REPLAY_TIMEOUT_S``, counted from the first
+        connection): ready with a partial ledger, which the feed goes on filling."""
+        self._give_up = None
+        if self.ready:
+            return
+        self.ready = True
+        self._metrics.dedup_replay_incomplete.inc()
+        log.warning(
+            "dedup replay not done after %.0fs (%d ids so far): serving anyway; a redelivery of an "
+            "id not read yet can be published again until the replay catches up",
+            self._settings.dedup_replay_timeout_s,
+            self._ids_replayed,
+        )

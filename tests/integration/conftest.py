@@ -45,16 +45,24 @@ def spare_broker() -> Iterator[LocalBroker]:
 
 @pytest.fixture
 async def start_bridge() -> AsyncIterator[Callable[..., Any]]:
-    """``await start_bridge(bootstrap, wait_ready=True, producer_factory=None, **env)`` →
-    :class:`RunningBridge`; ``producer_factory(settings)`` makes the producers (fault injection)."""
+    """``await start_bridge(bootstrap, wait_ready=True, producer_factory=None, consumer_factory=None,
+    **env)`` → :class:`RunningBridge`; ``producer_factory(settings)`` / ``consumer_factory(settings)``
+    make the producers / the dedup feed's consumers (fault injection)."""
     running: list[RunningBridge] = []
 
     async def start(
-        bootstrap: str, *, wait_ready: bool = True, producer_factory: Any = None, **env: str
+        bootstrap: str,
+        *,
+        wait_ready: bool = True,
+        producer_factory: Any = None,
+        consumer_factory: Any = None,
+        **env: str,
     ) -> RunningBridge:
         settings = bridge_settings(bootstrap, **env)
         factory = (lambda: producer_factory(settings)) if producer_factory else None
-        server = TestServer(create_app(settings, producer_factory=factory), port=free_port())
+        consumers = (lambda: consumer_factory(settings)) if consumer_factory else None
+        app = create_app(settings, producer_factory=factory, consumer_factory=consumers)
+        server = TestServer(app, port=free_port())
         await server.start_server()
         session = aiohttp.ClientSession()
         rb = RunningBridge(settings, server, session, Platform(encrypt_key=KEY))

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -17,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge_devtools.broker import free_port
 from bridge_devtools.platform import Platform
+from tests.support.bridges import spawn_bridge
 from tests.support.credentials import KEY, TOKEN
 from tests.support.kafka import read_topic
-from tests.support.processes import bridge_env
 from tests.support.samples import sample_event
 from tests.support.waits import wait_http_status, wait_status
 
@@ -108,32 +106,12 @@ async def test_metrics_move_by_exact_amounts(broker: Any, start_bridge: Any) -> 
     assert TOKEN not in text and KEY not in text
 
 
-def _spawn_bridge(bootstrap: str, port: int, prefix: str, log_file: Any) -> subprocess.Popen[str]:
-    env = bridge_env(
-        BRIDGE_LARK_VERIFICATION_TOKEN=TOKEN,
-        BRIDGE_LARK_ENCRYPT_KEY=KEY,
-        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        BRIDGE_HTTP_HOST="127.0.0.1",
-        BRIDGE_HTTP_PORT=str(port),
-        BRIDGE_KAFKA_TOPIC_PARTITIONS="3",
-        BRIDGE_TOPIC_ROOM_CREATED=f"{prefix}.room",
-        BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED=f"{prefix}.cfg",
-        BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT=f"{prefix}.3p",
-        BRIDGE_TOPIC_DEAD_LETTER=f"{prefix}.dlq",
-        BRIDGE_SHUTDOWN_TIMEOUT_S="10",
-        BRIDGE_LOG_LEVEL="DEBUG",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
-    )
-
-
 async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: Any, tmp_path: Any) -> None:
     port = free_port()
     prefix = f"sig-{port}"
     log_path = tmp_path / "bridge.log"
     log_file = log_path.open("w")
-    proc = _spawn_bridge(broker.bootstrap_servers, port, prefix, log_file)
+    proc = spawn_bridge(broker.bootstrap_servers, port, prefix, log_file)
     url = f"http://127.0.0.1:{port}"
     platform = Platform(encrypt_key=KEY)
     ok: list[str] = []

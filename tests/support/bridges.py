@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,7 @@ from bridge.app import STATE
 from bridge.settings import Settings, load_settings
 from bridge_devtools.platform import Platform, PlatformRequest
 from tests.support.credentials import KEY, TOKEN
+from tests.support.processes import bridge_env
 from tests.support.waits import wait_status
 
 
@@ -62,3 +65,26 @@ class RunningBridge:
     @property
     def metrics(self) -> Any:
         return self.server.app[STATE].metrics
+
+
+def spawn_bridge(bootstrap: str, port: int, prefix: str, log_file: Any, **extra: str) -> subprocess.Popen[str]:
+    """``python -m bridge serve`` on ``127.0.0.1:port`` with topics ``{prefix}.room|cfg|3p|dlq``,
+    its output (JSON log lines) to ``log_file``; ``extra`` settings override the defaults."""
+    env = bridge_env(
+        BRIDGE_LARK_VERIFICATION_TOKEN=TOKEN,
+        BRIDGE_LARK_ENCRYPT_KEY=KEY,
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        BRIDGE_HTTP_HOST="127.0.0.1",
+        BRIDGE_HTTP_PORT=str(port),
+        BRIDGE_KAFKA_TOPIC_PARTITIONS="3",
+        BRIDGE_TOPIC_ROOM_CREATED=f"{prefix}.room",
+        BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED=f"{prefix}.cfg",
+        BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT=f"{prefix}.3p",
+        BRIDGE_TOPIC_DEAD_LETTER=f"{prefix}.dlq",
+        BRIDGE_SHUTDOWN_TIMEOUT_S="10",
+        BRIDGE_LOG_LEVEL="DEBUG",
+    )
+    env.update(extra)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
+    )
