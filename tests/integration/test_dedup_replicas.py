@@ -4,6 +4,7 @@ dedup ledger (bridge/dedup_feed.py). Real broker, real consumers."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import signal
@@ -177,14 +178,14 @@ async def test_sigkill_of_a_replica_mid_stream_leaves_every_delivery_exactly_onc
     rng = random.Random(7)
     try:
         async with aiohttp.ClientSession() as session:
-            for i, url in enumerate(urls):
+            for proc, url in zip(procs, urls, strict=True):
                 await wait_http_status(
                     session,
                     url + "/readyz",
                     200,
                     timeout_s=60,
-                    alive=lambda i=i: procs[i].poll() is None,
-                    message=f"replica {i} did not become ready",
+                    alive=functools.partial(lambda p: p.poll() is None, proc),
+                    message=f"replica at {url} did not become ready",
                 )
 
             async def deliver(delivery_id: str) -> None:
