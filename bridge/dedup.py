@@ -48,7 +48,8 @@ class DeliveryLedger:
         self._span = ttl_s / _BUCKETS
         self._gen = 0
         self._entries: dict[int, int] = {}  # hash(id) -> bucket generation * 2 + (1 if LOG)
-        self._buckets: deque[tuple[int, float, list[int]]] = deque()  # (gen, start_s, hashes)
+        # (gen, start_s, hashes in marking order); evicted oldest first, within a bucket too
+        self._buckets: deque[tuple[int, float, deque[int]]] = deque()
         self._in_flight: dict[str, asyncio.Future[bool]] = {}
 
     def __len__(self) -> int:
@@ -85,14 +86,14 @@ class DeliveryLedger:
             return
         if not self._buckets or self._buckets[-1][1] + self._span <= now:
             self._gen += 1
-            self._buckets.append((self._gen, now, []))
+            self._buckets.append((self._gen, now, deque()))
         gen, _, hashes = self._buckets[-1]
         hashes.append(h)
         self._entries[h] = gen * 2 + (1 if source == LOG else 0)
         while len(self._entries) > self._max:
             ogen, _, ohashes = self._buckets[0]
             while ohashes and len(self._entries) > self._max:
-                oh = ohashes.pop()
+                oh = ohashes.popleft()  # the oldest: never the id just marked
                 if (self._entries.get(oh, -2) >> 1) == ogen:
                     del self._entries[oh]
             if not ohashes:

@@ -65,3 +65,22 @@ async def test_failed_delivery_is_not_marked() -> None:
     fut = ledger.begin("x")
     ledger.finish("x", delivered=False)
     assert fut.result() is False and not ledger.delivered("x")
+
+
+def test_at_capacity_the_oldest_id_goes_first_even_within_one_bucket() -> None:
+    ledger = DeliveryLedger(3600, 3, clock=lambda: 0.0)  # every mark falls in the same bucket
+    for delivery_id in ("a", "b", "c", "d"):
+        ledger.mark_delivered(delivery_id)
+    assert [ledger.delivered(x) for x in ("a", "b", "c", "d")] == [False, True, True, True]
+    ledger.mark_delivered("e")
+    assert ledger.delivered("e") and not ledger.delivered("b") and len(ledger) == 3
+
+
+def test_marked_by_keeps_the_first_source() -> None:
+    from bridge.dedup import LOCAL, LOG
+
+    ledger = DeliveryLedger(3600, 10, clock=lambda: 0.0)
+    ledger.mark_delivered("mine")
+    ledger.mark_delivered("mine", source=LOG)  # this process's own record, read back
+    ledger.mark_delivered("theirs", source=LOG)
+    assert (ledger.marked_by("mine"), ledger.marked_by("theirs"), ledger.marked_by("nobody")) == (LOCAL, LOG, None)
