@@ -849,7 +849,8 @@ class Stress:
             plan.append((req, s))
         build_s = time.perf_counter() - t_build
         print(
-            f"  {n:,} requests built in {build_s:.1f} s ({sum(len(x[0].body) for x in plan if x) / 1e6:,.0f} MB)",
+            f"  {n:,} requests built in {build_s:.1f} s "
+            f"({sum({id(x[0].body): len(x[0].body) for x in plan if x}.values()) / 1e6:,.0f} MB)",
             flush=True,
         )
         marks: list[dict[str, Any]] = []
@@ -1233,6 +1234,21 @@ class Stress:
             fan = next((s.fanout for s in group if s.fanout is not None), None)
             if fan is not None and (len(ev_ids) != fan if fan else (n_dead != 1 or ev_ids)):
                 fan_bad.append(d)
+        # what each authenticated request answered 200 became, per category and variant
+        became: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        for s in self.sent:
+            if s.status != 200 or s.cat in ("valid", "duplicate", "warmup", "baseline", "slow_probe", "recover"):
+                continue
+            if s.cat in ("frozen", "frozen_retry"):
+                continue
+            if s.did is None:
+                became[(s.cat, s.variant)]["no id (unkeyed dead letter?)"] += 1
+            elif events.get(s.did):
+                became[(s.cat, s.variant)]["records"] += 1
+            elif dead.get(s.did):
+                became[(s.cat, s.variant)]["dead letter"] += 1
+            else:
+                became[(s.cat, s.variant)]["nothing found"] += 1
         all_record_ids = [i for ids in events.values() for i in ids]
         foreign = {d for d in set(events) | set(dead) if d not in by_id}
         n_events = sum(len(v) for v in events.values())
@@ -1257,6 +1273,7 @@ class Stress:
             "unread_partitions": unread,
             "read_s": read_s,
             "bad_categories": dict(cats_of),
+            "became": {f"{c}/{v}": dict(x) for (c, v), x in sorted(became.items())},
         }
         c = self.r["check"]
         print(
@@ -1486,6 +1503,7 @@ def report(st: Stress, elapsed: float, command: str) -> str:
                 f"≈ {st.args.rate:,}/s",
             ],
             ["2 flood", "answers 500", f"**{n500}**" if n500 else "0", "0"],
+            ["2 flood", "CPU during the flood, cores", fmt_cpu(fl["cpu"]), ""],
             ["2 flood", "RSS at 25/50/75/100 %", marks, "bounded"],
             ["2 flood", "series at 25/50/75/100 %", series, "bounded"],
         ]
@@ -1610,6 +1628,19 @@ def report(st: Stress, elapsed: float, command: str) -> str:
         ["Category", "Sent", "Answers", "p50 / p99 ms", "Expected", "Unexpected", "500s"],
         cat_rows,
     )
+    var_rows = []
+    for cn in ("nested", "invalid_utf8", "gzip", "oversize", "unknown_type_50kb", "duplicate"):
+        by_var: dict[str, list[Sent]] = defaultdict(list)
+        for s in flood:
+            if s.cat == cn:
+                by_var[s.variant].append(s)
+        var_rows += [[f"`{cn}/{v}`", f"{len(g):,}", statuses(g)] for v, g in sorted(by_var.items())]
+    variants = md_table(["Category / variant", "Sent", "Answers"], var_rows)
+    became_rows = [
+        [f"`{k}`", ", ".join(f"{what} {n:,}" for what, n in sorted(v.items(), key=lambda kv: -kv[1]))]
+        for k, v in ch.get("became", {}).items()
+    ]
+    became = md_table(["Category / variant (answered 200)", "In Kafka"], became_rows) if became_rows else ""
     fm = fl.get("metrics", {})
     bm = b.get("metrics", {})
 
@@ -1642,7 +1673,14 @@ Flood answers per category ({st.args.requests:,} requests, open loop at {st.args
 
 {cats}
 
+{variants}
+
 {chr(10).join(counters)}
+
+What the non-`valid` requests answered 200 became (found by delivery id in the broker check; "no id" ones are
+dead letters without a key, counted above):
+
+{became}
 
 Categories:
 
