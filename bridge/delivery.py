@@ -173,7 +173,7 @@ class KafkaDelivery:
             if max(sizes) <= self._max_record_bytes and sum(sizes) <= self._max_event_bytes:
                 return records, Outcome("published")
             failure = DecodeFailure(
-                "invalid_event",
+                "record_too_large",
                 f"record too large: {len(records)} record(s), the largest {max(sizes)} bytes, "
                 f"{sum(sizes)} in all; the limits are {self._max_record_bytes} per record "
                 f"(BRIDGE_KAFKA_MAX_RECORD_BYTES) and {self._max_event_bytes} per event",

@@ -44,12 +44,13 @@ DELIVERY_ID_HEADER: Final = "lark_event_id"
 
 
 def dataschema_id(lark_type: str, version: int = ENVELOPE_VERSION) -> str:
-    """The ``$id`` of an envelope schema, also the envelope's ``dataschema`` attribute."""
+    """The envelope's ``dataschema`` attribute: names the schema of ``lark_type``'s records (the
+    constant ``dataschema`` in ``schemas/envelope/v<version>/<lark type>.schema.json``)."""
     return f"{SCHEMA_ID_BASE}:envelope:v{version}:{lark_type}"
 
 
 def dead_letter_schema_id(version: int = 1) -> str:
-    """The ``$id`` of the dead-letter record schema."""
+    """The dead-letter records' ``dataschema`` attribute (names their schema)."""
     return f"{SCHEMA_ID_BASE}:dead_letter:v{version}"
 
 
@@ -302,7 +303,7 @@ ENVELOPE_TYPES: Final[dict[str, type[Any]]] = {
 
 # ---- dead letters ---------------------------------------------------------------------------
 
-DeadLetterReason = Literal["unknown_event_type", "invalid_event"]
+DeadLetterReason = Literal["unknown_event_type", "invalid_event", "record_too_large"]
 
 
 class DeadLetterData(msgspec.Struct, omit_defaults=True, kw_only=True, frozen=True):

@@ -1,4 +1,13 @@
-"""JSON Schemas (2020-12) of envelope v1 and the dead-letter record, generated from the models.
+"""JSON Schemas (draft-07) of envelope v1 and the dead-letter record, generated from the models.
+
+Shaped for schema registries (Confluent's, Apicurio's), which check compatibility between
+versions: the draft-07 dialect (Apicurio's checker knows drafts 4/6/7 only and answers 500 for
+2020-12), no ``$id`` (a ``urn:`` one breaks its ``$ref`` resolution; the ``dataschema`` constant
+names the schema instead), ``definitions`` for the nested models, and a **closed content model**
+(``additionalProperties: false`` on every modelled object): under a registry's BACKWARD rule a
+new optional field is then a compatible change and a removed or retyped one is not — the
+versioning policy of README. Free-form objects (``data._unmodelled``, a dead letter's
+``payload``) stay open.
 
 ``python -m bridge schemas write`` writes them (and the examples) under ``schemas/``;
 ``python -m bridge schemas check`` exits 1 when the checked-in files differ from what the models
@@ -23,7 +32,27 @@ import msgspec
 
 from bridge import envelope as ev
 
-DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
+DRAFT: Final = "http://json-schema.org/draft-07/schema#"
+
+
+def _draft07(node: Any) -> Any:
+    """msgspec's 2020-12 output in draft-07 form: ``$defs`` → ``definitions`` (and their
+    ``$ref``s), and ``additionalProperties: false`` on every object with ``properties``."""
+    if isinstance(node, list):
+        return [_draft07(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "$defs":
+            out["definitions"] = _draft07(value)
+        elif key == "$ref" and isinstance(value, str):
+            out["$ref"] = value.replace("#/$defs/", "#/definitions/")
+        else:
+            out[key] = _draft07(value)
+    if "properties" in out and out.get("type") == "object":
+        out["additionalProperties"] = False
+    return out
 
 
 def _inline_root(schema: dict[str, Any]) -> dict[str, Any]:
@@ -45,8 +74,7 @@ def envelope_schema(lark_type: str) -> dict[str, Any]:
     props["dataschema"] = {"const": ev.dataschema_id(lark_type)}
     return {
         "$schema": DRAFT,
-        "$id": ev.dataschema_id(lark_type),
-        **root,
+        **_draft07(root),
         "title": f"Lark {lark_type}, envelope v1 (CloudEvents 1.0, structured JSON)",
     }
 
@@ -57,8 +85,7 @@ def dead_letter_schema() -> dict[str, Any]:
     root["properties"]["dataschema"] = {"const": ev.dead_letter_schema_id()}
     return {
         "$schema": DRAFT,
-        "$id": ev.dead_letter_schema_id(),
-        **root,
+        **_draft07(root),
         "title": "Lark bridge dead-letter record v1 (CloudEvents 1.0, structured JSON)",
     }
 

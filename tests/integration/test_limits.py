@@ -31,7 +31,7 @@ async def test_a_legal_body_whose_record_cannot_fit_is_one_dead_letter_without_i
     assert await bridge.send(Platform().request(body)) == (200, {"msg": "success"})  # a retry: duplicate
     [dl] = await read_topic(broker.bootstrap_servers, bridge.settings.topic_dead_letter, expect=1)
     data = json.loads(dl.value)["data"]
-    assert dl.key == b"too-large-1" and data["reason"] == "invalid_event" and data["path"] == "$"
+    assert dl.key == b"too-large-1" and data["reason"] == "record_too_large" and data["path"] == "$"
     assert data["error"].startswith("record too large") and "payload not carried" in data["error"]
     assert data["payload"] == {} and len(dl.value) < 4096
     assert await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=0, timeout_s=3) == []

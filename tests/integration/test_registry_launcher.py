@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
 
 from bridge_devtools.registry import LocalRegistry
+from tests.support.registry import call
 
 pytestmark = pytest.mark.integration
-
-CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
 # Draft-07: the JSON Schema dialect whose compatibility checks the registry implements.
 PROPERTIES: dict[str, Any] = {"id": {"type": "string"}, "n": {"type": "integer"}}
@@ -28,19 +25,6 @@ SCHEMA_V1: dict[str, Any] = {
     "properties": PROPERTIES,
     "required": ["id"],
 }
-
-
-def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    """One request to the registry; returns (status, decoded JSON body)."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def test_registry_registers_reads_back_and_stops() -> None:

@@ -11,15 +11,15 @@ import jsonschema
 SCHEMAS_DIR: Final = Path(__file__).resolve().parents[2] / "schemas"
 
 
-def validator(rel: str) -> jsonschema.Draft202012Validator:
-    """A format-checking Draft 2020-12 validator of ``schemas/<rel>``; the schema itself is
+def validator(rel: str) -> jsonschema.Draft7Validator:
+    """A format-checking draft-07 validator of ``schemas/<rel>``; the schema itself is
     checked against the metaschema first."""
     schema = json.loads((SCHEMAS_DIR / rel).read_text(encoding="utf-8"))
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
-def envelope_validators() -> dict[str, jsonschema.Draft202012Validator]:
+def envelope_validators() -> dict[str, jsonschema.Draft7Validator]:
     """A validator per envelope v1 schema, by Lark type."""
     return {
         p.name.removesuffix(".schema.json"): validator(str(p.relative_to(SCHEMAS_DIR)))
@@ -27,6 +27,6 @@ def envelope_validators() -> dict[str, jsonschema.Draft202012Validator]:
     }
 
 
-def dead_letter_validator() -> jsonschema.Draft202012Validator:
+def dead_letter_validator() -> jsonschema.Draft7Validator:
     """The validator of the dead-letter v1 schema."""
     return validator("dead_letter/v1/dead_letter.schema.json")

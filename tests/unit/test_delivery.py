@@ -316,7 +316,7 @@ def with_unmodelled(kind: str, delivery_id: str, size: int, rooms: int = 0) -> I
 async def test_a_record_over_the_limit_becomes_one_dead_letter_without_its_payload() -> None:
     h = Harness(RecordingPublisher(), max_record_bytes=8_000)
     out = await h.deliver(with_unmodelled(ROOM_CREATED, "d-big", 9_000))
-    assert out.kind == "dead_lettered" and out.reason == "invalid_event"
+    assert out.kind == "dead_lettered" and out.reason == "record_too_large"
     [[record]] = h.publisher.calls
     env = json.loads(record.value)
     assert record.topic == "t.dlq" and record_bytes(record) <= 8_000
