@@ -6,7 +6,8 @@ Starts the local Kafka broker (``bridge_devtools.broker.LocalBroker``) and ``pyt
 traffic and the broker on core 1), then runs six phases, each bounded in count and time:
 
 1. baseline: the bridge's RSS (``VmRSS``), /metrics series, open fds, p50/p99 of sequential valid
-   events (after a short warm-up);
+   events — after a warm-up (60,000 records produced to the broker as ``benchmarks.run`` does, then
+   3,000 valid events at 500/s through the bridge) and a wait for the rest of the machine to go quiet;
 2. mixed flood: N requests open-loop at R/s (aiohttp client, a fresh task per request at its due
    time, capped in-flight count) mixing valid events, duplicates and hostile input
    (:data:`CATEGORIES`); statuses per category; any 500 is a finding;
@@ -187,7 +188,9 @@ class Sent:
     error: str = ""
     due: float = 0.0
     fired: float = 0.0
+    wrote: float = 0.0  # the request's headers were written (it had a connection)
     done: float = 0.0
+    authentic: bool = False  # correctly signed and encrypted: the bridge should take it (records, dead letter)
 
     @property
     def service_ms(self) -> float:
@@ -196,6 +199,11 @@ class Sent:
     @property
     def due_ms(self) -> float:
         return (self.done - self.due) * 1000
+
+    @property
+    def wire_ms(self) -> float:
+        """From the write of the headers (a connection held) to the whole answer."""
+        return (self.done - self.wrote) * 1000 if self.wrote else float("nan")
 
 
 def mutate(data: bytes, rng: random.Random, n: int, alphabet: bytes | None) -> tuple[bytes, str]:
@@ -371,12 +379,14 @@ class Factory:
         except ValueError:  # not UTF-8 / not JSON for Python either
             did = None
         note = f"{kind}, plaintext {len(mutated)} B, {ops}"
-        return self.signed(raw=mutated), Sent("mutated_plaintext", kind, _AUTH, did, None, note)
+        return self.signed(raw=mutated), Sent("mutated_plaintext", kind, _AUTH, did, None, note, authentic=True)
 
     def _mutated_tree(self) -> tuple[Req, Sent]:
         p, _, _, kind = self.payload(4)
         ops = tree_mutate(p, self.rng, self.rng.randint(1, 3))
-        return self.signed(p), Sent("mutated_tree", kind, _AUTH, delivery_id_of(p), None, f"{kind}: {ops}"[:300])
+        return self.signed(p), Sent(
+            "mutated_tree", kind, _AUTH, delivery_id_of(p), None, f"{kind}: {ops}"[:300], authentic=True
+        )
 
     def _nested(self) -> tuple[Req, Sent]:
         d = self.nest_depth
@@ -390,7 +400,9 @@ class Factory:
         depth = 200 if variant == "signed_event_200" else d
         p, _, did, kind = self.payload(5, kind=self.rng.choice(("vc.room.created_v1", "vc.reserve_config.updated_v1")))
         plain = b'{"schema":"2.0","header":' + compact(p["header"]) + b',"event":' + nest(depth, self.rng) + b"}"
-        return self.signed(raw=plain), Sent("nested", variant, _AUTH, did, None, f"{kind}, event depth {depth}")
+        return self.signed(raw=plain), Sent(
+            "nested", variant, _AUTH, did, None, f"{kind}, event depth {depth}", authentic=True
+        )
 
     def _invalid_utf8(self) -> tuple[Req, Sent]:
         variant = self.rng.choice(("unsigned_in_encrypt", "signed_outer", "signed_plaintext", "signed_lone_surrogate"))
@@ -411,7 +423,7 @@ class Factory:
             else:
                 p["event"]["tenant_key"] = marker
             plain = compact(p).replace(marker.encode(), b"t\xc0\xaf\xff\xed\xa0\x80x")
-            return self.signed(raw=plain), Sent("invalid_utf8", variant, _AUTH, did, None, kind)
+            return self.signed(raw=plain), Sent("invalid_utf8", variant, _AUTH, did, None, kind, authentic=True)
         # lone surrogates (valid JSON escapes, not Unicode): tenant_key and the Kafka key's source
         if "header" in p:
             p["header"]["tenant_key"] = "\ud800tenant"
@@ -423,7 +435,7 @@ class Factory:
             p["event"]["tenant_key"] = "\ud800tenant"
             p["event"]["meeting_rooms"][0]["open_id"] += "\udfff"
         plain = json.dumps(p, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-        return self.signed(raw=plain), Sent("invalid_utf8", variant, _AUTH, did, None, kind)
+        return self.signed(raw=plain), Sent("invalid_utf8", variant, _AUTH, did, None, kind, authentic=True)
 
     def _gzip(self) -> tuple[Req, Sent]:
         p, fan, did, kind = self.payload(7)
@@ -451,14 +463,16 @@ class Factory:
             p["event"]["type"] = huge
             p["event"]["tenant_key"] = CTRL
             variant = "v1"
-        return self.signed(p), Sent("unknown_type_50kb", variant, _OK, did, 0, f"type {len(huge)} chars")
+        return self.signed(p), Sent(
+            "unknown_type_50kb", variant, _OK, did, 0, f"type {len(huge)} chars", authentic=True
+        )
 
     def _ctrl_tenant(self) -> tuple[Req, Sent]:
         p, fan, did, kind = self.payload(9)
         where = p["header"] if "header" in p else p["event"]
         where["tenant_key"] = CTRL + secrets.token_hex(2)
         where["app_id"] = "cli_" + CTRL
-        return self.signed(p), Sent("ctrl_tenant", kind, _OK, did, fan)
+        return self.signed(p), Sent("ctrl_tenant", kind, _OK, did, fan, authentic=True)
 
     def _huge_id(self) -> tuple[Req, Sent]:
         p, fan, did, kind = self.payload(10)
@@ -467,7 +481,7 @@ class Factory:
             p["header"]["event_id"] = did
         else:
             p["uuid"] = did
-        return self.signed(p), Sent("huge_id", kind, _OK, did, fan, f"id {len(did)} chars")
+        return self.signed(p), Sent("huge_id", kind, _OK, did, fan, f"id {len(did)} chars", authentic=True)
 
 
 async def _chunks(body: bytes, size: int = 65536) -> AsyncIterator[bytes]:
@@ -488,6 +502,15 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores together (/proc/stat; busy = user, nice, system, irq,
+    softirq: the hypervisor's steal counts as neither busy nor idle here)."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:9]]
+    busy = vals[0] + vals[1] + vals[2] + vals[5] + vals[6]
+    return busy, busy + vals[3] + vals[4]
+
+
 def fds(pid: int) -> int | None:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -502,6 +525,23 @@ def mb(n: int | None) -> str:
 def statuses(sent: list[Sent]) -> str:
     c = Counter(s.status if s.status > 0 else (s.error or "not sent") for s in sent)
     return " ".join(f"{k}×{v:,}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def hist_quantiles(m0: dict[str, float], m1: dict[str, float], name: str, qs: tuple[float, ...]) -> dict[float, str]:
+    """Upper bucket bounds holding quantiles ``qs`` (0-1) of histogram ``name`` between two scrapes."""
+    buckets: dict[float, float] = defaultdict(float)
+    for k, v in m1.items():
+        if k.startswith(name + "_bucket{") and 'le="' in k:
+            le = k.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] += v - m0.get(k, 0.0)
+    if not buckets:
+        return {}
+    total = buckets[max(buckets)]
+    out = {}
+    for q in qs:
+        bound = next((le for le in sorted(buckets) if buckets[le] >= q * total), float("inf"))
+        out[q] = "> 5 s" if bound == float("inf") else f"≤ {bound * 1000:g} ms"
+    return out
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -563,6 +603,8 @@ class Stress:
         self.rss_peak: dict[str, int] = defaultdict(int)
         self.phase = "start"
         self.frozen = False
+        self.t_flood = 0.0
+        self.details: list[str] = []  # per-id evidence of the broker check's findings
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -595,10 +637,18 @@ class Stress:
             return parse_metrics(await resp.text())
 
     def session(self, limit: int = 100) -> aiohttp.ClientSession:
+        trace = aiohttp.TraceConfig()
+
+        async def headers_sent(_session: aiohttp.ClientSession, ctx: Any, _params: Any) -> None:
+            if isinstance(ctx.trace_request_ctx, Sent):
+                ctx.trace_request_ctx.wrote = asyncio.get_running_loop().time()
+
+        trace.on_request_headers_sent.append(headers_sent)
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=limit),
             timeout=aiohttp.ClientTimeout(total=self.args.client_timeout_s),
             auto_decompress=False,
+            trace_configs=[trace],
         )
 
     async def fire(self, session: aiohttp.ClientSession, req: Req, s: Sent, due: float) -> None:
@@ -608,7 +658,7 @@ class Stress:
         headers = {**req.headers, "X-Request-Id": s.req_id}
         data: Any = _chunks(req.body) if req.chunked else req.body
         try:
-            async with session.post(self.url, data=data, headers=headers) as resp:
+            async with session.post(self.url, data=data, headers=headers, trace_request_ctx=s) as resp:
                 await resp.read()
                 s.status = resp.status
         except TimeoutError:
@@ -650,11 +700,11 @@ class Stress:
         try:
             async with self.session() as session:
                 await self.baseline(session)
-                if self.alive():
+                if self.alive() and "flood" not in self.args.skip:
                     await self.flood(session)
-                if self.alive():
+                if self.alive() and "slow" not in self.args.skip:
                     await self.slow_clients()
-                if self.alive():
+                if self.alive() and "frozen" not in self.args.skip:
                     await self.frozen_broker()
                 await asyncio.sleep(2)  # publishes of the last requests settle
                 self.phase = "check"
@@ -713,20 +763,31 @@ class Stress:
                 out["broker"] = tools.cpu_seconds(self.broker.pid)
         return out
 
-    def ours(self) -> set[int]:
-        """Pids of this run (runner, bridge, broker): the rest of the machine is "others"."""
-        pids = {os.getpid()}
-        if self.alive():
-            pids.add(self.pid)
-        if self.broker is not None and self.broker.pid:
-            pids.add(self.broker.pid)
-        return pids
+    def others(
+        self, cpu0: dict[str, float], stat0: tuple[int, int], cpu1: dict[str, float], stat1: tuple[int, int]
+    ) -> float:
+        """Cores used by everything but this run between two samples: the machine's busy time from
+        /proc/stat (short-lived processes included) minus this run's processes."""
+        d_total = stat1[1] - stat0[1]
+        if d_total <= 0:
+            return 0.0
+        busy = (stat1[0] - stat0[0]) / d_total * (os.cpu_count() or 1)
+        wall = d_total / (os.cpu_count() or 1) / tools.CLK_TCK
+        ours = sum(cpu1[k] - cpu0[k] for k in cpu1 if k in cpu0) / wall if wall else 0.0
+        return max(0.0, busy - ours)
 
     async def wait_quiet(self, label: str) -> None:
-        """Wait (≤ 120 s) until other processes use < 10 % of a core: this machine may be shared."""
-        waited = await asyncio.to_thread(tools.wait_quiet, self.ours(), max_share=0.10, timeout_s=120)
-        if waited > 1.5:
-            self.notes.append(f"waited {waited:.0f} s for other processes to go quiet before {label}")
+        """Wait (≤ 120 s) until the rest of the machine uses < 0.15 cores for 2 s: it may be shared."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        quiet = 0
+        while loop.time() - t0 < 120 and quiet < 2:
+            c0, s0 = self.cpu(), machine_ticks()
+            await asyncio.sleep(1)
+            quiet = quiet + 1 if self.others(c0, s0, self.cpu(), machine_ticks()) < 0.15 else 0
+        waited = loop.time() - t0
+        if waited > 2.5:
+            self.notes.append(f"waited {waited:.0f} s for other processes on this machine to go quiet before {label}")
             print(f"  (waited {waited:.0f} s for other processes on this machine to go quiet)", flush=True)
 
     async def open_loop(
@@ -751,7 +812,7 @@ class Stress:
         peak = skipped = 0
         every = max(1, n // 10)
         cpu0 = self.cpu()
-        others0 = tools.process_ticks(self.ours())
+        stat0 = machine_ticks()
         t0 = loop.time() + 0.2
         hard_deadline = t0 + n / rate * 2 + 60
         async with self.session(limit=a.max_conns) as fs:
@@ -768,6 +829,13 @@ class Stress:
                 if due - now > 0.0005:
                     await asyncio.sleep(due - now)
                 sents.append(s)
+                if progress and i % every == 0 and i:
+                    n500 = sum(1 for x in sents if x.status == 500)
+                    print(
+                        f"  {i:>7,} due, {len(inflight):>4} in flight, late by {(loop.time() - due) * 1000:6.1f} ms, "
+                        f"RSS {mb(self.rss())}, 500s so far: {n500}",
+                        flush=True,
+                    )
                 if len(inflight) >= a.max_in_flight:
                     s.due, s.error = due, "not sent (client at its in-flight cap)"
                     skipped += 1
@@ -780,13 +848,6 @@ class Stress:
                     t = asyncio.create_task(self._mark(session, mark_at[i], marks))
                     side.add(t)
                     t.add_done_callback(side.discard)
-                if progress and i % every == 0 and i:
-                    n500 = sum(1 for x in sents if x.status == 500)
-                    print(
-                        f"  {i:>7,} sent, {len(inflight):>4} in flight, late by {(loop.time() - due) * 1000:6.1f} ms, "
-                        f"RSS {mb(self.rss())}, 500s so far: {n500}",
-                        flush=True,
-                    )
             t_last = loop.time()
             if inflight:
                 await asyncio.wait(set(inflight), timeout=a.client_timeout_s + 5)
@@ -795,7 +856,7 @@ class Stress:
         t_end = loop.time()
         cpu1 = self.cpu()
         cpu = {k: (cpu1[k] - cpu0[k]) / (t_end - t0) for k in cpu1 if k in cpu0}
-        cpu["others"] = tools.foreign_cpu_s(others0, tools.process_ticks(self.ours())) / (t_end - t0)
+        cpu["others"] = self.others(cpu0, stat0, cpu1, machine_ticks())
         self.sent.extend(sents)
         fired = [s for s in sents if s.fired]
         span = (max(s.fired for s in fired) - min(s.fired for s in fired)) if len(fired) > 1 else 0.0
@@ -855,12 +916,15 @@ class Stress:
         )
         marks: list[dict[str, Any]] = []
         await self.wait_quiet("the flood")
+        m_before = await self.metrics(session)
+        self.t_flood = asyncio.get_running_loop().time() + 0.2
         st = await self.open_loop(plan, rate, progress=True, marks=marks, session=session)
         flood: list[Sent] = st.pop("sents")
         await asyncio.sleep(1)
         m = await self.metrics(session)
         marks.append({"at": "100 %", "rss": self.rss(), "series": len(m), "fds": fds(self.pid)})
-        self.r["flood"] = {**st, "marks": marks, "metrics": m, "build_s": build_s}
+        bridge_side = hist_quantiles(m_before, m, "bridge_request_duration_seconds", (0.5, 0.99))
+        self.r["flood"] = {**st, "marks": marks, "metrics": m, "build_s": build_s, "bridge_side": bridge_side}
         f = self.r["flood"]
         print(
             f"  done: {f['sent']:,} sent in {f['span']:.1f} s = {f['rate']:,.0f}/s achieved; send lateness p99 "
@@ -874,6 +938,39 @@ class Stress:
         for s in flood:
             if s.status == 500:
                 self.finding(f"500 in the flood: category {s.cat}/{s.variant} ({s.note}) request id {s.req_id}")
+        if f["cpu"].get("others", 0.0) > 0.2:
+            self.notes.append(
+                f"the machine was not quiet during the flood: other processes used {f['cpu']['others']:.2f} cores "
+                "(the flood's latencies and 503s are disturbed by them)"
+            )
+        n503 = sum(1 for s in flood if s.status == 503)
+        ok = [s for s in flood if s.cat == "valid" and s.status > 0]
+        sent_ms = [x.service_ms for x in ok]
+        wire_ms = [x.wire_ms for x in ok if x.wrote]
+        if f["rate"] < 0.95 * rate or f["skipped"] or n503:
+            held = f["rate"] >= 0.95 * rate and not f["skipped"]
+            self.finding(
+                f"flood: {'the rate was held, but at the edge' if held else 'the bridge did not keep up'} "
+                f"({rate:,}/s of this mix): {f['rate']:,.0f}/s sent, "
+                f"{f['skipped']:,} not sent (client at {a.max_in_flight:,} in flight), {n503:,} answered 503; bridge "
+                f"CPU {f['cpu'].get('bridge', 0):.2f} cores; valid events p50/p99 {pct(sent_ms, 50):.0f}"
+                f"/{pct(sent_ms, 99):.0f} ms from the client's send, "
+                f"{pct(wire_ms, 50):.0f}/{pct(wire_ms, 99):.0f} ms "
+                f"from the write of the headers, bridge-side (handler) p50 {bridge_side.get(0.5, '?')}, "
+                f"p99 {bridge_side.get(0.99, '?')}"
+            )
+        rejected: Counter[str] = Counter()
+        for s in flood:
+            if s.authentic and s.status == 401:
+                token = s.cat == "mutated_tree" and "token" in s.note
+                rejected[f"{s.cat}/{s.variant}" + (" (verification token mutated)" if token else "")] += 1
+        untouched = {k: v for k, v in rejected.items() if "token mutated" not in k}
+        if untouched:
+            self.finding(
+                f"flood: {sum(untouched.values()):,} correctly signed + encrypted requests were answered 401 "
+                f"(not a record or a dead letter): "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(untouched.items(), key=lambda kv: -kv[1]))
+            )
 
     async def _open_slow(self, kind: str, i: int) -> SlowConn | None:
         a = self.args
@@ -985,7 +1082,7 @@ class Stress:
         await asyncio.gather(*(asyncio.wait_for(c.writer.wait_closed(), 2) for c in conns), return_exceptions=True)
         await asyncio.sleep(2)
         rss_after, fds_after = self.rss(), fds(self.pid)
-        lat = [s.service_ms for s in probes if s.status == 200]
+        lat = [s.service_ms for s in probes if s.status > 0]  # every answer: a fast 503 is a change too
         per_kind: dict[str, Any] = {}
         for kind in ("trickle", "stall"):
             group = [c for c in conns if c.kind == kind]
@@ -1026,7 +1123,8 @@ class Stress:
         s = self.r["slow"]
         base = self.r["baseline"]
         print(
-            f"  normal events meanwhile: p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms (baseline {base['p50']:.1f} / "
+            f"  normal events meanwhile (every answer): p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms (baseline "
+            f"{base['p50']:.1f} / "
             f"{base['p99']:.1f}) — {s['statuses']}",
             flush=True,
         )
@@ -1172,6 +1270,7 @@ class Stress:
             fetch_max_bytes=64 << 20,
         )
         events: dict[str | None, list[str]] = defaultdict(list)  # larkeventid -> record ids (event topics)
+        where: dict[str, str] = {}  # record id -> topic[partition]@offset
         dead: dict[str | None, int] = defaultdict(int)  # larkeventid -> dead letters
         per_topic: Counter[str] = Counter()
         undecodable = 0
@@ -1199,6 +1298,7 @@ class Stress:
                             dead[env.larkeventid] += 1
                         else:
                             events[env.larkeventid].append(env.id)
+                            where[env.id] = f"{tp.topic}[{tp.partition}]@{m.offset}"
                     if msgs and msgs[-1].offset + 1 >= end[tp]:
                         remaining.discard(tp)
             unread = len(remaining)
@@ -1306,8 +1406,43 @@ class Stress:
                     f"e.g. {ex.cat}/{ex.variant} id {ids[0][:40]!r}: {len(events.get(ids[0], []))} records, "
                     f"{dead.get(ids[0], 0)} dead letters, expected fan-out {ex.fanout})"
                 )
+                self.explain(label, ids[:10], by_id, events, dead, where)
         if unread or undecodable:
             self.finding(f"broker check incomplete: {unread} partitions unread, {undecodable} undecodable values")
+
+    def explain(
+        self,
+        label: str,
+        ids: list[str],
+        by_id: dict[str, list[Sent]],
+        events: dict[str | None, list[str]],
+        dead: dict[str | None, int],
+        where: dict[str, str],
+    ) -> None:
+        """Print (and keep for the report) every request of each id, its records, and what the bridge
+        logged for those requests (matched by X-Request-Id)."""
+        logged: dict[str, list[str]] = defaultdict(list)
+        if self.svc is not None and self.svc.log_path is not None:
+            for line in self.svc.log_path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    obj = json.loads(line)
+                    if isinstance(obj, dict) and "request_id" in obj:
+                        logged[str(obj["request_id"])].append(f"{obj.get('event')} ({obj.get('reason', '-')})")
+        print(f"  {label}:", flush=True)
+        for d in ids:
+            reqs = "; ".join(
+                f"{s.req_id} {s.cat} → {s.status if s.status > 0 else s.error} after {s.service_ms:.0f} ms "
+                f"(sent {s.fired - self.t_flood:+.1f} s into the flood)"
+                + (f", bridge log: {logged[s.req_id]}" if logged.get(s.req_id) else "")
+                for s in sorted(by_id[d], key=lambda x: x.fired)
+            )
+            recs = ", ".join(f"{r} at {where.get(r, '?')}" for r in events.get(d, []))
+            text = (
+                f"id {d[:40]}: expected fan-out {by_id[d][0].fanout}; records: [{recs}]; dead letters "
+                f"{dead.get(d, 0)}; requests: {reqs}"
+            )
+            print(f"    {text}", flush=True)
+            self.details.append(f"{label} — {text}")
 
     # -- process lifecycle -----------------------------------------------------------------------
 
@@ -1492,8 +1627,8 @@ def report(st: Stress, elapsed: float, command: str) -> str:
             ],
         ]
     if fl:
-        marks = " → ".join(f"{mb(x['rss'])}" for x in fl["marks"])
-        series = " → ".join(str(x["series"]) for x in fl["marks"])
+        marks = " → ".join(f"{x['at']}: {mb(x['rss'])}" for x in fl["marks"])
+        series = " → ".join(f"{x['at']}: {x['series']}" for x in fl["marks"])
         rows += [
             [
                 "2 flood",
@@ -1504,8 +1639,14 @@ def report(st: Stress, elapsed: float, command: str) -> str:
             ],
             ["2 flood", "answers 500", f"**{n500}**" if n500 else "0", "0"],
             ["2 flood", "CPU during the flood, cores", fmt_cpu(fl["cpu"]), ""],
-            ["2 flood", "RSS at 25/50/75/100 %", marks, "bounded"],
-            ["2 flood", "series at 25/50/75/100 %", series, "bounded"],
+            [
+                "2 flood",
+                "bridge-side handling time p50 / p99 (its histogram)",
+                f"{fl['bridge_side'].get(0.5, '?')} / {fl['bridge_side'].get(0.99, '?')}",
+                "",
+            ],
+            ["2 flood", "RSS at 25/50/75/100 % (a scrape that timed out is left out)", marks, "bounded"],
+            ["2 flood", "/metrics series at 25/50/75/100 %", series, "bounded"],
         ]
     if sl:
         base_p99 = b.get("p99", float("nan"))
@@ -1518,7 +1659,7 @@ def report(st: Stress, elapsed: float, command: str) -> str:
             ],
             [
                 "3 slow clients",
-                f"p50 / p99 of {st.args.probe_events} normal events meanwhile (Δ p99 vs baseline)",
+                f"p50 / p99 of {st.args.probe_events} normal events meanwhile, every answer (Δ p99 vs baseline)",
                 f"{sl['p50']:.1f} / {sl['p99']:.1f} ms (Δ {sl['p99'] - base_p99:+.1f} ms; {sl['statuses']})",
                 f"Δ < {LATENCY_DELTA_TARGET_MS:.0f} ms",
             ],
@@ -1611,6 +1752,7 @@ def report(st: Stress, elapsed: float, command: str) -> str:
         if not group:
             continue
         lat = [s.service_ms for s in group if s.status > 0]
+        wire = [s.wire_ms for s in group if s.status > 0 and s.wrote]
         unexpected = sum(1 for s in group if s.status not in s.expected)
         n5 = sum(1 for s in group if s.status == 500)
         cat_rows.append(
@@ -1619,13 +1761,14 @@ def report(st: Stress, elapsed: float, command: str) -> str:
                 f"{len(group):,}",
                 statuses(group),
                 f"{pct(lat, 50):.1f} / {pct(lat, 99):.1f}",
+                f"{pct(wire, 50):.1f} / {pct(wire, 99):.1f}",
                 "/".join(str(x) for x in sorted(set().union(*(s.expected for s in group)))),
                 f"{unexpected:,}",
                 f"**{n5}**" if n5 else "0",
             ]
         )
     cats = md_table(
-        ["Category", "Sent", "Answers", "p50 / p99 ms", "Expected", "Unexpected", "500s"],
+        ["Category", "Sent", "Answers", "p50 / p99 ms", "from headers written", "Expected", "Unexpected", "500s"],
         cat_rows,
     )
     var_rows = []
@@ -1656,6 +1799,8 @@ def report(st: Stress, elapsed: float, command: str) -> str:
         f"* `bridge_duplicates_suppressed_total`: {delta('bridge_duplicates_suppressed_total')}",
     ]
     find = "\n".join(f"* {x}" for x in st.findings) if st.findings else "* none"
+    if st.details:
+        find += "\n\nEvidence (broker check):\n\n" + "\n".join(f"* {x}" for x in st.details)
     notes = "\n".join(f"* {x}" for x in st.notes)
     what = "\n".join(f"* `{c.name}` ({c.weight} %): {c.what}" for c in CATEGORIES)
     mach = tools_machine()
@@ -1773,7 +1918,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--slow-conns", type=int, help="slow-client connections, half of each kind (default 500; --quick 26)"
     )
-    p.add_argument("--stall-content-length", type=int, default=1_000_000, help="stalled bodies' Content-Length")
+    p.add_argument(
+        "--stall-content-length",
+        type=int,
+        default=MAX_BODY,
+        help="stalled bodies' Content-Length (default 1 MiB, the largest body accepted)",
+    )
     p.add_argument("--stall-body-bytes", type=int, default=512 * 1024, help="bytes of the body sent before stalling")
     p.add_argument("--slow-watch-s", type=float, default=30.0, help="how long slow connections are watched (30 s)")
     p.add_argument("--freeze-events", type=int, help="events sent while the broker is frozen (default 50; --quick 10)")
@@ -1788,6 +1938,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(CATEGORY_NAMES),
         help="comma-separated flood categories (default: all, weighted as in the docstring's table)",
     )
+    p.add_argument("--skip", default="", help="comma-separated phases to leave out: flood, slow, frozen (experiments)")
     p.add_argument(
         "--bridge-env", action="append", default=[], metavar="BRIDGE_X=V", help="an extra setting of the bridge"
     )
@@ -1798,6 +1949,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     args.categories = [c for c in args.categories.split(",") if c]
+    args.skip = {x for x in args.skip.split(",") if x}
+    if args.skip - {"flood", "slow", "frozen"}:
+        p.error("--skip takes flood, slow and/or frozen")
     if unknown := set(args.categories) - set(CATEGORY_NAMES):
         p.error(f"unknown categories: {', '.join(sorted(unknown))}")
     if args.write is None:
@@ -1839,6 +1993,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"/metrics series still growing through the flood: {' → '.join(str(m['series']) for m in marks)}"
             )
         st.notes.append(f"/metrics series grew by {grow} from the baseline to the end")
+    with contextlib.suppress(OSError), open(st.work / "sent.jsonl", "w") as f:
+        for s in st.sent:
+            row = {k: getattr(s, k) for k in ("req_id", "cat", "variant", "status", "error", "fanout", "note")}
+            row.update(did=(s.did or "")[:64], fired=round(s.fired - st.t_flood, 4), ms=round(s.service_ms, 2))
+            f.write(json.dumps(row) + "\n")
     text = report(st, elapsed, command)
     print("\n" + text, flush=True)
     print(f"work dir: {st.work}" + (" (500 bodies in findings/)" if st.saved_500 else ""), flush=True)
