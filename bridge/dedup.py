@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 _BUCKETS: Final = 64
+#: Most events whose records are partly written (a fan-out read half-way, or one whose publish
+#: failed after some records were acknowledged) remembered at once; the oldest is forgotten first.
+MAX_PARTIAL: Final = 10_000
 
 
 LOCAL: Final = "local"
@@ -35,9 +38,14 @@ class DeliveryLedger:
     marked. Each entry remembers who marked it first: :data:`LOCAL` (this process published it)
     or :data:`LOG` (read back from the bridge's topics: another replica, or this one before a
     restart).
+
+    An event that fans out to ``count`` records is delivered only once all of them are written
+    (:meth:`mark_written`); until then the ledger remembers which indices are (:meth:`written`,
+    at most :data:`MAX_PARTIAL` events, each for ``ttl_s``), so that a retry after a partial
+    failure publishes only the missing records.
     """
 
-    __slots__ = ("_buckets", "_clock", "_entries", "_gen", "_in_flight", "_max", "_span", "_ttl_s")
+    __slots__ = ("_buckets", "_clock", "_entries", "_gen", "_in_flight", "_max", "_partial", "_span", "_ttl_s")
 
     def __init__(self, ttl_s: float, max_entries: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         if ttl_s <= 0 or max_entries < 1:
@@ -51,6 +59,8 @@ class DeliveryLedger:
         # (gen, start_s, hashes in marking order); evicted oldest first, within a bucket too
         self._buckets: deque[tuple[int, float, deque[int]]] = deque()
         self._in_flight: dict[str, asyncio.Future[bool]] = {}
+        # hash(id) -> (count, bit mask of the indices written, first write's clock), oldest first
+        self._partial: dict[int, tuple[int, int, float]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -84,6 +94,7 @@ class DeliveryLedger:
         h = hash(delivery_id)
         if h in self._entries:
             return
+        self._partial.pop(h, None)
         if not self._buckets or self._buckets[-1][1] + self._span <= now:
             self._gen += 1
             self._buckets.append((self._gen, now, deque()))
@@ -99,6 +110,49 @@ class DeliveryLedger:
             if not ohashes:
                 self._buckets.popleft()
 
+    def written(self, delivery_id: str, count: int) -> int:
+        """Bit mask of the indices of ``delivery_id``'s ``count`` records known written while the
+        event is only partly written (bit ``i`` set: record ``i`` is in the topics); 0 when none
+        is known, when the parts seen were of another count, or when the event is delivered
+        (then :meth:`delivered` says so)."""
+        entry = self._partial.get(hash(delivery_id))
+        if entry is None or entry[0] != count or entry[2] + self._ttl_s <= self._clock():
+            return 0
+        return entry[1]
+
+    def mark_written(self, delivery_id: str, indices: Iterable[int], count: int, *, source: str = LOCAL) -> None:
+        """Record that records ``indices`` (each ``0 <= i < count``) of ``delivery_id``'s
+        ``count`` records are written; once all ``count`` are (over any number of calls), the id
+        is marked delivered by ``source``. Indices out of range are ignored."""
+        if count <= 1:
+            if any(i == 0 for i in indices):
+                self.mark_delivered(delivery_id, source=source)
+            return
+        h = hash(delivery_id)
+        if h in self._entries:
+            return
+        now = self._clock()
+        mask = 0
+        for i in indices:
+            if 0 <= i < count:
+                mask |= 1 << i
+        entry = self._partial.pop(h, None)
+        if entry is not None and entry[0] == count and entry[2] + self._ttl_s > now:
+            mask |= entry[1]
+            since = entry[2]
+        else:
+            since = now
+        if mask == (1 << count) - 1:
+            self.mark_delivered(delivery_id, source=source)
+            return
+        self._partial[h] = (count, mask, since)
+        partial = self._partial
+        while partial:
+            oldest = next(iter(partial))
+            if len(partial) <= MAX_PARTIAL and partial[oldest][2] + self._ttl_s > now:
+                break
+            del partial[oldest]
+
     def in_flight(self, delivery_id: str) -> asyncio.Future[bool] | None:
         """The future of a delivery of ``delivery_id`` still running (result: delivered?), or None."""
         return self._in_flight.get(delivery_id)
@@ -113,7 +167,8 @@ class DeliveryLedger:
         return fut
 
     def finish(self, delivery_id: str, delivered: bool) -> None:
-        """End the in-flight delivery; mark the id delivered when ``delivered``; wake waiters."""
+        """End the in-flight delivery; mark the id delivered when ``delivered``; wake waiters
+        (with ``delivered``; a waiter that gets False looks again)."""
         if delivered:
             self.mark_delivered(delivery_id)
         fut = self._in_flight.pop(delivery_id, None)

@@ -17,6 +17,10 @@ delivery id is known carries it in the Kafka header ``lark_event_id``
   replicas (or by this one before a restart) enter the ledger as soon as the broker hands them
   out; ``bridge_dedup_tail_lag_seconds`` measures the delay from each record's timestamp.
 
+An event that fans out to several records (header ``lark_record_part: <index>/<count>``) counts
+as delivered once all its records are read; until then the ledger keeps which are, so that a
+retry after a partial failure (here or on another replica) publishes only the missing ones.
+
 What remains: two replicas that receive the *same* delivery within one publish-plus-tail-lag
 window of each other (milliseconds on one network; the platform's retries come 15 s apart) can
 both publish it. Ids replayed at start are marked at replay time, so they are remembered up to
@@ -36,7 +40,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.dedup import LOG, DeliveryLedger
-from bridge.envelope import DELIVERY_ID_HEADER
+from bridge.envelope import DELIVERY_ID_HEADER, RECORD_PART_HEADER, parse_part
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import kafka_client_options
@@ -189,15 +193,24 @@ class LedgerFeed:
                 await self._check_replay(consumer, loop.time())
 
     def _mark(self, message: Any, now_s: float) -> None:
+        """Mark the delivery id of one record read back: delivered, or — for a record of an event
+        that fans out (header ``lark_record_part``) — one more of its records written."""
+        delivery_id = part = None
         for key, value in message.headers or ():
             if key == DELIVERY_ID_HEADER:
                 delivery_id = value.decode("utf-8", "replace")
-                self._ledger.mark_delivered(delivery_id, source=LOG)
-                if self.replayed:
-                    self._metrics.dedup_tail_lag.observe(max(0.0, now_s - message.timestamp / 1000))
-                else:
-                    self._ids_replayed += 1
-                break
+            elif key == RECORD_PART_HEADER:
+                part = parse_part(value)
+        if delivery_id is None:
+            return
+        if part is None:
+            self._ledger.mark_delivered(delivery_id, source=LOG)
+        else:
+            self._ledger.mark_written(delivery_id, (part[0],), part[1], source=LOG)
+        if self.replayed:
+            self._metrics.dedup_tail_lag.observe(max(0.0, now_s - message.timestamp / 1000))
+        else:
+            self._ids_replayed += part is None or part[0] == 0  # one per event
         self._metrics.dedup_entries.set(len(self._ledger))
 
     async def _check_replay(self, consumer: AIOKafkaConsumer, now: float) -> None:

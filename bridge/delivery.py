@@ -26,7 +26,7 @@ from aiokafka.structs import RecordMetadata
 from bridge import envelope as ev
 from bridge.decode import DecodeFailure, decode
 from bridge.dedup import LOCAL, DeliveryLedger
-from bridge.errors import BridgeError, Unavailable
+from bridge.errors import BridgeError, PublishFailed, Unavailable
 from bridge.inbound import InboundEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics, dead_letter, normalize
@@ -37,11 +37,13 @@ from bridge.publish import record_bytes
 class Outcome:
     """What became of one event: ``kind`` is ``published``, ``dead_lettered`` or ``duplicate``;
     ``reason`` the dead-letter reason; ``records`` lists ``(topic, partition, offset)`` of each
-    acknowledged record."""
+    record acknowledged by this delivery (after a partial failure, a retry publishes only the
+    missing ones); ``count``: how many records the event has in all."""
 
     kind: str
     reason: str | None = None
     records: list[tuple[str, int, int]] = field(default_factory=list)
+    count: int = 1
 
 
 class EventSink(Protocol):
@@ -138,12 +140,17 @@ class KafkaDelivery:
                 pending = self._ledger.in_flight(delivery_id)
 
         records, outcome = self._records_of(event, received_ms)
+        indices = list(range(len(records)))
+        written = self._ledger.written(delivery_id, len(records)) if delivery_id is not None else 0
+        if written:  # a retry after a partial failure: only the records not in the topics yet
+            indices = [i for i in indices if not written >> i & 1]
+            records = [records[i] for i in indices]
 
         if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
             raise Unavailable("publish_timeout")
         if delivery_id is not None:
             self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
-        task = asyncio.create_task(self._publish(delivery_id, records, outcome))
+        task = asyncio.create_task(self._publish(delivery_id, records, indices, outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         try:
@@ -171,7 +178,7 @@ class KafkaDelivery:
         else:
             sizes = [self._record_bytes(r) for r in records]
             if max(sizes) <= self._max_record_bytes and sum(sizes) <= self._max_event_bytes:
-                return records, Outcome("published")
+                return records, Outcome("published", count=len(records))
             failure = DecodeFailure(
                 "record_too_large",
                 f"record too large: {len(records)} record(s), the largest {max(sizes)} bytes, "
@@ -188,11 +195,20 @@ class KafkaDelivery:
         self._metrics.duplicates.labels(source=self._ledger.marked_by(delivery_id) or LOCAL).inc()
         return Outcome("duplicate")
 
-    async def _publish(self, delivery_id: str | None, records: list[Record], outcome: Outcome) -> list[RecordMetadata]:
+    async def _publish(
+        self, delivery_id: str | None, records: list[Record], indices: list[int], outcome: Outcome
+    ) -> list[RecordMetadata]:
+        """Publish ``records`` (the event's records ``indices`` of ``count``); mark what the
+        broker acknowledged — all of them: the id is delivered; some of them: those indices, so
+        that the retry publishes only the rest."""
         delivered = False
         try:
             metas = await self._publisher.publish(records)
             delivered = True
+        except PublishFailed as exc:
+            if delivery_id is not None and exc.acked and outcome.count > 1:
+                self._ledger.mark_written(delivery_id, [indices[i] for i in exc.acked], outcome.count)
+            raise
         finally:
             if delivery_id is not None:
                 self._ledger.finish(delivery_id, delivered)

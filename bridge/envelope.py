@@ -41,6 +41,26 @@ DEAD_LETTER_TYPE: Final = "lark.bridge.dead_letter"
 #: delivery id (UTF-8), so that the bridge's dedup ledger is rebuilt from its topics without
 #: parsing values (and consumers can group fan-out siblings the same way).
 DELIVERY_ID_HEADER: Final = "lark_event_id"
+#: Kafka header of each record of an event that fans out to more than one record:
+#: ``<index>/<count>`` (ASCII; index from 0, in publish order). An event counts as delivered once
+#: all its ``count`` records are in the topics; after a partial failure only the missing ones are
+#: published again (README "Delivery semantics").
+RECORD_PART_HEADER: Final = "lark_record_part"
+
+
+def part_header(index: int, count: int) -> tuple[str, bytes]:
+    """The :data:`RECORD_PART_HEADER` header of record ``index`` (from 0) of ``count``."""
+    return (RECORD_PART_HEADER, f"{index}/{count}".encode("ascii"))
+
+
+def parse_part(value: bytes) -> tuple[int, int] | None:
+    """``(index, count)`` from a :data:`RECORD_PART_HEADER` value, or None if it is not
+    ``<index>/<count>`` with ``0 <= index < count``."""
+    index, sep, count = value.partition(b"/")
+    if not sep or not index.isdigit() or not count.isdigit() or len(index) > 9 or len(count) > 9:
+        return None
+    i, n = int(index), int(count)
+    return (i, n) if 0 <= i < n else None
 
 
 def dataschema_id(lark_type: str, version: int = ENVELOPE_VERSION) -> str:

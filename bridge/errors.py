@@ -12,8 +12,11 @@
     ├── AuthenticationError 401       signature, decryption, token or freshness failed;
     │                                 ``reason`` is one of :data:`AUTH_REASONS`
     └── Unavailable         503       the event could not be delivered now; the platform retries
-                                      (``publish_timeout``, ``broker_unavailable``,
-                                      ``shutting_down``); carries ``retry_after_s``
+        │                             (``publish_timeout``, ``broker_unavailable``,
+        │                             ``shutting_down``); carries ``retry_after_s``
+        └── PublishFailed     503     the broker refused or lost some of an event's records
+                                      (``broker_unavailable``); carries ``acked``, the indices of
+                                      those it did acknowledge
 
 The caller only ever sees ``{"msg": <message>}`` — a fixed text per class. The ``reason`` goes to
 the request log line and to metric labels (never a secret: reasons are fixed identifiers, and no
@@ -131,3 +134,13 @@ class Unavailable(BridgeError):
     def __init__(self, reason: str, retry_after_s: int = 15) -> None:
         super().__init__(reason)
         self.retry_after_s = retry_after_s
+
+
+class PublishFailed(Unavailable):
+    """503 ``broker_unavailable``: a publish failed. ``acked`` (tuple of int): the indices, in the
+    published sequence, of the records the broker acknowledged all the same — those are in the
+    topics, and a retry need not publish them again."""
+
+    def __init__(self, acked: tuple[int, ...] = ()) -> None:
+        super().__init__("broker_unavailable")
+        self.acked = acked

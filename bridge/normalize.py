@@ -89,7 +89,10 @@ def _source(app_id: str, tenant_key: str) -> str:
 
 
 def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
-    """Envelope records of one event, in the order they must be published.
+    """Envelope records of one event, in the order they must be published. When there is more
+    than one, record ``i`` of ``n`` carries the Kafka header ``lark_record_part: i/n``
+    (:data:`bridge.envelope.RECORD_PART_HEADER`); the order is a function of the event alone, so
+    a redelivery gives the same records at the same indices.
 
     Keys: ``room.room_id`` (room created), ``scope_id`` (reserve config), each
     ``meeting_rooms[i].open_id`` (third-party; a room listed twice gives one record; the list
@@ -132,15 +135,16 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
         keyed = [(event.delivery_id, data.uid, data)]
     envelope_type = ev.ENVELOPE_TYPES[event.lark_type]
     headers = _headers(event.delivery_id)
+    count = len(keyed)
     records = []
-    for record_id, key, record_data in keyed:
+    for index, (record_id, key, record_data) in enumerate(keyed):
         envelope = envelope_type(id=record_id, subject=key, partitionkey=key, data=record_data, **common)
         records.append(
             Record(
                 topic=topic,
                 key=key.encode("utf-8"),
                 value=_encoder.encode(envelope),
-                headers=headers,
+                headers=headers if count == 1 else (*headers, ev.part_header(index, count)),
                 lark_type=event.lark_type,
                 delivery_id=event.delivery_id,
             )

@@ -37,7 +37,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 
-from bridge.errors import Unavailable
+from bridge.errors import PublishFailed, Unavailable
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics
 from bridge.settings import Settings
@@ -251,22 +251,30 @@ class Publisher:
         """Send ``records`` in order and wait for every broker ack; returns their metadata.
 
         No timeout of its own (the caller bounds it). Raises :class:`Unavailable`
-        (``broker_unavailable``) when there is no connected producer or the send failed; a fatal
+        (``broker_unavailable``) when there is no connected producer, and :class:`PublishFailed`
+        (a subclass) when a send failed — after every record already handed to the producer has
+        its answer, so that ``acked`` lists exactly the records that are in the topics. A fatal
         idempotence error also schedules the producer's replacement.
         """
         producer = self._producer
         if producer is None or self._closing:
             raise Unavailable("broker_unavailable")
         started = time.perf_counter()
+        futures: list[asyncio.Future[RecordMetadata]] = []
         try:
-            futures = [await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers)) for r in records]
+            for r in records:
+                futures.append(await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers)))
             results = list(await asyncio.gather(*futures))
-        except _FATAL as exc:
-            self._mark_fatal(exc)
-            self._metrics.publish_failures.labels(reason=type(exc).__name__).inc()
-            raise Unavailable("broker_unavailable") from exc
         except KafkaError as exc:
+            if isinstance(exc, _FATAL):
+                self._mark_fatal(exc)
             self._metrics.publish_failures.labels(reason=type(exc).__name__).inc()
-            raise Unavailable("broker_unavailable") from exc
+            raise PublishFailed(await _acked(futures)) from exc
         self._metrics.ack_latency.observe(time.perf_counter() - started)
         return results
+
+
+async def _acked(futures: Sequence[asyncio.Future[RecordMetadata]]) -> tuple[int, ...]:
+    """Indices of ``futures`` that end acknowledged, once every one of them has ended."""
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    return tuple(i for i, outcome in enumerate(outcomes) if isinstance(outcome, RecordMetadata))

@@ -14,9 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import RequestTimedOutError
 
 from bridge.dedup_feed import build_consumer
+from bridge.publish import build_producer
 from bridge_devtools.broker import free_port
 from bridge_devtools.platform import Platform
 from tests.support.bridges import spawn_bridge
@@ -238,3 +240,60 @@ async def test_sigkill_of_a_replica_mid_stream_leaves_every_delivery_exactly_onc
     # A room event is one record; the third-party sample fans out to its two rooms.
     wrong = {d: n for d, n in per_id.items() if n != (1 if int(d.rsplit("-", 1)[1]) % 2 == 0 else 2)}
     assert not wrong, f"published more or less than once: {wrong}"
+
+
+class LosesOneRoom:
+    """A real producer whose first send of the record keyed ``key`` fails the way a lost
+    partition does (its future ends in ``RequestTimedOutError``); every other record is sent."""
+
+    def __init__(self, real: AIOKafkaProducer, key: bytes) -> None:
+        self._real = real
+        self._key = key
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("key") == self._key and not self.lost:
+            self.lost += 1
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(RequestTimedOutError())
+            return failed
+        return await self._real.send(*args, **kwargs)
+
+
+@pytest.mark.parametrize("retried_on", ["same replica", "other replica"])
+async def test_a_partly_published_fan_out_is_completed_by_the_retry_without_duplicates(
+    broker: Any, start_bridge: Any, retried_on: str
+) -> None:
+    topics = shared_topics()
+    rooms = [f"omm_partial_{i}" for i in range(4)]
+    made: list[LosesOneRoom] = []
+
+    def factory(settings: Any) -> Any:
+        made.append(LosesOneRoom(build_producer(settings), rooms[2].encode()))
+        return made[-1]
+
+    a = await start_bridge(broker.bootstrap_servers, producer_factory=factory, **topics)
+    b = await start_bridge(broker.bootstrap_servers, **topics)
+    body = sample_event("third_party_meeting_room_event_created", delivery_id=f"partial-{retried_on}")
+    body["event"]["meeting_rooms"] = [{"open_id": room} for room in rooms]
+    assert (await a.send(a.platform.request(body)))[0] == 503  # room 2's record was lost
+    topic = topics["BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT"]
+    first = await read_topic(broker.bootstrap_servers, topic, expect=3)
+    assert sorted(r.key for r in first) == [rooms[i].encode() for i in (0, 1, 3)]
+    assert sorted(dict(r.headers)["lark_record_part"] for r in first) == [b"0/4", b"1/4", b"3/4"]
+
+    retry = a if retried_on == "same replica" else b
+    await asyncio.sleep(1.0)  # the platform's first retry comes 15 s later: B has read A's records
+    assert await retry.send(retry.platform.request(body)) == (200, {"msg": "success"})
+    after = await read_topic(broker.bootstrap_servers, topic, expect=4)
+    assert Counter(r.key for r in after) == Counter(room.encode() for room in rooms)  # each room once
+    assert {dict(r.headers)["lark_event_id"] for r in after} == {f"partial-{retried_on}".encode()}
+
+    # Now delivered everywhere: a further redelivery to either replica publishes nothing.
+    await asyncio.sleep(1.0)
+    for bridge in (a, b):
+        assert await bridge.send(bridge.platform.request(body)) == (200, {"msg": "success"})
+    assert len(await read_topic(broker.bootstrap_servers, topic, expect=4)) == 4

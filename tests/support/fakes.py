@@ -6,6 +6,8 @@ Publishers:
 * :class:`RecordingPublisher` acks at once, with offsets increasing per topic, and keeps what it got.
 * :class:`FailingPublisher` raises (``Unavailable("broker_unavailable")`` or a given exception)
   on its first ``times`` calls, then acks like a recording publisher.
+* :class:`PartialPublisher` acks some records of its first call and loses the others
+  (``PublishFailed`` with the acked indices), as a broker losing one partition does.
 * :class:`GatedPublisher` holds every publish until the test releases or fails it (or for a
   fixed delay): a publish that outlives the request's timeout.
 """
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from aiokafka.structs import RecordMetadata, TopicPartition
 
 from bridge.delivery import Outcome
-from bridge.errors import Unavailable
+from bridge.errors import PublishFailed, Unavailable
 from bridge.inbound import InboundEvent
 from bridge.normalize import Record
 
@@ -74,6 +76,23 @@ class FailingPublisher(RecordingPublisher):
         if self.times is None or len(self.calls) <= self.times:
             raise self.error
         return self.ack(records)
+
+
+class PartialPublisher(RecordingPublisher):
+    """On its first call, acks the records whose keys are not in ``lose`` and raises
+    :class:`PublishFailed` naming them; later calls ack everything."""
+
+    def __init__(self, lose: set[bytes | None]) -> None:
+        super().__init__()
+        self.lose = lose
+
+    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+        self.calls.append(list(records))
+        if len(self.calls) > 1:
+            return self.ack(records)
+        kept = [i for i, r in enumerate(records) if r.key not in self.lose]
+        self.ack([records[i] for i in kept])
+        raise PublishFailed(tuple(kept))
 
 
 class GatedPublisher(RecordingPublisher):

@@ -321,3 +321,21 @@ def test_fan_out_beyond_the_cap_is_an_invalid_event() -> None:
     with pytest.raises(DecodeFailure) as info:
         normalize(decode(inbound), TOPICS)
     assert (info.value.reason, info.value.path) == ("invalid_event", "$.event.meeting_rooms")
+
+
+def test_fan_out_records_carry_their_index_of_count_and_single_records_do_not() -> None:
+    payload = sample("third_party_meeting_room_event_created")
+    payload["event"]["meeting_rooms"] = [{"open_id": f"omm_{i}"} for i in (3, 1, 3, 2)]
+    fan_out = normalize(decode(authenticate(payload)), TOPICS)
+    parts = [dict(r.headers)[ev.RECORD_PART_HEADER] for r in fan_out]
+    assert [r.key for r in fan_out] == [b"omm_3", b"omm_1", b"omm_2"] and parts == [b"0/3", b"1/3", b"2/3"]
+    assert [ev.parse_part(p) for p in parts] == [(0, 3), (1, 3), (2, 3)]
+    single = normalize(decode(authenticate(sample("vc.room.created_v1"))), TOPICS)
+    assert ev.RECORD_PART_HEADER not in dict(single[0].headers)
+
+
+@pytest.mark.parametrize(
+    "value", [b"", b"3", b"3/3", b"-1/3", b"1/", b"/3", b"a/b", b"1/3/4", b"1" * 12 + b"/2" + b"0" * 12]
+)
+def test_a_malformed_part_header_is_ignored(value: bytes) -> None:
+    assert ev.parse_part(value) is None

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bridge.dedup import DeliveryLedger
+from bridge.dedup import LOCAL, LOG, MAX_PARTIAL, DeliveryLedger
 
 
 class Clock:
@@ -84,3 +84,30 @@ def test_marked_by_keeps_the_first_source() -> None:
     ledger.mark_delivered("mine", source=LOG)  # this process's own record, read back
     ledger.mark_delivered("theirs", source=LOG)
     assert (ledger.marked_by("mine"), ledger.marked_by("theirs"), ledger.marked_by("nobody")) == (LOCAL, LOG, None)
+
+
+def test_a_fan_out_is_delivered_once_every_record_is_written_in_any_order() -> None:
+    ledger = DeliveryLedger(ttl_s=640, max_entries=100, clock=Clock())
+    ledger.mark_written("f", [2], 3, source=LOG)
+    ledger.mark_written("f", [0], 3, source=LOG)
+    assert not ledger.delivered("f") and ledger.written("f", 3) == 0b101
+    assert ledger.written("f", 4) == 0  # parts of another count are not this event's
+    ledger.mark_written("f", [0, 2], 3)  # seen again: nothing new
+    assert not ledger.delivered("f")
+    ledger.mark_written("f", [1], 3)
+    assert ledger.delivered("f") and ledger.marked_by("f") == LOCAL and ledger.written("f", 3) == 0
+    ledger.mark_written("g", [0], 1, source=LOG)  # one record of one: delivered at once
+    assert ledger.marked_by("g") == LOG
+
+
+def test_partly_written_events_are_bounded_and_forgotten_after_the_ttl() -> None:
+    clock = Clock()
+    ledger = DeliveryLedger(ttl_s=640, max_entries=100, clock=clock)
+    ledger.mark_written("old", [0], 2)
+    clock.now += 641
+    assert ledger.written("old", 2) == 0
+    for i in range(MAX_PARTIAL + 5):
+        ledger.mark_written(f"p{i}", [1], 2)
+    assert len(ledger._partial) == MAX_PARTIAL
+    assert ledger.written("p0", 2) == 0 and ledger.written(f"p{MAX_PARTIAL + 4}", 2) == 0b10
+    assert len(ledger) == 0  # partial events are not delivered ones

@@ -18,7 +18,7 @@ from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import record_bytes
 from bridge_devtools.platform import compact
-from tests.support.fakes import FailingPublisher, GatedPublisher, RecordingPublisher
+from tests.support.fakes import FailingPublisher, GatedPublisher, PartialPublisher, RecordingPublisher
 from tests.support.samples import ROOM_CREATED, THIRD_PARTY_CREATED, sample_event
 
 TOPICS = Topics.from_names(
@@ -85,7 +85,7 @@ async def test_published_event_returns_its_acked_records_and_a_redelivery_is_a_d
     h = Harness(RecordingPublisher())
     fan_out = await h.deliver(inbound(THIRD_PARTY_CREATED, "d-3p"))  # two rooms: two records
     room = await h.deliver(inbound(ROOM_CREATED, "d-room"))
-    assert fan_out == Outcome("published", None, [("t.3p", 0, 0), ("t.3p", 0, 1)])
+    assert fan_out == Outcome("published", None, [("t.3p", 0, 0), ("t.3p", 0, 1)], count=2)
     assert room == Outcome("published", None, [("t.room", 0, 0)])
     assert [[(r.topic, r.key) for r in call] for call in h.publisher.calls] == [
         [("t.3p", b"omm_c4e2da9493fbd2ceea4f37aae6b3ee78"), ("t.3p", b"omm_a5ab469c8e012e2a0b48fe4a8e344f94")],
@@ -340,3 +340,27 @@ async def test_a_fan_out_over_the_event_bound_is_one_dead_letter_with_its_payloa
     env = json.loads(record.value)
     assert env["data"]["error"].startswith("record too large: 50 record(s)")
     assert env["data"]["payload"]["event"]["notes"] == "n" * 6_000
+
+
+async def test_a_partly_acked_fan_out_is_completed_by_the_retry_with_only_the_missing_records() -> None:
+    event = inbound(THIRD_PARTY_CREATED, delivery_id="fan-1")
+    event_rooms = [r.key for r in Harness(RecordingPublisher()).delivery._records_of(event, RECEIVED_MS)[0]]
+    assert len(event_rooms) == 2
+    h = Harness(PartialPublisher(lose={event_rooms[1]}))
+
+    assert await raises_unavailable(h.deliver(event)) == "broker_unavailable"
+    assert not h.ledger.delivered("fan-1") and h.ledger.written("fan-1", 2) == 0b01
+    retried = await soon(h.deliver(event))
+    assert retried.kind == "published" and retried.count == 2 and len(retried.records) == 1
+    assert [r.key for r in h.publisher.acked] == event_rooms  # each room once, none twice
+    assert [dict(r.headers)["lark_record_part"] for r in h.publisher.calls[1]] == [b"1/2"]
+    assert (await soon(h.deliver(event))).kind == "duplicate"
+    assert len(h.publisher.calls) == 2
+
+
+async def test_a_failed_single_record_event_is_published_whole_by_the_retry() -> None:
+    h = Harness(PartialPublisher(lose={b"omm_4de32cf10a4358788ff4e09e37ebbf9b"}))
+    event = inbound(ROOM_CREATED, delivery_id="one-1")
+    assert await raises_unavailable(h.deliver(event)) == "broker_unavailable"
+    assert (await soon(h.deliver(event))).kind == "published"
+    assert len(h.publisher.acked) == 1 and "lark_record_part" not in dict(h.publisher.acked[0].headers)
