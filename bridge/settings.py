@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     http_max_body_bytes_in_flight: int = Field(
         33_554_432,
         ge=1024,
-        description="Most request body bytes held at once across all requests, in bytes (a body "
-        "of unknown length counts as BRIDGE_HTTP_MAX_BODY_BYTES); beyond it new requests get 503.",
+        description="Most request body bytes held at once across all requests, in bytes, counted "
+        "as they arrive; a request whose body would pass it gets 503.",
     )
 
     # --- Lark protocol ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ class AppState:
     ``draining`` turns true when shutdown begins: readiness answers 503 and new events get 503.
     ``publisher``, ``ledger`` and ``feed`` are None when a test passed its own sink; ``feed`` is
     also None with ``BRIDGE_DEDUP_STORE=memory``. ``body_bytes_in_flight``:
-    request body bytes reserved by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
+    request body bytes received and held by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
     """
 
     settings: Settings

@@ -172,25 +172,59 @@ async def handle_event(request: web.Request) -> web.Response:
     settings = state.settings
     if length is not None and length > settings.http_max_body_bytes:
         raise BodyTooLarge()
-    # Body bytes held at once are bounded: a body of unknown length reserves the largest allowed.
-    reserved = settings.http_max_body_bytes if length is None else length
-    if state.body_bytes_in_flight + reserved > settings.http_max_body_bytes_in_flight:
-        raise Unavailable("bodies_in_flight", retry_after_s=1)
-    state.body_bytes_in_flight += reserved
+    held = _HeldBytes(state)
     try:
-        return await _read_and_deliver(request, rl, deadline_s=rl.arrived_s + settings.kafka_publish_timeout_s)
+        return await _read_and_deliver(request, rl, held, deadline_s=rl.arrived_s + settings.kafka_publish_timeout_s)
     finally:
-        state.body_bytes_in_flight -= reserved
+        held.release()
 
 
-async def _read_and_deliver(request: web.Request, rl: RequestLog, *, deadline_s: float) -> web.Response:
+class _HeldBytes:
+    """Body bytes one request holds, counted in ``AppState.body_bytes_in_flight`` as they arrive
+    (not as a client declares them: a stalled client holds only what it sent)."""
+
+    __slots__ = ("count", "state")
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.count = 0
+
+    def take(self, n: int) -> None:
+        """Hold ``n`` more bytes; raises :class:`Unavailable` (``bodies_in_flight``) when the
+        total over all requests would pass ``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``."""
+        state = self.state
+        if state.body_bytes_in_flight + n > state.settings.http_max_body_bytes_in_flight:
+            raise Unavailable("bodies_in_flight", retry_after_s=1)
+        state.body_bytes_in_flight += n
+        self.count += n
+
+    def release(self) -> None:
+        self.state.body_bytes_in_flight -= self.count
+        self.count = 0
+
+
+async def _read_body(request: web.Request, held: _HeldBytes, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (else :class:`BodyTooLarge`), each chunk counted
+    in ``held`` as it arrives."""
+    chunks = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        held.take(len(chunk))
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _read_and_deliver(
+    request: web.Request, rl: RequestLog, held: _HeldBytes, *, deadline_s: float
+) -> web.Response:
     """Read the body by ``deadline_s`` (loop clock, s), verify, deliver by the same deadline."""
     state = request.app[STATE]
     try:
         async with asyncio.timeout_at(deadline_s):
-            body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge() from None
+            body = await _read_body(request, held, state.settings.http_max_body_bytes)
     except TimeoutError:
         raise RequestTimeout() from None
     except ConnectionResetError:  # the client hung up mid-body

@@ -22,6 +22,7 @@ from bridge.errors import Unavailable
 from bridge.inbound import InboundEvent
 from bridge.server import runner_options
 from bridge.settings import load_settings
+from bridge.state import STATE
 from bridge_devtools.platform import Platform
 from tests.support.credentials import KEY, TOKEN
 from tests.support.fakes import RecordingSink
@@ -299,7 +300,7 @@ async def test_a_body_that_misses_the_deadline_is_408_in_time(make_client: Any) 
     assert status_line.startswith(b"HTTP/1.1 408") and 0.25 <= elapsed < 1.0
 
 
-async def test_body_bytes_in_flight_are_bounded_and_released(make_client: Any) -> None:
+async def test_body_bytes_in_flight_are_counted_as_they_arrive_bounded_and_released(make_client: Any) -> None:
     sink = RecordingSink()
     client = await make_client(
         sink,
@@ -307,15 +308,22 @@ async def test_body_bytes_in_flight_are_bounded_and_released(make_client: Any) -
         BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT="8192",
         BRIDGE_KAFKA_PUBLISH_TIMEOUT_S="0.5",
     )
-    stalled = [await raw_request(client, post_head(4096), b"{") for _ in range(2)]  # hold 2 x 4096
+    valid = Platform().request(sample_event()).body
+    # Declared 4096 bytes each but sent one: they hold one byte each, not the budget.
+    idle = [await raw_request(client, post_head(4096), b"{") for _ in range(4)]
     await asyncio.sleep(0.1)
-    resp = await client.post(PATH, data=Platform().request(sample_event()).body)
+    assert (await client.post(PATH, data=valid)).status == 200
+    # Sent 4000 bytes each and stalled: they hold 8000 of 8192, a valid body does not fit.
+    stalled = [await raw_request(client, post_head(4096), b"{" + b" " * 3999) for _ in range(2)]
+    await asyncio.sleep(0.1)
+    resp = await client.post(PATH, data=valid)
     assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
-    for reader, writer in stalled:  # their deadline passes: 408, and the budget is free again
+    for reader, writer in idle + stalled:  # their deadline passes: 408, and the budget is free again
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 408")
         writer.close()
     resp = await client.post(PATH, data=Platform().request(sample_event()).body)
-    assert resp.status == 200 and len(sink.received) == 1
+    assert resp.status == 200 and len(sink.received) == 2
+    assert client.app[STATE].body_bytes_in_flight == 0
 
 
 async def test_payload_derived_log_fields_are_capped(make_client: Any) -> None:
