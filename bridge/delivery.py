@@ -125,31 +125,29 @@ class KafkaDelivery:
         deadline = loop.time() + self._timeout_s if deadline_s is None else deadline_s
         if not self._ledger_ready():
             raise Unavailable("dedup_replay", retry_after_s=5)
-        delivery_id = event.delivery_id
-        if delivery_id is not None:
-            if self._ledger.delivered(delivery_id):
+        delivery_id = event.dedup_key()
+        if self._ledger.delivered(delivery_id):
+            return self._duplicate(delivery_id)
+        pending = self._ledger.in_flight(delivery_id)
+        while pending is not None:
+            try:
+                ok = await asyncio.wait_for(asyncio.shield(pending), deadline - loop.time())
+            except TimeoutError:
+                raise Unavailable("publish_timeout") from None
+            if ok:
                 return self._duplicate(delivery_id)
             pending = self._ledger.in_flight(delivery_id)
-            while pending is not None:
-                try:
-                    ok = await asyncio.wait_for(asyncio.shield(pending), deadline - loop.time())
-                except TimeoutError:
-                    raise Unavailable("publish_timeout") from None
-                if ok:
-                    return self._duplicate(delivery_id)
-                pending = self._ledger.in_flight(delivery_id)
 
         records, outcome = self._records_of(event, received_ms)
         indices = list(range(len(records)))
-        written = self._ledger.written(delivery_id, len(records)) if delivery_id is not None else 0
+        written = self._ledger.written(delivery_id, len(records))
         if written:  # a retry after a partial failure: only the records not in the topics yet
             indices = [i for i in indices if not written >> i & 1]
             records = [records[i] for i in indices]
 
         if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
             raise Unavailable("publish_timeout")
-        if delivery_id is not None:
-            self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
+        self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
         task = asyncio.create_task(self._publish(delivery_id, records, indices, outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -196,7 +194,7 @@ class KafkaDelivery:
         return Outcome("duplicate")
 
     async def _publish(
-        self, delivery_id: str | None, records: list[Record], indices: list[int], outcome: Outcome
+        self, delivery_id: str, records: list[Record], indices: list[int], outcome: Outcome
     ) -> list[RecordMetadata]:
         """Publish ``records`` (the event's records ``indices`` of ``count``); mark what the
         broker acknowledged — all of them: the id is delivered; some of them: those indices, so
@@ -206,13 +204,12 @@ class KafkaDelivery:
             metas = await self._publisher.publish(records)
             delivered = True
         except PublishFailed as exc:
-            if delivery_id is not None and exc.acked and outcome.count > 1:
+            if exc.acked and outcome.count > 1:
                 self._ledger.mark_written(delivery_id, [indices[i] for i in exc.acked], outcome.count)
             raise
         finally:
-            if delivery_id is not None:
-                self._ledger.finish(delivery_id, delivered)
-                self._metrics.dedup_entries.set(len(self._ledger))
+            self._ledger.finish(delivery_id, delivered)
+            self._metrics.dedup_entries.set(len(self._ledger))
         if outcome.kind == "dead_lettered":
             self._metrics.dead_letters.labels(reason=outcome.reason or "").inc()
         for r in records:

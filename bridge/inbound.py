@@ -27,6 +27,7 @@ Pure; no I/O. Imports only msgspec and the bridge's own validation helper.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -149,6 +150,32 @@ class InboundEvent(msgspec.Struct, frozen=True, kw_only=True):
     event: msgspec.Raw
     payload: bytes
     defect: Defect | None = None
+
+    def dedup_key(self) -> str:
+        """The ledger's key for this event: its delivery id, or — for an event without one (a
+        malformed top level, an unreadable payload: always a dead letter) — ``sha256:<hex>`` of
+        its payload, so that the platform's retries of it still make one dead letter."""
+        if self.delivery_id is not None:
+            return self.delivery_id
+        return "sha256:" + hashlib.sha256(self.payload).hexdigest()
+
+
+def unreadable(payload: bytes, detail: str) -> InboundEvent:
+    """The inbound event of an authentic push whose payload cannot be read: a signed ``encrypt``
+    value that does not decrypt, or a decrypted plaintext that is not a JSON object. The
+    signature proves the platform sent it, and no retry can make it readable: it becomes a dead
+    letter (``payload``: the bytes that could not be read; ``detail`` says why)."""
+    return InboundEvent(
+        schema=None,
+        delivery_id=None,
+        lark_type=None,
+        app_id=None,
+        tenant_key=None,
+        create_time=None,
+        event=msgspec.Raw(),
+        payload=payload,
+        defect=Defect(detail, "$"),
+    )
 
 
 def _str(value: Any) -> str | None:

@@ -162,8 +162,9 @@ def dead_letter(
     the caller says not to carry (``carry_payload=False``: it would not fit in a record), is not
     carried at all — ``error`` then gives its size and SHA-256. Type, delivery id, app and tenant
     come from the inbound event where it has them.
-    ``received_ms``: receive time, unix ms. Keyed by the delivery id when known, else unkeyed
-    (and then its ``id`` is a digest of the payload). Raises nothing.
+    ``received_ms``: receive time, unix ms. Keyed by the delivery id when known, else unkeyed;
+    its ``id`` and its ``lark_event_id`` header are the event's dedup key (the delivery id, or
+    ``sha256:<hex>`` of the payload: :meth:`InboundEvent.dedup_key`). Raises nothing.
     """
     payload = inbound.payload
     delivery_id = inbound.delivery_id
@@ -179,7 +180,7 @@ def dead_letter(
             why = ""
     if why:
         error += f"; payload not carried ({why}): {len(payload)} bytes, sha256 {hashlib.sha256(payload).hexdigest()}"
-    record_id = delivery_id or "sha256:" + hashlib.sha256(payload).hexdigest()
+    record_id = inbound.dedup_key()
     source = _source(inbound.app_id, inbound.tenant_key) if inbound.app_id and inbound.tenant_key else "/lark-bridge"
     envelope = ev.DeadLetterEnvelope(
         specversion="1.0",
@@ -209,7 +210,7 @@ def dead_letter(
         topic=topics.dead_letter,
         key=delivery_id.encode("utf-8") if delivery_id else None,
         value=_encoder.encode(envelope),
-        headers=_headers(delivery_id),
+        headers=_headers(record_id),
         lark_type=inbound.lark_type or "unknown",
-        delivery_id=delivery_id,
+        delivery_id=record_id,
     )

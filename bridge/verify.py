@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from bridge.errors import AuthenticationError, BadRequest
-from bridge.inbound import InboundEvent, Outer, UnreadableJSON, decode_outer, read_inbound
+from bridge.inbound import InboundEvent, Outer, UnreadableJSON, decode_outer, read_inbound, unreadable
 
 HEADER_TIMESTAMP: Final = "X-Lark-Request-Timestamp"
 HEADER_NONCE: Final = "X-Lark-Request-Nonce"
@@ -148,8 +148,11 @@ class Verifier:
 
         Order (docs/protocol.md §10): parse → [signature → freshness → decrypt] → token. Returns
         the :class:`Handshake`, or the :class:`~bridge.inbound.InboundEvent` read from the
-        authentic plaintext payload. Raises :class:`BadRequest` (``not_json``) when the body is not a
-        JSON object, else :class:`AuthenticationError` with one of ``bridge.errors.AUTH_REASONS``.
+        authentic plaintext payload — also when a *signed* ``encrypt`` value does not decrypt to
+        a JSON object: the signature proves the platform sent it and no retry can mend it, so it
+        is an event with a defect (:func:`bridge.inbound.unreadable`), to be dead-lettered.
+        Raises :class:`BadRequest` (``not_json``) when the body is not a JSON object, else
+        :class:`AuthenticationError` with one of ``bridge.errors.AUTH_REASONS``.
         """
         try:
             outer = decode_outer(body)
@@ -160,7 +163,12 @@ class Verifier:
             if not isinstance(outer.encrypt, str) or not outer.encrypt:
                 raise AuthenticationError("plaintext_rejected")
             signed_key = self._check_signature(body, headers, now)
-            payload, outer = self._decrypt_outer(outer.encrypt, signed_key)
+            try:
+                payload, outer = self._decrypt_outer(outer.encrypt, signed_key)
+            except Unreadable as exc:
+                if signed_key is None:  # not proven authentic: the caller is told, nothing kept
+                    raise AuthenticationError(exc.reason) from None
+                return unreadable(exc.payload, exc.detail)
         else:
             if outer.encrypt is not None:
                 raise AuthenticationError("encrypt_key_not_configured")
@@ -215,23 +223,34 @@ class Verifier:
         return matched
 
     def _decrypt_outer(self, encrypted: str, signed_key: str | None) -> tuple[bytes, Outer]:
-        # A signed request is decrypted with the key that signed it; an unsigned one (the
-        # handshake) with each key in turn until one yields a JSON object.
+        """Plaintext and its top level. A signed request is decrypted with the key that signed
+        it; an unsigned one (the handshake) with each key in turn until one yields a JSON object.
+        Raises :class:`Unreadable` (the first key's failure)."""
         keys = (signed_key,) if signed_key is not None else self._keys
-        error: AuthenticationError | None = None
+        error: Unreadable | None = None
         for key in keys:
             try:
                 plaintext = _decrypt(encrypted, self._aes[key])
-                return plaintext, _decode_plaintext(plaintext)
             except AuthenticationError as exc:
-                error = error or exc
+                detail = f"the signed encrypt value does not decrypt ({exc.reason})"
+                error = error or Unreadable(exc.reason, encrypted.encode("utf-8", "replace"), detail)
+                continue
+            try:
+                return plaintext, decode_outer(plaintext)
+            except UnreadableJSON as exc:
+                detail = f"the signed payload decrypts to bytes that are not a readable JSON object ({exc})"
+                error = error or Unreadable("decrypted_not_json", plaintext, detail)
         assert error is not None
         raise error
 
 
-def _decode_plaintext(plaintext: bytes) -> Outer:
-    try:
-        outer = decode_outer(plaintext)
-    except UnreadableJSON:
-        raise AuthenticationError("decrypted_not_json") from None
-    return outer
+class Unreadable(Exception):
+    """An ``encrypt`` value that does not give a JSON object: ``reason`` (an auth failure reason:
+    ``bad_base64``, ``bad_ciphertext_length``, ``bad_padding``, ``decrypted_not_json``),
+    ``payload`` (the bytes that could not be read), ``detail`` (for the dead letter)."""
+
+    def __init__(self, reason: str, payload: bytes, detail: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.payload = payload
+        self.detail = detail

@@ -244,18 +244,26 @@ async def test_a_dead_letter_counts_only_once_acked() -> None:
     assert h.metric("bridge_dead_letters_total", reason="unknown_event_type") == 1
 
 
-async def test_an_event_without_a_delivery_id_is_dead_lettered_each_time() -> None:
-    # A malformed top level (header not an object) has no delivery id: nothing to dedupe on.
+async def test_an_event_without_a_delivery_id_is_one_dead_letter_keyed_by_its_payload_digest() -> None:
+    # A malformed top level (header not an object) has no delivery id: its payload's digest is
+    # the dedup key, so the platform's retries of it make one dead letter.
     h = Harness(RecordingPublisher())
     event = read_inbound(compact({"schema": "2.0", "header": "oops", "event": {}}))
+    other = read_inbound(compact({"schema": "2.0", "header": "oops!", "event": {}}))
     assert event.delivery_id is None and event.defect is not None
+    assert event.dedup_key().startswith("sha256:") and event.dedup_key() != other.dedup_key()
     first = await h.deliver(event)
     second = await h.deliver(event)
+    third = await h.deliver(other)
     assert first == Outcome("dead_lettered", "invalid_event", [("t.dlq", 0, 0)])
-    assert second == Outcome("dead_lettered", "invalid_event", [("t.dlq", 0, 1)])
+    assert second == Outcome("duplicate")
+    assert third == Outcome("dead_lettered", "invalid_event", [("t.dlq", 0, 1)])
     assert [[r.key for r in call] for call in h.publisher.calls] == [[None], [None]]
+    assert [dict(c[0].headers)["lark_event_id"] for c in h.publisher.calls] == [
+        e.dedup_key().encode() for e in (event, other)
+    ]
     assert h.metric("bridge_dead_letters_total", reason="invalid_event") == 2
-    assert h.duplicates == 0 and h.metric("bridge_dedup_entries") == 0
+    assert h.duplicates == 1 and h.metric("bridge_dedup_entries") == 2
 
 
 # ---- drain at shutdown -------------------------------------------------------------------------

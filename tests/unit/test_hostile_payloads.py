@@ -4,6 +4,7 @@ flood of mutated bodies found)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -47,13 +48,20 @@ def test_unreadable_bodies_are_400_before_anything_else(body: bytes, encrypted: 
         verifier.verify(body, {}, now=0)
 
 
-def test_unreadable_plaintext_inside_a_valid_signature_is_401_decrypted_not_json() -> None:
+def test_unreadable_plaintext_inside_a_valid_signature_is_one_dead_letter_per_payload() -> None:
     platform = Platform(encrypt_key=KEY)
     for plaintext in (b'{"schema":"\xff"}', b'{"a":' + nested(5000) + b"}"):
         req = platform.request(None, raw_plaintext=plaintext)
-        with pytest.raises(AuthenticationError) as info:
-            Verifier(TOKEN, (KEY,), max_age_s=3600).verify(req.body, req.headers, now=platform.clock())
-        assert info.value.reason == "decrypted_not_json"
+        event = Verifier(TOKEN, (KEY,), max_age_s=3600).verify(req.body, req.headers, now=platform.clock())
+        assert isinstance(event, InboundEvent) and event.payload == plaintext
+        with pytest.raises(DecodeFailure) as info:
+            decode(event)
+        assert info.value.reason == "invalid_event"
+        record = dead_letter(event, info.value, received_ms=0, topics=TOPICS)
+        value = json.loads(record.value)
+        assert value["id"] == event.dedup_key() == "sha256:" + hashlib.sha256(plaintext).hexdigest()
+        assert dict(record.headers)["lark_event_id"] == event.dedup_key().encode()
+        assert "payload not carried" in value["data"]["error"] and value["data"]["payload"] == {}
 
 
 def room_with(**extra: object) -> bytes:

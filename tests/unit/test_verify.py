@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import pytest
@@ -215,18 +216,26 @@ def test_encrypted_body_without_configured_key() -> None:
     assert reason_of(plain_verifier, req.body, req.headers) == "encrypt_key_not_configured"
 
 
-def test_bad_base64_request() -> None:
+def test_a_signed_encrypt_value_that_does_not_decrypt_is_an_event_with_a_defect() -> None:
     body = compact({"encrypt": "%%%not base64%%%"})
     ts, nonce = str(int(NOW)), "1"
     headers = {HEADER_TIMESTAMP: ts, HEADER_NONCE: nonce, HEADER_SIGNATURE: sign(ts, nonce, KEY, body)}
-    assert reason_of(encrypted_verifier(), body, headers) == "bad_base64"
+    event = encrypted_verifier().verify(body, headers, now=NOW)
+    assert isinstance(event, InboundEvent) and event.delivery_id is None and event.defect is not None
+    assert "does not decrypt (bad_base64)" in event.defect.detail and event.payload == b"%%%not base64%%%"
+    assert event.dedup_key() == "sha256:" + hashlib.sha256(b"%%%not base64%%%").hexdigest()
+    unsigned = compact({"encrypt": "%%%not base64%%%"})  # unsigned: not proven authentic
+    assert reason_of(encrypted_verifier(), unsigned, {}) == "bad_base64"
 
 
 def test_decrypted_text_not_json() -> None:
-    req = sender.request(None, raw_plaintext=b"this is not json")
-    assert reason_of(encrypted_verifier(), req.body, req.headers) == "decrypted_not_json"
-    req = sender.request(None, raw_plaintext=b"[1,2,3]")
-    assert reason_of(encrypted_verifier(), req.body, req.headers) == "decrypted_not_json"
+    for plaintext in (b"this is not json", b"[1,2,3]"):
+        req = sender.request(None, raw_plaintext=plaintext)
+        event = encrypted_verifier().verify(req.body, req.headers, now=NOW)
+        assert isinstance(event, InboundEvent) and event.payload == plaintext and event.defect is not None
+        assert "not a readable JSON object" in event.defect.detail
+        unsigned = compact({"encrypt": json.loads(req.body)["encrypt"]})
+        assert reason_of(encrypted_verifier(), unsigned, {}) == "decrypted_not_json"
 
 
 def test_bad_padding_request() -> None:
@@ -234,7 +243,9 @@ def test_bad_padding_request() -> None:
     body = compact({"encrypt": encrypted})
     ts, nonce = str(int(NOW)), "1"
     headers = {HEADER_TIMESTAMP: ts, HEADER_NONCE: nonce, HEADER_SIGNATURE: sign(ts, nonce, KEY, body)}
-    assert reason_of(encrypted_verifier(), body, headers) == "bad_padding"
+    event = encrypted_verifier().verify(body, headers, now=NOW)
+    assert isinstance(event, InboundEvent) and event.defect is not None and "(bad_padding)" in event.defect.detail
+    assert reason_of(encrypted_verifier(), body, {}) == "bad_padding"  # unsigned
 
 
 # ---- token in each of its three positions ------------------------------------------------------
