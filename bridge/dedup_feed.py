@@ -70,6 +70,11 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
+def _has_leader(node_id: int | None) -> bool:
+    """A partition's leader as the metadata gives it: None (unknown) or -1 (none elected yet) are not."""
+    return node_id is not None and node_id >= 0
+
+
 class LedgerFeed:
     """Replays the bridge's topics into ``ledger`` at start, then tails them (module docstring).
 
@@ -143,15 +148,16 @@ class LedgerFeed:
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """Every partition of the bridge's topics, waiting (while the publisher creates them) for
-        topics that do not exist yet."""
+        topics that do not exist yet and for partitions without a leader yet — reading a
+        partition created a moment ago otherwise logs ``NotLeaderForPartition`` errors."""
+        cluster = consumer._client.cluster
         while True:
-            missing = [t for t in self._topics if not consumer.partitions_for_topic(t)]
-            if not missing:
-                break
+            tps = [TopicPartition(t, p) for t in self._topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            complete = all(consumer.partitions_for_topic(t) for t in self._topics)
+            if complete and all(_has_leader(cluster.leader_for_partition(tp)) for tp in tps):
+                return tps
             await consumer._client.force_metadata_update()
-            if any(not consumer.partitions_for_topic(t) for t in missing):
-                await asyncio.sleep(0.5)
-        return [TopicPartition(t, p) for t in self._topics for p in sorted(consumer.partitions_for_topic(t))]
+            await asyncio.sleep(0.2)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         tps = await self._partitions(consumer)

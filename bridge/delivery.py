@@ -28,6 +28,7 @@ from bridge.decode import DecodeFailure, decode
 from bridge.dedup import LOCAL, DeliveryLedger
 from bridge.errors import BridgeError, PublishFailed, Unavailable
 from bridge.inbound import InboundEvent
+from bridge.logs import Throttle
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics, dead_letter, normalize
 from bridge.publish import record_bytes
@@ -77,11 +78,8 @@ def type_label(lark_type: str) -> str:
     return lark_type if lark_type in ev.LARK_TYPES else "other"
 
 
-def _log_late_failure(task: asyncio.Task[Any]) -> None:
-    """Done-callback of a publish that outlived its request: its failure has nobody to tell."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        reason = exc.reason if isinstance(exc, BridgeError) else type(exc).__name__
-        log.warning("publish failed after its request timed out", reason=reason)
+#: A failure log line repeated by an outage is written at most once per this many seconds.
+FAILURE_LOG_INTERVAL_S: Final = 10.0
 
 
 class KafkaDelivery:
@@ -117,6 +115,8 @@ class KafkaDelivery:
         self._record_bytes = record_bytes
         self._ledger_ready = ledger_ready or (lambda: True)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._failure_log = Throttle(FAILURE_LOG_INTERVAL_S)
+        self._late_log = Throttle(FAILURE_LOG_INTERVAL_S)
 
     async def deliver(self, event: InboundEvent, *, received_ms: int, deadline_s: float | None = None) -> Outcome:
         """See :class:`EventSink`. Raises :class:`Unavailable` (``publish_timeout`` or
@@ -154,15 +154,26 @@ class KafkaDelivery:
         try:
             metas = await asyncio.wait_for(asyncio.shield(task), deadline - loop.time())
         except TimeoutError:
-            task.add_done_callback(_log_late_failure)
+            task.add_done_callback(self._log_late_failure)
             raise Unavailable("publish_timeout") from None
         except BridgeError:
             raise
         except Exception:  # a bug or an unforeseen client error: the platform retries, we log it
-            log.exception("publish failed")
+            if (held := self._failure_log.admit()) is not None:
+                log.exception("publish failed", more_since_last_line=held)
             raise Unavailable("publish_failed") from None
         outcome.records = [(m.topic, m.partition, m.offset) for m in metas]
         return outcome
+
+    def _log_late_failure(self, task: asyncio.Task[Any]) -> None:
+        """Done-callback of a publish that outlived its request: its failure has nobody to tell
+        but the log (one line per :data:`FAILURE_LOG_INTERVAL_S` at most; the metric
+        ``bridge_publish_failures_total`` counts each)."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if (held := self._late_log.admit()) is not None:
+            reason = exc.reason if isinstance(exc, BridgeError) else type(exc).__name__
+            log.warning("publish failed after its request timed out", reason=reason, more_since_last_line=held)
 
     def _records_of(self, event: InboundEvent, received_ms: int) -> tuple[list[Record], Outcome]:
         """The records of ``event`` — its envelopes, or one dead letter — each of at most

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -66,3 +67,26 @@ def warn_unknown_variables(environ: Mapping[str, str]) -> int:
     for name, closest in found:
         log.warning("unknown setting variable ignored", variable=name, did_you_mean=closest)
     return len(found)
+
+
+class Throttle:
+    """Bounds a log line that a client or an outage can repeat at will: :meth:`admit` says
+    whether to write it — at most once per ``interval_s`` seconds — and how many were held back
+    since the last one written (put that count in the line). ``clock``: monotonic seconds."""
+
+    __slots__ = ("_clock", "_interval_s", "_last", "_suppressed")
+
+    def __init__(self, interval_s: float, clock: Any = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """None: do not write the line (it is counted); else the count held back since the last."""
+        now = self._clock()
+        if now - self._last < self._interval_s:
+            self._suppressed += 1
+            return None
+        held, self._last, self._suppressed = self._suppressed, now, 0
+        return held

@@ -23,6 +23,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from bridge.app import STATE, create_app
+from bridge.logs import Throttle
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.server")
@@ -57,26 +58,21 @@ class AcceptErrorThrottle:
     the loop's default handler. ``clock`` returns monotonic seconds."""
 
     def __init__(self, interval_s: float = ACCEPT_ERROR_LOG_S, clock: Any = time.monotonic) -> None:
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last = -float("inf")
-        self._suppressed = 0
+        self._throttle = Throttle(interval_s, clock)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if "out of system resource" not in str(context.get("message", "")):
             loop.default_exception_handler(context)
             return
-        now = self._clock()
-        if now - self._last < self._interval_s:
-            self._suppressed += 1
+        held = self._throttle.admit()
+        if held is None:
             return
         exc = context.get("exception")
         log.error(
             "socket.accept() out of system resource (%s); %d more since the last line",
             type(exc).__name__ if exc else "unknown",
-            self._suppressed,
+            held,
         )
-        self._last, self._suppressed = now, 0
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:

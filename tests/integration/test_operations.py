@@ -173,3 +173,7 @@ async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: A
     done = next(line for line in requests if line["outcome"] == "published")
     assert {"request_id", "status", "latency_ms", "lark_type", "delivery_id", "tenant_key", "records"} <= set(done)
     assert done["records"][0]["topic"] == f"{prefix}.room"
+    # A clean start on fresh topics, a stream and a graceful stop: nothing worth an ERROR line.
+    errors = [line for line in lines if line.get("level") in ("error", "critical")]
+    assert not errors, errors[:3]
+    assert all(not line.startswith("Traceback") for line in output.splitlines())

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+import structlog
 
 from bridge.dedup import DeliveryLedger
 from bridge.delivery import KafkaDelivery, Outcome
@@ -165,6 +166,18 @@ async def test_publish_timeout_then_late_failure_leaves_the_id_to_the_retry() ->
     h.publisher.release()
     assert await h.deliver(inbound(delivery_id="d-late-fail")) == Outcome("published", None, [("t.room", 0, 0)])
     assert len(h.publisher.calls) == 2
+
+
+async def test_late_failures_of_an_outage_write_one_log_line_per_interval() -> None:
+    h = Harness(GatedPublisher(), timeout_s=SHORT_S)
+    for i in range(50):
+        assert await raises_unavailable(h.deliver(inbound(delivery_id=f"d-out-{i}"))) == "publish_timeout"
+    with structlog.testing.capture_logs() as logs:
+        h.publisher.fail()
+        await soon(h.delivery.drain(1.0))
+    lines = [e for e in logs if e["event"] == "publish failed after its request timed out"]
+    assert len(lines) == 1 and lines[0]["more_since_last_line"] == 0
+    assert not any(h.ledger.delivered(f"d-out-{i}") for i in range(50))
 
 
 async def test_the_ingress_deadline_bounds_the_wait_instead_of_the_timeout() -> None:
