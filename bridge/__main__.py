@@ -2,7 +2,10 @@
 
 ``serve`` runs the bridge with the configuration from ``BRIDGE_*`` environment variables (exit
 code 2 and a message naming the variable when one is bad). ``schemas write|check`` generates or
-checks ``schemas/``. ``config-reference`` prints README's settings table. (The demo and the
+checks ``schemas/``; ``schemas register|check-compat`` registers each topic's schema in the schema
+registry of ``BRIDGE_SCHEMA_REGISTRY_*``, or asks whether each subject would accept it (exit
+codes: :data:`EXIT_OK`, :data:`EXIT_REFUSED`, :data:`EXIT_CONFIG`, :data:`EXIT_REGISTRY`).
+``config-reference`` prints README's settings table. (The demo and the
 local broker are development tools outside the package: ``bridge_devtools``.)
 """
 
@@ -15,7 +18,12 @@ import sys
 from pathlib import Path
 
 from bridge import __version__
-from bridge.settings import SettingsError, load_settings, setting_docs
+from bridge.settings import Settings, SettingsError, load_settings, setting_docs
+
+EXIT_OK = 0  # done; every subject accepts (or has) our schema
+EXIT_REFUSED = 1  # a subject refuses a schema as incompatible or invalid; or schemas/ is stale
+EXIT_CONFIG = 2  # a setting is missing or bad
+EXIT_REGISTRY = 3  # the registry is unreachable, refuses our credentials, or answered oddly
 
 
 def settings_help() -> str:
@@ -43,8 +51,15 @@ def _parser() -> argparse.ArgumentParser:
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    schemas = sub.add_parser("schemas", help="write or check the JSON Schemas in schemas/")
-    schemas.add_argument("action", choices=("write", "check"))
+    schemas = sub.add_parser(
+        "schemas",
+        help="write/check the JSON Schemas in schemas/; register them or check compatibility in a registry",
+        description="write|check: the files under --dir. register|check-compat: each topic's schema "
+        "in the registry of BRIDGE_SCHEMA_REGISTRY_* under <topic>-value (topics from BRIDGE_TOPIC_*). "
+        f"Exit codes: {EXIT_OK} ok, {EXIT_REFUSED} refused/incompatible (or stale files), "
+        f"{EXIT_CONFIG} bad settings, {EXIT_REGISTRY} registry unreachable or refusing the credentials.",
+    )
+    schemas.add_argument("action", choices=("write", "check", "register", "check-compat"))
     schemas.add_argument("--dir", type=Path, default=Path("schemas"), help="schemas directory")
     sub.add_parser("config-reference", help="print the settings table of README (markdown)")
     return parser
@@ -66,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         warn_unknown_variables(os.environ)
         asyncio.run(serve(settings))
         return 0
+    if args.command == "schemas" and args.action in ("register", "check-compat"):
+        env = dict(os.environ)
+        env.setdefault("BRIDGE_LARK_VERIFICATION_TOKEN", "not-used-by-this-command")
+        try:
+            settings = load_settings(env)
+        except SettingsError as exc:
+            print(f"bridge: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if settings.schema_registry_url is None:
+            print("bridge: BRIDGE_SCHEMA_REGISTRY_URL is not set", file=sys.stderr)
+            return EXIT_CONFIG
+        return asyncio.run(_registry_command(settings, register=args.action == "register"))
     if args.command == "schemas":
         from bridge import schemas
 
@@ -83,6 +110,35 @@ def main(argv: list[str] | None = None) -> int:
         print(settings_markdown())
         return 0
     return 2
+
+
+async def _registry_command(settings: Settings, *, register: bool) -> int:
+    """``schemas register`` / ``schemas check-compat``: one line per subject on stdout."""
+    from bridge.app import topics_of
+    from bridge.registry import RegistryClient, RegistryError, schema_texts, subject_of
+
+    code = EXIT_OK
+    async with RegistryClient.from_settings(settings) as client:
+        for topic, text in schema_texts(topics_of(settings)).items():
+            subject = subject_of(topic)
+            try:
+                if register:
+                    print(f"{subject}: registered, id {await client.register(subject, text)}")
+                    continue
+                ok, messages = await client.is_compatible(subject, text)
+            except RegistryError as exc:
+                refused = exc.reason in ("schema_incompatible", "schema_invalid")
+                print(f"{subject}: {exc.reason}: {exc.message}", file=sys.stderr)
+                if not refused:
+                    return EXIT_REGISTRY
+                code = EXIT_REFUSED
+                continue
+            if ok:
+                print(f"{subject}: compatible")
+            else:
+                code = EXIT_REFUSED
+                print(f"{subject}: INCOMPATIBLE: {'; '.join(messages) or 'no details'}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

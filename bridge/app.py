@@ -22,6 +22,7 @@ from bridge.ingress.webhook import json_answer as _answer
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import Publisher
+from bridge.registry import RegistryClient, SchemaIds
 from bridge.settings import DedupStore, Settings
 from bridge.state import STATE, AppState
 from bridge.verify import Verifier
@@ -45,13 +46,15 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 def not_ready_reason(state: AppState) -> str | None:
-    """Why the bridge is not ready (``shutting_down``, the producer's reason, ``dedup_replay``),
-    or None when it is: the producer is connected, the topics exist and the dedup ledger is
-    replayed."""
+    """Why the bridge is not ready (``shutting_down``, the producer's reason, the schema
+    registry's, ``dedup_replay``), or None when it is: the producer is connected, the topics
+    exist, every topic's schema id is known (with a registry) and the dedup ledger is replayed."""
     if state.draining:
         return "shutting_down"
     if state.publisher is not None and not state.publisher.ready:
         return state.publisher.not_ready_reason or "not_ready"
+    if state.schema_ids is not None and state.schema_ids.prefixes is None:
+        return state.schema_ids.not_ready_reason
     if state.feed is not None and not state.feed.ready:
         return state.feed.not_ready_reason
     return None
@@ -79,13 +82,17 @@ def create_app(
     sink: EventSink | None = None,
     producer_factory: Callable[[], AIOKafkaProducer] | None = None,
     consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
+    registry_client_factory: Callable[[], RegistryClient] | None = None,
 ) -> web.Application:
     """Build the bridge's aiohttp app from ``settings``.
 
     ``sink``: where authenticated events go; default is the Kafka delivery (producer and, with
     ``BRIDGE_DEDUP_STORE=kafka``, the dedup ledger's feed started and stopped by the app's cleanup
     context). A test may pass its own and then neither is made. ``producer_factory`` /
-    ``consumer_factory``: see :class:`bridge.publish.Publisher` / :class:`bridge.dedup_feed.LedgerFeed`.
+    ``consumer_factory`` / ``registry_client_factory``: see :class:`bridge.publish.Publisher` /
+    :class:`bridge.dedup_feed.LedgerFeed` / :class:`bridge.registry.SchemaIds`. With
+    ``BRIDGE_SCHEMA_REGISTRY_URL`` set, the topics' schema ids are resolved in the same cleanup
+    context, and records are framed in the Confluent wire format.
     """
     metrics = Metrics()
     verifier = Verifier(
@@ -97,9 +104,19 @@ def create_app(
     delivery: KafkaDelivery | None = None
     ledger: DeliveryLedger | None = None
     feed: LedgerFeed | None = None
+    schema_ids: SchemaIds | None = None
     if sink is None:
         topics = topics_of(settings)
-        publisher = Publisher(settings, topics, metrics, producer_factory=producer_factory)
+        if settings.schema_registry_url is not None:
+            schema_ids = SchemaIds(settings, topics, metrics, client_factory=registry_client_factory)
+        ids = schema_ids
+        publisher = Publisher(
+            settings,
+            topics,
+            metrics,
+            producer_factory=producer_factory,
+            value_prefixes=(lambda: ids.prefixes) if ids is not None else None,
+        )
         ledger = DeliveryLedger(settings.dedup_ttl_s, settings.dedup_max_entries)
         if settings.dedup_store == DedupStore.KAFKA:
             feed = LedgerFeed(settings, topics, ledger, metrics, consumer_factory=consumer_factory)
@@ -109,12 +126,13 @@ def create_app(
             ledger,
             metrics,
             timeout_s=settings.kafka_publish_timeout_s,
-            max_record_bytes=settings.kafka_max_record_bytes,
+            # the wire prefix of a registry's framing counts in the producer's size limit too
+            max_record_bytes=settings.kafka_max_record_bytes - (5 if schema_ids is not None else 0),
             ledger_ready=(lambda: feed.ready) if feed is not None else None,
         )
         sink = delivery
     app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware])
-    state = app[STATE] = AppState(settings, verifier, sink, metrics, publisher, ledger, feed)
+    state = app[STATE] = AppState(settings, verifier, sink, metrics, publisher, ledger, feed, schema_ids)
     metrics.ready.set_function(lambda: 0.0 if not_ready_reason(state) else 1.0)
     app.router.add_post(settings.http_path, handle_event)
     app.router.add_get("/healthz", handle_healthz)
@@ -124,6 +142,8 @@ def create_app(
     if publisher is not None:
 
         async def producer_ctx(app: web.Application) -> AsyncIterator[None]:
+            if schema_ids is not None:
+                await schema_ids.start()
             await publisher.start()
             if feed is not None:
                 await feed.start()
@@ -134,6 +154,8 @@ def create_app(
             if delivery is not None:
                 await delivery.drain(settings.kafka_publish_timeout_s)
             await publisher.close(timeout_s=max(1.0, settings.shutdown_timeout_s / 2))
+            if schema_ids is not None:
+                await schema_ids.close()
 
         app.cleanup_ctx.append(producer_ctx)
     return app

@@ -120,6 +120,12 @@ class Metrics:
             "Replays still running after BRIDGE_DEDUP_REPLAY_TIMEOUT_S (the bridge served anyway).",
             registry=r,
         )
+        self.registry_failures = Counter(
+            "bridge_schema_registry_failures_total",
+            "Failed attempts to register or look up the topics' schemas, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.dedup_tail_lag = Histogram(
             "bridge_dedup_tail_lag_seconds",
             "Delay from a record's timestamp to its delivery id entering this process's ledger.",

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -126,7 +126,10 @@ class Publisher:
     Start with :meth:`start` (returns at once; connection happens in the background) and end with
     :meth:`close`. ``ready`` is the readiness state; ``not_ready_reason`` says why not.
     ``producer_factory`` makes each (re)placement producer; default: one configured from settings
-    (tests pass a factory that injects faults into real producers).
+    (tests pass a factory that injects faults into real producers). ``value_prefixes``: with a
+    schema registry, returns ``{topic: wire prefix}`` once the schema ids are known (None
+    before: publishing then raises :class:`Unavailable` ``schema_ids_unknown``); each value is
+    sent as prefix + value (:mod:`bridge.registry`).
     """
 
     def __init__(
@@ -136,8 +139,10 @@ class Publisher:
         metrics: Metrics,
         *,
         producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+        value_prefixes: Callable[[], Mapping[str, bytes] | None] | None = None,
     ) -> None:
         self._settings = settings
+        self._prefixes = value_prefixes
         self._factory = producer_factory or (lambda: build_producer(settings))
         self._topics = topics
         self._metrics = metrics
@@ -259,11 +264,15 @@ class Publisher:
         producer = self._producer
         if producer is None or self._closing:
             raise Unavailable("broker_unavailable")
+        prefixes = None
+        if self._prefixes is not None and (prefixes := self._prefixes()) is None:
+            raise Unavailable("schema_ids_unknown")
         started = time.perf_counter()
         futures: list[asyncio.Future[RecordMetadata]] = []
         try:
             for r in records:
-                futures.append(await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers)))
+                value = r.value if prefixes is None else prefixes[r.topic] + r.value
+                futures.append(await producer.send(r.topic, value, key=r.key, headers=list(r.headers)))
             results = list(await asyncio.gather(*futures))
         except KafkaError as exc:
             if isinstance(exc, _FATAL):

@@ -14,6 +14,8 @@ versioning policy of README. Free-form objects (``data._unmodelled``, a dead let
 generate. Layout::
 
     schemas/envelope/v1/<lark type>.schema.json      one per Lark event type
+    schemas/envelope/v1/third_party_meeting_room_event.schema.json
+                                                     the third-party topic's: its three types
     schemas/envelope/v1/examples/<lark type>.json    the normalized documented sample(s)
     schemas/dead_letter/v1/dead_letter.schema.json
     schemas/dead_letter/v1/examples/dead_letter.json
@@ -79,6 +81,41 @@ def envelope_schema(lark_type: str) -> dict[str, Any]:
     }
 
 
+#: File stem of the third-party topic's schema: any of the three change types.
+THIRD_PARTY_TOPIC: Final = "third_party_meeting_room_event"
+
+
+def third_party_topic_schema() -> dict[str, Any]:
+    """The schema of the third-party topic's records, which carry the three change types
+    (``third_party_meeting_room_event_{created,updated,deleted}``): one schema per topic, as a
+    schema registry's default subject naming (``<topic>-value``) wants."""
+    root = _inline_root(msgspec.json.schema(ev.CloudEvent[ev.ThirdPartyMeetingRoomEventData]))
+    props = root["properties"]
+    props["type"] = {"enum": list(ev.THIRD_PARTY_TYPES), "description": "The Lark event type, verbatim."}
+    props["dataschema"] = {"enum": [ev.dataschema_id(t) for t in ev.THIRD_PARTY_TYPES]}
+    return {
+        "$schema": DRAFT,
+        **_draft07(root),
+        "title": (
+            "Lark third_party_meeting_room_event_{created,updated,deleted}, envelope v1 "
+            "(CloudEvents 1.0, structured JSON)"
+        ),
+    }
+
+
+def topic_schema(lark_types: frozenset[str] | None) -> dict[str, Any]:
+    """The one schema of a topic that carries ``lark_types`` (None: the dead-letter topic).
+    Raises ValueError for a mix no single envelope schema covers (e.g. room and reserve-config
+    events on one topic)."""
+    if lark_types is None:
+        return dead_letter_schema()
+    if len(lark_types) == 1:
+        return envelope_schema(next(iter(lark_types)))
+    if lark_types <= set(ev.THIRD_PARTY_TYPES):
+        return third_party_topic_schema()
+    raise ValueError(f"no single schema covers {sorted(lark_types)} on one topic")
+
+
 def dead_letter_schema() -> dict[str, Any]:
     """The schema of dead-letter records v1."""
     root = _inline_root(msgspec.json.schema(ev.DeadLetterEnvelope))
@@ -132,6 +169,7 @@ def examples() -> dict[str, list[Any]]:
 def generated_files() -> dict[str, str]:
     """``{path relative to schemas/: content}`` of every generated file: schemas and examples."""
     files = {f"envelope/v1/{t}.schema.json": _dump(envelope_schema(t)) for t in ev.LARK_TYPES}
+    files[f"envelope/v1/{THIRD_PARTY_TOPIC}.schema.json"] = _dump(third_party_topic_schema())
     files["dead_letter/v1/dead_letter.schema.json"] = _dump(dead_letter_schema())
     for stem, records in examples().items():
         folder = "dead_letter/v1" if stem == "dead_letter" else "envelope/v1"

@@ -5,7 +5,7 @@ upper case (``http_port`` → ``BRIDGE_HTTP_PORT``). These names are the public 
 chart, the README reference and ``python -m bridge serve --help`` are all derived from this model
 (see :func:`setting_docs`), so they cannot drift apart.
 
-Secrets (the verification token, the encrypt keys, the SASL password) are ``SecretStr``: their
+Secrets (the verification token, the encrypt keys, the SASL and registry passwords) are ``SecretStr``: their
 ``repr``/``str`` is masked, and :func:`load_settings` reports a bad value by variable name and
 reason only, never by value.
 """
@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -186,6 +187,24 @@ class Settings(BaseSettings):
     )
     topic_dead_letter: str = Field("lark.bridge.dead_letter", min_length=1, description="Dead-letter topic.")
 
+    # --- Schema registry ------------------------------------------------------------------------
+    schema_registry_url: str | None = Field(
+        None,
+        description="Base URL of a Confluent-compatible schema registry (e.g. Apicurio's "
+        "http://host:8080/apis/ccompat/v7). Set: each topic's schema is registered under "
+        "<topic>-value and records are framed in the Confluent wire format. Unset: plain JSON.",
+    )
+    schema_registry_username: str | None = Field(None, description="Registry basic-auth user name.")
+    schema_registry_password: SecretStr | None = Field(None, description="Registry basic-auth password (secret).")
+    schema_registry_cafile: str | None = Field(
+        None, description="Path of a PEM CA bundle that signs the registry's certificate."
+    )
+    schema_registry_auto_register: bool = Field(
+        True,
+        description="Register the schemas at start (true), or only look up the ids of identical "
+        "schemas already registered (false, for registries that only a pipeline may write to).",
+    )
+
     # --- Dedup --------------------------------------------------------------------------------
     dedup_ttl_s: int = Field(
         86_400,
@@ -222,7 +241,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return v
 
-    @field_validator("lark_encrypt_key", "lark_encrypt_key_previous", "kafka_sasl_password")
+    @field_validator("lark_encrypt_key", "lark_encrypt_key_previous", "kafka_sasl_password", "schema_registry_password")
     @classmethod
     def _blank_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
         # Helm renders unset optional values as "", which means "not configured".
@@ -230,10 +249,30 @@ class Settings(BaseSettings):
             return None
         return v
 
-    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_cafile", mode="before")
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_ssl_cafile",
+        "schema_registry_url",
+        "schema_registry_username",
+        "schema_registry_cafile",
+        mode="before",
+    )
     @classmethod
     def _blank_str_is_unset(cls, v: Any) -> Any:
         return None if v == "" else v
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials: use BRIDGE_SCHEMA_REGISTRY_USERNAME/_PASSWORD")
+        return v.rstrip("/")
 
     @field_validator("kafka_topic_replication_factor", mode="before")
     @classmethod
@@ -251,6 +290,19 @@ class Settings(BaseSettings):
                 "BRIDGE_DEDUP_TTL_S must be >= BRIDGE_LARK_MAX_SIGNATURE_AGE_S, or a replay inside "
                 "the signature window would be published twice"
             )
+        if (self.schema_registry_username is None) != (self.schema_registry_password is None):
+            raise ValueError("BRIDGE_SCHEMA_REGISTRY_USERNAME and BRIDGE_SCHEMA_REGISTRY_PASSWORD go together")
+        if self.schema_registry_url is not None:
+            names = [
+                self.topic_room_created,
+                self.topic_reserve_config_updated,
+                self.topic_third_party_meeting_room_event,
+                self.topic_dead_letter,
+            ]
+            if len(set(names)) != len(names):
+                raise ValueError(
+                    "with a schema registry each BRIDGE_TOPIC_* must name its own topic (one schema per topic)"
+                )
         if self.kafka_security_protocol.startswith("SASL_"):
             if self.kafka_sasl_mechanism is None:
                 raise ValueError("BRIDGE_KAFKA_SASL_MECHANISM is required with a SASL_* protocol")
@@ -273,6 +325,7 @@ class Settings(BaseSettings):
             self.lark_encrypt_key,
             self.lark_encrypt_key_previous,
             self.kafka_sasl_password,
+            self.schema_registry_password,
         )
         return tuple(s.get_secret_value() for s in secrets if s is not None)
 

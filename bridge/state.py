@@ -15,6 +15,7 @@ from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink
 from bridge.metrics import Metrics
 from bridge.publish import Publisher
+from bridge.registry import SchemaIds
 from bridge.settings import Settings
 from bridge.verify import Verifier
 
@@ -25,7 +26,8 @@ class AppState:
 
     ``draining`` turns true when shutdown begins: readiness answers 503 and new events get 503.
     ``publisher``, ``ledger`` and ``feed`` are None when a test passed its own sink; ``feed`` is
-    also None with ``BRIDGE_DEDUP_STORE=memory``. ``body_bytes_in_flight``:
+    also None with ``BRIDGE_DEDUP_STORE=memory``; ``schema_ids`` is None without a schema
+    registry (``BRIDGE_SCHEMA_REGISTRY_URL``). ``body_bytes_in_flight``:
     request body bytes received and held by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
     """
 
@@ -36,6 +38,7 @@ class AppState:
     publisher: Publisher | None
     ledger: DeliveryLedger | None = None
     feed: LedgerFeed | None = None
+    schema_ids: SchemaIds | None = None
     draining: bool = False
     body_bytes_in_flight: int = 0
 

@@ -39,6 +39,9 @@ UNSET_SAMPLES: dict[str, Any] = {
     "BRIDGE_KAFKA_SASL_USERNAME": "bridge-user",
     "BRIDGE_KAFKA_SSL_CAFILE": "/etc/ssl/kafka/ca.pem",
     "BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR": 3,
+    "BRIDGE_SCHEMA_REGISTRY_URL": "https://registry.example.com/apis/ccompat/v7",
+    "BRIDGE_SCHEMA_REGISTRY_USERNAME": "bridge-registry-user",
+    "BRIDGE_SCHEMA_REGISTRY_CAFILE": "/etc/ssl/registry/ca.pem",
 }
 # One sentinel per secret value key under `secrets:` in values.yaml.
 SENTINELS = {
@@ -46,6 +49,7 @@ SENTINELS = {
     "larkEncryptKey": "sentinel-encrypt-key-9a0e",
     "larkEncryptKeyPrevious": "sentinel-encrypt-key-previous-77d2",
     "kafkaSaslPassword": "sentinel-sasl-password-c3b8",
+    "schemaRegistryPassword": "sentinel-registry-password-41ad",
 }
 SASL = {
     "config": {

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from bridge.app import create_app
 from bridge_devtools.broker import LocalBroker, free_port, free_ports
 from bridge_devtools.platform import Platform
+from bridge_devtools.registry import LocalRegistry
 from tests.support.bridges import RunningBridge, bridge_settings
 from tests.support.credentials import KEY
 
@@ -31,6 +32,13 @@ def broker() -> Iterator[LocalBroker]:
     yield b
     b.stop()
     b.cleanup()
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[LocalRegistry]:
+    """One Apicurio Registry (in memory, BACKWARD) for the session; tests use subjects of their own."""
+    with LocalRegistry() as reg:
+        yield reg
 
 
 @pytest.fixture

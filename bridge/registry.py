@@ -1,0 +1,296 @@
+"""Schema registry: each topic's schema registered under ``<topic>-value``, records framed in the
+Confluent wire format.
+
+With ``BRIDGE_SCHEMA_REGISTRY_URL`` set, the bridge speaks the Confluent Schema Registry REST API
+(also served by Apicurio Registry at ``/apis/ccompat/v7``, Karapace, Redpanda…) — three calls,
+made at start and by the ``schemas`` CLI, never on the hot path:
+
+* ``POST /subjects/{subject}/versions`` — register (or find) a schema, answers its global ``id``;
+* ``POST /subjects/{subject}`` — look up the id of an identical schema already registered
+  (``BRIDGE_SCHEMA_REGISTRY_AUTO_REGISTER=false``);
+* ``POST /compatibility/subjects/{subject}/versions/latest`` — would the subject accept it?
+
+Subjects follow the default ``TopicNameStrategy``: ``<topic>-value``, one schema per topic
+(:func:`bridge.schemas.topic_schema`: the third-party topic's covers its three change types, the
+dead-letter topic has its own). A framed record value is ``0x00`` (magic byte), the schema id as
+a 4-byte big-endian integer, then the same CloudEvents JSON as without a registry — byte for byte
+what confluent-kafka's ``JSONSerializer`` writes for that document (compact separators, UTF-8),
+so its ``JSONDeserializer``, Kafka Connect's ``JsonSchemaConverter`` and Apicurio's serdes read it.
+
+A small aiohttp client rather than confluent-kafka's: the bridge needs three calls, already
+depends on aiohttp, and confluent-kafka would add librdkafka and an HTTP stack to every image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+
+from bridge.metrics import Metrics
+from bridge.normalize import Topics
+from bridge.schemas import topic_schema
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.registry")
+
+MAGIC_BYTE: Final = b"\x00"
+CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
+REQUEST_TIMEOUT_S: Final = 10.0
+#: Longest text of a registry's answer kept in an error (it goes to a log line).
+MAX_MESSAGE_CHARS: Final = 300
+
+
+def subject_of(topic: str) -> str:
+    """The subject of ``topic``'s record values (Confluent's default ``TopicNameStrategy``)."""
+    return f"{topic}-value"
+
+
+def wire_prefix(schema_id: int) -> bytes:
+    """The 5 bytes framing a value of schema ``schema_id``: magic byte 0, id as big-endian uint32."""
+    return MAGIC_BYTE + schema_id.to_bytes(4, "big")
+
+
+def schema_texts(topics: Topics) -> dict[str, str]:
+    """``{topic: schema JSON text}`` for every topic of ``topics`` — the text registered (compact,
+    keys in the generated order; the same text every time, so a restart finds the same id).
+    Raises ValueError when one topic carries kinds no single schema covers."""
+    kinds: dict[str, set[str]] = {}
+    for lark_type, topic in topics.by_type.items():
+        kinds.setdefault(topic, set()).add(lark_type)
+    out = {topic: _text(topic_schema(frozenset(types))) for topic, types in kinds.items()}
+    if topics.dead_letter in out:
+        raise ValueError("the dead-letter topic must not also carry events (one schema per topic)")
+    out[topics.dead_letter] = _text(topic_schema(None))
+    return out
+
+
+def _text(schema: Mapping[str, Any]) -> str:
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+
+
+class RegistryError(Exception):
+    """A registry call that did not give what was asked. ``reason``: ``registry_unreachable``
+    (connection, timeout, 5xx), ``registry_unauthorized`` (401/403), ``schema_incompatible``
+    (409: the subject refuses the schema under its compatibility rule), ``schema_not_registered``
+    (a look-up found no identical schema), ``schema_invalid`` (422), ``registry_error`` (any other
+    answer). ``message``: the registry's own words, capped (never a credential: the URL and
+    headers are not included). ``subject``: the subject concerned, when known."""
+
+    def __init__(self, reason: str, message: str = "", subject: str = "") -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message[:MAX_MESSAGE_CHARS]
+        self.subject = subject
+
+
+class RegistryClient:
+    """The three calls of the Confluent-compatible API the bridge makes (module docstring).
+
+    ``url``: base URL (no trailing slash); ``username``/``password``: basic auth or None;
+    ``cafile``: PEM bundle for https or None (system CAs); ``timeout_s``: per call, seconds. Use
+    as ``async with RegistryClient(...) as client``. Every method raises :class:`RegistryError`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        cafile: str | None = None,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        self._url = url.rstrip("/")
+        auth = aiohttp.encode_basic_auth(username, password or "") if username is not None else None
+        self._headers = {"Accept": CONTENT_TYPE, "Content-Type": CONTENT_TYPE}
+        if auth is not None:
+            self._headers["Authorization"] = auth
+        self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=cafile) if cafile else True
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistryClient:
+        """A client for ``BRIDGE_SCHEMA_REGISTRY_*``. Raises ValueError when no URL is set."""
+        if settings.schema_registry_url is None:
+            raise ValueError("BRIDGE_SCHEMA_REGISTRY_URL is not set")
+        password = settings.schema_registry_password
+        return cls(
+            settings.schema_registry_url,
+            username=settings.schema_registry_username,
+            password=password.get_secret_value() if password is not None else None,
+            cafile=settings.schema_registry_cafile,
+        )
+
+    async def __aenter__(self) -> RegistryClient:
+        self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def register(self, subject: str, schema: str) -> int:
+        """Register ``schema`` (JSON Schema text) under ``subject`` — or find it, when an identical
+        one is already registered — and return its global id."""
+        body = await self._post(f"/subjects/{quote(subject, safe='')}/versions", schema)
+        return _id_of(body)
+
+    async def lookup(self, subject: str, schema: str) -> int:
+        """The id of ``schema`` if ``subject`` already has an identical one; else
+        :class:`RegistryError` ``schema_not_registered``."""
+        body = await self._post(f"/subjects/{quote(subject, safe='')}", schema, not_found="schema_not_registered")
+        return _id_of(body)
+
+    async def is_compatible(self, subject: str, schema: str) -> tuple[bool, list[str]]:
+        """Would ``subject`` accept ``schema`` under its compatibility rule? ``(answer, the
+        registry's messages)``; a subject with no version yet accepts anything."""
+        path = f"/compatibility/subjects/{quote(subject, safe='')}/versions/latest?verbose=true"
+        try:
+            body = await self._post(path, schema, not_found="subject_not_found")
+        except RegistryError as exc:
+            if exc.reason == "subject_not_found":
+                return True, []
+            raise
+        messages = body.get("messages") if isinstance(body, dict) else None
+        return bool(isinstance(body, dict) and body.get("is_compatible")), [str(m) for m in messages or ()]
+
+    async def _post(self, path: str, schema: str, *, not_found: str = "registry_error") -> Any:
+        if self._session is None:
+            raise RuntimeError("use RegistryClient as an async context manager")
+        payload = json.dumps({"schemaType": "JSON", "schema": schema})
+        try:
+            async with self._session.post(self._url + path, data=payload, ssl=self._ssl) as resp:
+                text = await resp.text(errors="replace")
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise RegistryError("registry_unreachable", type(exc).__name__) from None
+        if status == 200:
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise RegistryError("registry_error", "answer is not JSON") from None
+        message = _message_of(text)
+        if status in (401, 403):
+            raise RegistryError("registry_unauthorized", f"HTTP {status}: {message}")
+        if status == 404:
+            raise RegistryError(not_found, f"HTTP 404: {message}")
+        if status == 409:
+            raise RegistryError("schema_incompatible", f"HTTP 409: {message}")
+        if status == 422:
+            raise RegistryError("schema_invalid", f"HTTP 422: {message}")
+        if status >= 500:
+            raise RegistryError("registry_unreachable", f"HTTP {status}: {message}")
+        raise RegistryError("registry_error", f"HTTP {status}: {message}")
+
+
+def _id_of(body: Any) -> int:
+    schema_id = body.get("id") if isinstance(body, dict) else None
+    if not isinstance(schema_id, int) or isinstance(schema_id, bool) or not 0 <= schema_id < 2**32:
+        raise RegistryError("registry_error", "answer has no schema id")
+    return schema_id
+
+
+def _message_of(text: str) -> str:
+    """The registry's error message (``{"error_code", "message"}``), else the start of the text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:MAX_MESSAGE_CHARS]
+    message = body.get("message") if isinstance(body, dict) else None
+    return (message if isinstance(message, str) else text)[:MAX_MESSAGE_CHARS]
+
+
+async def resolve_ids(client: RegistryClient, texts: Mapping[str, str], *, register: bool) -> dict[str, int]:
+    """``{topic: schema id}`` for ``texts`` (:func:`schema_texts`), registering each schema
+    (``register``) or looking it up. Raises :class:`RegistryError` on the first failure."""
+    ids = {}
+    for topic, text in texts.items():
+        subject = subject_of(topic)
+        try:
+            ids[topic] = await (client.register(subject, text) if register else client.lookup(subject, text))
+        except RegistryError as exc:
+            exc.subject = subject
+            raise
+    return ids
+
+
+class SchemaIds:
+    """The schema id of each topic, resolved at start in the background and kept in memory.
+
+    :attr:`prefixes` is ``{topic: 5-byte wire prefix}`` once every id is known, None before;
+    :attr:`not_ready_reason` says why not (a :class:`RegistryError` reason, or ``schema_ids``
+    while the first attempt runs). A failed attempt is retried with backoff (0.5 s doubling to
+    30 s), so a registry that is down at start heals without a restart; the log gets one line
+    each time the reason changes (an incompatible schema is an ERROR naming the subject and the
+    registry's message). ``client_factory`` makes the client of each attempt (tests).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        metrics: Metrics,
+        *,
+        client_factory: Any = None,
+    ) -> None:
+        self._settings = settings
+        self._texts = schema_texts(topics)
+        self._metrics = metrics
+        self._factory = client_factory or (lambda: RegistryClient.from_settings(settings))
+        self._task: asyncio.Task[None] | None = None
+        self.prefixes: dict[str, bytes] | None = None
+        self.ids: dict[str, int] = {}
+        self.not_ready_reason = "schema_ids"
+
+    async def start(self) -> None:
+        """Start resolving in the background. Never raises."""
+        self._task = asyncio.create_task(self._run(), name="bridge-schema-ids")
+
+    async def close(self) -> None:
+        """Stop a resolution still running."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        last_reason = ""
+        while True:
+            try:
+                async with self._factory() as client:
+                    ids = await resolve_ids(client, self._texts, register=self._settings.schema_registry_auto_register)
+            except RegistryError as exc:
+                self.not_ready_reason = exc.reason
+                self._metrics.registry_failures.labels(reason=exc.reason).inc()
+                if exc.reason != last_reason:
+                    last_reason = exc.reason
+                    subject = exc.subject
+                    level = (
+                        logging.ERROR if exc.reason in ("schema_incompatible", "schema_invalid") else logging.WARNING
+                    )
+                    log.log(
+                        level,
+                        "schema registry: %s for subject %s: %s; not ready, retrying",
+                        exc.reason,
+                        subject,
+                        exc.message,
+                    )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self.ids = ids
+            self.prefixes = {topic: wire_prefix(schema_id) for topic, schema_id in ids.items()}
+            self.not_ready_reason = ""
+            log.info("schema registry: ids %s", ",".join(f"{subject_of(t)}={i}" for t, i in sorted(ids.items())))
+            return
