@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test unit lint deps broker-jars helm-check bench clean
+.PHONY: demo test unit lint deps broker-jars registry-dist helm-check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ deps: $(VENV)/.deps
 
 broker-jars: deps
 	$(PY) -m bridge_devtools.broker fetch
+
+## Apicurio Registry (Maven Central, cached like the broker) for the schema-registry tests.
+registry-dist: deps
+	$(PY) -m bridge_devtools.registry fetch
 
 ## Run the main job on a local broker: send the three samples, print the records.
 demo: broker-jars
@@ -35,7 +39,7 @@ lint: deps
 	$(PY) -m mypy
 
 ## The whole test suite against a real broker (what CI runs).
-test: lint broker-jars helm-check
+test: lint broker-jars registry-dist helm-check
 	$(PY) -m bridge schemas check
 	$(PY) -m pytest
 
