@@ -17,7 +17,9 @@ traffic and the broker on core 1), then runs six phases, each bounded in count a
 4. broker frozen: SIGSTOP of the broker JVM while valid events arrive; every answer within 3 s;
    SIGCONT, recovery, and the platform's retry of those events;
 5. broker-side check: every record of the bridge's topics matched to the delivery ids answered 200
-   (CloudEvents ``larkeventid``), fan-out counts, no duplicate records;
+   (CloudEvents ``larkeventid``; a dead letter of an authentic event without a readable delivery id by
+   ``sha256:`` of the plaintext sent, its ``id`` and ``lark_event_id`` header), fan-out counts, no
+   duplicate records;
 6. end: /metrics series, RSS, fds, log volume, SIGTERM and exit code, broker stopped.
 
 Traffic goes only to 127.0.0.1. Prints a table and, for a full run (not ``--quick``, not
@@ -68,6 +70,7 @@ MAX_BODY: Final = 1_048_576  # BRIDGE_HTTP_MAX_BODY_BYTES (default)
 SERVICE_CORE: Final = 0
 LOAD_CORE: Final = 1
 DEAD_LETTER_TOPIC: Final = "lark.bridge.dead_letter"
+LARK_EVENT_ID_HEADER: Final = "lark_event_id"  # a record's Kafka header: its delivery id (dead letter: its key)
 BENCHMARKS_MD: Final = tools.REPO / "BENCHMARKS.md"
 TITLE: Final = "## Hostile-input stress (python -m benchmarks.stress)"
 BEGIN: Final = "<!-- stress:begin (written by python -m benchmarks.stress; edits here are overwritten) -->"
@@ -169,13 +172,17 @@ class Req:
     body: bytes
     headers: dict[str, str]
     chunked: bool = False
+    key: str | None = None  # encrypted by us: ``plaintext_key`` of the plaintext
 
 
 @dataclass(slots=True)
 class Sent:
     """One request and its answer. ``did``: the delivery id the bridge will read (None: none or not
-    known); ``fanout``: records expected on the event topics when answered 200 (0 = one dead letter;
-    None = either); times are the event loop's clock."""
+    known); ``key``: of an authentic request, ``plaintext_key`` of its plaintext — the id of its dead
+    letter when the bridge reads no delivery id from it (unreadable, or a malformed top level);
+    ``fanout``: records expected on the event topics when answered 200 (0 = one dead letter; None =
+    either); ``bad_token``: its plaintext carries a verification token other than ours (a 401
+    ``token_mismatch`` is right); times are the event loop's clock."""
 
     cat: str
     variant: str
@@ -191,6 +198,8 @@ class Sent:
     wrote: float = 0.0  # the request's headers were written (it had a connection)
     done: float = 0.0
     authentic: bool = False  # correctly signed and encrypted: the bridge should take it (records, dead letter)
+    key: str | None = None
+    bad_token: bool = False
 
     @property
     def service_ms(self) -> float:
@@ -227,6 +236,42 @@ def mutate(data: bytes, rng: random.Random, n: int, alphabet: bytes | None) -> t
             del buf[pos]
         ops.append(f"{op}@{pos}")
     return bytes(buf), ",".join(ops)
+
+
+def plaintext_key(plain: bytes) -> str:
+    """The bridge's dedup key of an authentic event without a delivery id (bridge/inbound.py
+    ``InboundEvent.dedup_key``): ``sha256:`` and the hex SHA-256 of the decrypted plaintext — its
+    dead letter's ``id`` and ``lark_event_id`` header."""
+    return "sha256:" + hashlib.sha256(plain).hexdigest()
+
+
+def read_plaintext(plain: bytes) -> Any:
+    """``plain`` as JSON, read more leniently than the bridge's top level (invalid UTF-8 and raw
+    control characters pass: the bridge leaves ``event`` unread), so that what the bridge reads is
+    read alike here (delivery id, token); None when not JSON even so. What only this reads, the
+    bridge dead-letters under ``plaintext_key``."""
+    try:
+        return json.loads(plain.decode("utf-8", "surrogateescape"), strict=False)
+    except ValueError:
+        return None
+
+
+def token_of(payload: Any) -> Any:
+    """The verification token the bridge checks in a plaintext payload (bridge/inbound.py
+    ``Outer.verification_token``): schema 2.0 ``header.token``, else the top-level ``token``; None
+    when absent."""
+    if not isinstance(payload, dict):
+        return None
+    if payload.get("schema") is not None:
+        header = payload.get("header")
+        return header.get("token") if isinstance(header, dict) else None
+    return payload.get("token")
+
+
+def wrong_token(payload: Any) -> bool:
+    """A present verification token that is not ours: answered 401 ``token_mismatch`` (deliberately)."""
+    token = token_of(payload)
+    return token is not None and token != TOKEN
 
 
 def delivery_id_of(payload: Any) -> str | None:
@@ -336,11 +381,15 @@ class Factory:
         return body, fan, did, kind
 
     def signed(self, payload: Any = None, raw: bytes | None = None) -> Req:
-        r = self.platform.request(payload, raw_plaintext=raw)
-        return Req(r.body, dict(r.headers))
+        plain = raw if raw is not None else compact(payload)
+        r = self.platform.request(None, raw_plaintext=plain)
+        return Req(r.body, dict(r.headers), key=plaintext_key(plain))
 
     def build(self, cat: str) -> tuple[Req, Sent]:
-        return getattr(self, "_" + cat)()
+        req, s = getattr(self, "_" + cat)()
+        if s.authentic:
+            s.key = req.key
+        return req, s
 
     def _valid(self) -> tuple[Req, Sent]:
         p, fan, did, kind = self.payload(1)
@@ -374,18 +423,33 @@ class Factory:
         p, _, _, kind = self.payload(3)
         plain = compact(p)
         mutated, ops = mutate(plain, self.rng, self.rng.randint(1, 3), JSON_ALPHABET)
-        try:
-            did = delivery_id_of(json.loads(mutated.decode("utf-8")))
-        except ValueError:  # not UTF-8 / not JSON for Python either
-            did = None
-        note = f"{kind}, plaintext {len(mutated)} B, {ops}"
-        return self.signed(raw=mutated), Sent("mutated_plaintext", kind, _AUTH, did, None, note, authentic=True)
+        doc = read_plaintext(mutated)  # None: not JSON, so a dead letter (never a 401)
+        bad = wrong_token(doc)
+        note = f"{kind}, plaintext {len(mutated)} B, {ops}" + (", token changed" if bad else "")
+        return self.signed(raw=mutated), Sent(
+            "mutated_plaintext",
+            kind,
+            _AUTH if bad else _OK,
+            delivery_id_of(doc),
+            None,
+            note,
+            authentic=True,
+            bad_token=bad,
+        )
 
     def _mutated_tree(self) -> tuple[Req, Sent]:
         p, _, _, kind = self.payload(4)
         ops = tree_mutate(p, self.rng, self.rng.randint(1, 3))
+        bad = wrong_token(p)
         return self.signed(p), Sent(
-            "mutated_tree", kind, _AUTH, delivery_id_of(p), None, f"{kind}: {ops}"[:300], authentic=True
+            "mutated_tree",
+            kind,
+            _AUTH if bad else _OK,
+            delivery_id_of(p),
+            None,
+            f"{kind}: {ops}"[:300],
+            authentic=True,
+            bad_token=bad,
         )
 
     def _nested(self) -> tuple[Req, Sent]:
@@ -401,7 +465,7 @@ class Factory:
         p, _, did, kind = self.payload(5, kind=self.rng.choice(("vc.room.created_v1", "vc.reserve_config.updated_v1")))
         plain = b'{"schema":"2.0","header":' + compact(p["header"]) + b',"event":' + nest(depth, self.rng) + b"}"
         return self.signed(raw=plain), Sent(
-            "nested", variant, _AUTH, did, None, f"{kind}, event depth {depth}", authentic=True
+            "nested", variant, _OK, did, 0, f"{kind}, event depth {depth}", authentic=True
         )
 
     def _invalid_utf8(self) -> tuple[Req, Sent]:
@@ -423,7 +487,7 @@ class Factory:
             else:
                 p["event"]["tenant_key"] = marker
             plain = compact(p).replace(marker.encode(), b"t\xc0\xaf\xff\xed\xa0\x80x")
-            return self.signed(raw=plain), Sent("invalid_utf8", variant, _AUTH, did, None, kind, authentic=True)
+            return self.signed(raw=plain), Sent("invalid_utf8", variant, _OK, did, 0, kind, authentic=True)
         # lone surrogates (valid JSON escapes, not Unicode): tenant_key and the Kafka key's source
         if "header" in p:
             p["header"]["tenant_key"] = "\ud800tenant"
@@ -435,7 +499,7 @@ class Factory:
             p["event"]["tenant_key"] = "\ud800tenant"
             p["event"]["meeting_rooms"][0]["open_id"] += "\udfff"
         plain = json.dumps(p, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-        return self.signed(raw=plain), Sent("invalid_utf8", variant, _AUTH, did, None, kind, authentic=True)
+        return self.signed(raw=plain), Sent("invalid_utf8", variant, _OK, did, 0, kind, authentic=True)
 
     def _gzip(self) -> tuple[Req, Sent]:
         p, fan, did, kind = self.payload(7)
@@ -962,8 +1026,7 @@ class Stress:
         rejected: Counter[str] = Counter()
         for s in flood:
             if s.authentic and s.status == 401:
-                token = s.cat == "mutated_tree" and "token" in s.note
-                rejected[f"{s.cat}/{s.variant}" + (" (verification token mutated)" if token else "")] += 1
+                rejected[f"{s.cat}/{s.variant}" + (" (verification token mutated)" if s.bad_token else "")] += 1
         untouched = {k: v for k, v in rejected.items() if "token mutated" not in k}
         if untouched:
             self.finding(
@@ -1271,7 +1334,11 @@ class Stress:
         )
         events: dict[str | None, list[str]] = defaultdict(list)  # larkeventid -> record ids (event topics)
         where: dict[str, str] = {}  # record id -> topic[partition]@offset
-        dead: dict[str | None, int] = defaultdict(int)  # larkeventid -> dead letters
+        # dead-letter key (its lark_event_id header, else its id: the delivery id, or sha256: of the
+        # plaintext of an event without one) -> dead letters
+        dead: dict[str, int] = defaultdict(int)
+        dead_no_did = 0  # dead letters without a delivery id (larkeventid null)
+        dead_odd: list[str] = []  # dead letters whose header, id and larkeventid disagree
         per_topic: Counter[str] = Counter()
         undecodable = 0
         t0 = time.monotonic()
@@ -1295,7 +1362,19 @@ class Stress:
                             undecodable += 1
                             continue
                         if tp.topic == DEAD_LETTER_TOPIC:
-                            dead[env.larkeventid] += 1
+                            header = next((v for k, v in m.headers or () if k == LARK_EVENT_ID_HEADER), None)
+                            key = header.decode("utf-8", "replace") if header is not None else env.id
+                            dead[key] += 1
+                            dead_no_did += env.larkeventid is None
+                            if (
+                                key != env.id
+                                or env.larkeventid not in (None, key)
+                                or (env.larkeventid is None and not key.startswith("sha256:"))
+                            ):
+                                dead_odd.append(
+                                    f"id {env.id[:80]!r}, header {key[:80]!r}, larkeventid "
+                                    f"{(env.larkeventid or '')[:80]!r}"
+                                )
                         else:
                             events[env.larkeventid].append(env.id)
                             where[env.id] = f"{tp.topic}[{tp.partition}]@{m.offset}"
@@ -1305,11 +1384,15 @@ class Stress:
         finally:
             await consumer.stop()
         read_s = time.monotonic() - t0
-        # what we sent, by delivery id
+        # what we sent, by delivery id (else by the plaintext's sha256: key, the id of its dead letter)
         by_id: dict[str, list[Sent]] = defaultdict(list)
         for s in self.sent:
-            if s.did is not None:
-                by_id[s.did].append(s)
+            if s.did is not None or s.key is not None:
+                by_id[s.did or s.key or ""].append(s)
+        # dead letters of each: by its delivery id, or by the sha256: key of a plaintext the bridge
+        # read no delivery id from
+        keys_of = {d: {d} | {s.key for s in group if s.key is not None} for d, group in by_id.items()}
+        dead_of: dict[str, int] = {d: sum(dead.get(k, 0) for k in keys) for d, keys in keys_of.items()}
         ok_ids = {d for d, group in by_id.items() if any(s.status == 200 for s in group)}
         missing: list[str] = []
         fan_bad: list[str] = []
@@ -1318,7 +1401,7 @@ class Stress:
         both: list[str] = []
         published_not_ok = 0
         for d, group in by_id.items():
-            ev_ids, n_dead = events.get(d, []), dead.get(d, 0)
+            ev_ids, n_dead = events.get(d, []), dead_of[d]
             if len(ev_ids) != len(set(ev_ids)):
                 dup_records.append(d)
             if n_dead > 1:
@@ -1336,21 +1419,27 @@ class Stress:
                 fan_bad.append(d)
         # what each authenticated request answered 200 became, per category and variant
         became: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        wrong_token_taken: list[Sent] = []  # a readable event with a wrong token: 401 due, not a record
         for s in self.sent:
             if s.status != 200 or s.cat in ("valid", "duplicate", "warmup", "baseline", "slow_probe", "recover"):
                 continue
             if s.cat in ("frozen", "frozen_retry"):
                 continue
-            if s.did is None:
+            if s.did is None and s.key is None:
                 became[(s.cat, s.variant)]["no id (unkeyed dead letter?)"] += 1
-            elif events.get(s.did):
+            elif s.did is not None and events.get(s.did):
                 became[(s.cat, s.variant)]["records"] += 1
-            elif dead.get(s.did):
+            elif s.did is not None and dead.get(s.did):
                 became[(s.cat, s.variant)]["dead letter"] += 1
+            elif s.key is not None and dead.get(s.key):
+                became[(s.cat, s.variant)]["dead letter (sha256 of the plaintext)"] += 1
             else:
                 became[(s.cat, s.variant)]["nothing found"] += 1
+            if s.bad_token and (s.did is not None and (events.get(s.did) or dead.get(s.did))):
+                wrong_token_taken.append(s)
         all_record_ids = [i for ids in events.values() for i in ids]
-        foreign = {d for d in set(events) | set(dead) if d not in by_id}
+        known = set().union(*keys_of.values())
+        foreign = {d for d in set(events) | set(dead) if d not in known}
         n_events = sum(len(v) for v in events.values())
         n_dead = sum(dead.values())
         cats_of = Counter(by_id[d][0].cat for d in missing + fan_bad + dup_records + dup_dead if d in by_id)
@@ -1359,7 +1448,9 @@ class Stress:
             "per_topic": dict(per_topic),
             "event_records": n_events,
             "dead_letters": n_dead,
-            "dead_unkeyed": dead.get(None, 0),
+            "dead_unkeyed": dead_no_did,
+            "dead_sha": sum(v for k, v in dead.items() if k.startswith("sha256:")),
+            "dead_odd": len(dead_odd),
             "ok_ids": len(ok_ids),
             "missing": len(missing),
             "fan_bad": len(fan_bad),
@@ -1378,7 +1469,8 @@ class Stress:
         c = self.r["check"]
         print(
             f"  {c['records']:,} records in {read_s:.1f} s ({c['event_records']:,} event records, {n_dead:,} dead "
-            f"letters, {c['dead_unkeyed']} of them without a delivery id); {len(ok_ids):,} delivery ids answered 200",
+            f"letters, {c['dead_unkeyed']} of them without a delivery id, {c['dead_sha']} keyed by sha256 of the "
+            f"plaintext); {len(ok_ids):,} delivery ids / plaintexts answered 200",
             flush=True,
         )
         print(
@@ -1404,9 +1496,21 @@ class Stress:
                 self.finding(
                     f"broker check: {len(ids)} × {label} (categories {dict(Counter(by_id[d][0].cat for d in ids))}; "
                     f"e.g. {ex.cat}/{ex.variant} id {ids[0][:40]!r}: {len(events.get(ids[0], []))} records, "
-                    f"{dead.get(ids[0], 0)} dead letters, expected fan-out {ex.fanout})"
+                    f"{dead_of[ids[0]]} dead letters, expected fan-out {ex.fanout})"
                 )
-                self.explain(label, ids[:10], by_id, events, dead, where)
+                self.explain(label, ids[:10], by_id, events, dead_of, where)
+        if dead_odd:
+            self.finding(
+                f"broker check: {len(dead_odd)} dead letters whose lark_event_id header, id and larkeventid "
+                f"disagree (e.g. {dead_odd[0]})"
+            )
+        if wrong_token_taken:
+            ex = wrong_token_taken[0]
+            self.finding(
+                f"broker check: {len(wrong_token_taken)} events with a wrong verification token were published "
+                f"(records or a dead letter by delivery id, not 401 token_mismatch; e.g. {ex.cat}/{ex.variant} "
+                f"{ex.req_id}: {ex.note})"
+            )
         if unread or undecodable:
             self.finding(f"broker check incomplete: {unread} partitions unread, {undecodable} undecodable values")
 
@@ -1416,7 +1520,7 @@ class Stress:
         ids: list[str],
         by_id: dict[str, list[Sent]],
         events: dict[str | None, list[str]],
-        dead: dict[str | None, int],
+        dead: dict[str, int],
         where: dict[str, str],
     ) -> None:
         """Print (and keep for the report) every request of each id, its records, and what the bridge
@@ -1822,8 +1926,9 @@ Flood answers per category ({st.args.requests:,} requests, open loop at {st.args
 
 {chr(10).join(counters)}
 
-What the non-`valid` requests answered 200 became (found by delivery id in the broker check; "no id" ones are
-dead letters without a key, counted above):
+What the non-`valid` requests answered 200 became (found by delivery id in the broker check, or — a dead
+letter of an event without a readable delivery id — by `sha256:` of the plaintext sent; "no id" ones are
+neither, counted above):
 
 {became}
 
@@ -1996,7 +2101,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError), open(st.work / "sent.jsonl", "w") as f:
         for s in st.sent:
             row = {k: getattr(s, k) for k in ("req_id", "cat", "variant", "status", "error", "fanout", "note")}
-            row.update(did=(s.did or "")[:64], fired=round(s.fired - st.t_flood, 4), ms=round(s.service_ms, 2))
+            row.update(
+                did=(s.did or "")[:64], key=s.key, fired=round(s.fired - st.t_flood, 4), ms=round(s.service_ms, 2)
+            )
             f.write(json.dumps(row) + "\n")
     text = report(st, elapsed, command)
     print("\n" + text, flush=True)
