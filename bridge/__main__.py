@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
         configure_logging(settings.log_level, settings.log_format)
         warn_unknown_variables(os.environ)
-        asyncio.run(serve(settings))
-        return 0
+        return asyncio.run(serve(settings))
     if args.command == "schemas" and args.action in ("register", "check-compat"):
         env = dict(os.environ)
         env.setdefault("BRIDGE_LARK_VERIFICATION_TOKEN", "not-used-by-this-command")

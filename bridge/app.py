@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge.dedup import DeliveryLedger
 from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink, KafkaDelivery
+from bridge.ingress.long_connection import LongConnection
 from bridge.ingress.webhook import error_middleware, handle_event
 from bridge.ingress.webhook import json_answer as _answer
 from bridge.metrics import Metrics
@@ -47,8 +49,23 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 def not_ready_reason(state: AppState) -> str | None:
     """Why the bridge is not ready (``shutting_down``, the producer's reason, the schema
-    registry's, ``dedup_replay``), or None when it is: the producer is connected, the topics
-    exist, every topic's schema id is known (with a registry) and the dedup ledger is replayed."""
+    registry's, ``dedup_replay``, ``long_connection_down``), or None when it is: the producer is
+    connected, the topics exist, every topic's schema id is known (with a registry), the dedup
+    ledger is replayed and — with the long connection as the only ingress — its WebSocket is
+    open (docs/long_connection.md §9.4; with ``both`` the webhook keeps its traffic meanwhile)."""
+    reason = delivery_not_ready_reason(state)
+    if reason is None and state.long_connection is not None and not state.settings.webhook_enabled:
+        return state.long_connection.not_ready_reason or None
+    return reason
+
+
+def delivery_ready(state: AppState) -> bool:
+    """The delivery can take events now (:func:`delivery_not_ready_reason` has none)."""
+    return delivery_not_ready_reason(state) is None
+
+
+def delivery_not_ready_reason(state: AppState) -> str | None:
+    """Why the delivery cannot take events now, or None."""
     if state.draining:
         return "shutting_down"
     if state.publisher is not None and not state.publisher.ready:
@@ -83,6 +100,7 @@ def create_app(
     producer_factory: Callable[[], AIOKafkaProducer] | None = None,
     consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
     registry_client_factory: Callable[[], RegistryClient] | None = None,
+    long_connection_session_factory: Callable[[], aiohttp.ClientSession] | None = None,
 ) -> web.Application:
     """Build the bridge's aiohttp app from ``settings``.
 
@@ -95,11 +113,14 @@ def create_app(
     context, and records are framed in the Confluent wire format.
     """
     metrics = Metrics()
-    verifier = Verifier(
-        settings.lark_verification_token.get_secret_value(),
-        settings.encrypt_keys,
-        max_age_s=settings.lark_max_signature_age_s,
-    )
+    verifier: Verifier | None = None
+    if settings.webhook_enabled:
+        assert settings.lark_verification_token is not None  # the settings require it
+        verifier = Verifier(
+            settings.lark_verification_token.get_secret_value(),
+            settings.encrypt_keys,
+            max_age_s=settings.lark_max_signature_age_s,
+        )
     publisher: Publisher | None = None
     delivery: KafkaDelivery | None = None
     ledger: DeliveryLedger | None = None
@@ -131,13 +152,34 @@ def create_app(
             ledger_ready=(lambda: feed.ready) if feed is not None else None,
         )
         sink = delivery
+    long_connection: LongConnection | None = None
+    if settings.long_connection_enabled:
+        long_connection = LongConnection(
+            settings,
+            sink,
+            metrics,
+            delivery_ready=lambda: delivery_ready(state),
+            session_factory=long_connection_session_factory,
+        )
     app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware])
-    state = app[STATE] = AppState(settings, verifier, sink, metrics, publisher, ledger, feed, schema_ids)
+    state = app[STATE] = AppState(
+        settings, verifier, sink, metrics, publisher, ledger, feed, schema_ids, long_connection=long_connection
+    )
     metrics.ready.set_function(lambda: 0.0 if not_ready_reason(state) else 1.0)
-    app.router.add_post(settings.http_path, handle_event)
+    if settings.webhook_enabled:
+        app.router.add_post(settings.http_path, handle_event)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
+
+    if long_connection is not None:
+        lc = long_connection
+
+        async def long_connection_ctx(app: web.Application) -> AsyncIterator[None]:
+            await lc.start()
+            yield
+            app[STATE].draining = True
+            await lc.close(timeout_s=settings.kafka_publish_timeout_s)
 
     if publisher is not None:
 
@@ -158,4 +200,6 @@ def create_app(
                 await schema_ids.close()
 
         app.cleanup_ctx.append(producer_ctx)
+    if long_connection is not None:  # after the producer's: started after it, closed (acks sent) before it
+        app.cleanup_ctx.append(long_connection_ctx)
     return app

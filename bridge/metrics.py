@@ -126,6 +126,32 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.long_connection_up = Gauge(
+            "bridge_long_connection_up", "1 while the long connection's WebSocket is open.", registry=r
+        )
+        self.long_connection_connects = Counter(
+            "bridge_long_connection_connects_total",
+            "Attempts to open the long connection, by outcome (connected, or why it failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.long_connection_frames = Counter(
+            "bridge_long_connection_frames_total",
+            "Frames received over the long connection, by kind (event, card, ping, pong, other, invalid, text).",
+            ["kind"],
+            registry=r,
+        )
+        self.long_connection_acks = Counter(
+            "bridge_long_connection_acks_total",
+            "Events acknowledged over the long connection, by ack code (200 handled, 500 re-push).",
+            ["code"],
+            registry=r,
+        )
+        self.long_connection_partials_dropped = Counter(
+            "bridge_long_connection_partials_dropped_total",
+            "Split messages dropped incomplete (a part missing after 5 s, or too many at once).",
+            registry=r,
+        )
         self.dedup_tail_lag = Histogram(
             "bridge_dedup_tail_lag_seconds",
             "Delay from a record's timestamp to its delivery id entering this process's ledger.",

@@ -96,8 +96,10 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: web.Application | None = None) -> None:
-    """Serve ``settings.http_host:http_port`` until SIGTERM/SIGINT; returns after a clean shutdown.
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: web.Application | None = None) -> int:
+    """Serve ``settings.http_host:http_port`` until SIGTERM/SIGINT; returns the exit code after a
+    clean shutdown: 0, or 1 when the long connection stopped for good (a refusal no retry can
+    mend, docs/long_connection.md §7), which also ends serving.
 
     ``ready`` (optional) is set once the socket listens; ``app`` is the app to serve (default
     ``create_app(settings)``; the benchmarks pass one with a pre-filled dedup ledger). Raises
@@ -122,9 +124,21 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: 
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
+    long_connection = app[STATE].long_connection
+    watcher = None
+    if long_connection is not None:
+        lc = long_connection
+
+        async def stop_when_failed() -> None:
+            await lc.stopped.wait()
+            stop.set()
+
+        watcher = asyncio.create_task(stop_when_failed())
     try:
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         app[STATE].draining = True  # readiness (and the bridge_ready gauge) turn 0 at once
         log.info("shutting down")
         try:
@@ -134,3 +148,4 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("stopped")
+    return 1 if long_connection is not None and long_connection.failed else 0

@@ -5,9 +5,9 @@ upper case (``http_port`` → ``BRIDGE_HTTP_PORT``). These names are the public 
 chart, the README reference and ``python -m bridge serve --help`` are all derived from this model
 (see :func:`setting_docs`), so they cannot drift apart.
 
-Secrets (the verification token, the encrypt keys, the SASL and registry passwords) are ``SecretStr``: their
-``repr``/``str`` is masked, and :func:`load_settings` reports a bad value by variable name and
-reason only, never by value.
+Secrets (the verification token, the encrypt keys, the app secret, the SASL and registry
+passwords) are ``SecretStr``: their ``repr``/``str`` is masked, and :func:`load_settings` reports
+a bad value by variable name and reason only, never by value.
 """
 
 from __future__ import annotations
@@ -58,6 +58,15 @@ class DedupStore(enum.StrEnum):
 
     KAFKA = "kafka"
     MEMORY = "memory"
+
+
+class Ingress(enum.StrEnum):
+    """How events reach the bridge: the HTTP ``webhook``, the platform's ``long_connection``
+    (docs/long_connection.md), or ``both`` (to switch an app's subscription mode without a gap)."""
+
+    WEBHOOK = "webhook"
+    LONG_CONNECTION = "long_connection"
+    BOTH = "both"
 
 
 class Compression(enum.StrEnum):
@@ -119,8 +128,14 @@ class Settings(BaseSettings):
     )
 
     # --- Lark protocol ------------------------------------------------------------------------
-    lark_verification_token: SecretStr = Field(
-        description="Verification Token from the developer console (required; secret).",
+    ingress: Ingress = Field(
+        Ingress.WEBHOOK,
+        description="webhook (the platform POSTs events to BRIDGE_HTTP_PATH), long_connection (the "
+        "bridge connects out to the platform: no public URL) or both.",
+    )
+    lark_verification_token: SecretStr | None = Field(
+        None,
+        description="Verification Token from the developer console (required with the webhook; secret).",
     )
     lark_encrypt_key: SecretStr | None = Field(
         None,
@@ -136,6 +151,24 @@ class Settings(BaseSettings):
         28_800,
         ge=60,
         description="Oldest X-Lark-Request-Timestamp accepted, in seconds (the platform retries for about 7.1 h).",
+    )
+
+    lark_app_id: str | None = Field(
+        None, description="App ID (cli_…) from the developer console (required with the long connection)."
+    )
+    lark_app_secret: SecretStr | None = Field(
+        None, description="App Secret from the developer console (required with the long connection; secret)."
+    )
+    lark_domain: str = Field(
+        "https://open.feishu.cn",
+        description="Open-platform base URL the long connection asks for its endpoint: "
+        "https://open.feishu.cn (Feishu) or https://open.larksuite.com (Lark).",
+    )
+    long_connection_max_payload_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest event payload accepted over the long connection (split messages "
+        "reassembled), in bytes; larger is acked as a failure.",
     )
 
     # --- Kafka --------------------------------------------------------------------------------
@@ -236,12 +269,19 @@ class Settings(BaseSettings):
 
     @field_validator("lark_verification_token")
     @classmethod
-    def _token_not_blank(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().strip():
-            raise ValueError("must not be empty")
-        return v
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        # "" is "not configured" (Helm renders it for an unset value); only blanks are wrong.
+        if v is not None and v.get_secret_value() and not v.get_secret_value().strip():
+            raise ValueError("must not be blank")
+        return None if v is None or v.get_secret_value() == "" else v
 
-    @field_validator("lark_encrypt_key", "lark_encrypt_key_previous", "kafka_sasl_password", "schema_registry_password")
+    @field_validator(
+        "lark_encrypt_key",
+        "lark_encrypt_key_previous",
+        "kafka_sasl_password",
+        "schema_registry_password",
+        "lark_app_secret",
+    )
     @classmethod
     def _blank_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
         # Helm renders unset optional values as "", which means "not configured".
@@ -256,6 +296,7 @@ class Settings(BaseSettings):
         "schema_registry_url",
         "schema_registry_username",
         "schema_registry_cafile",
+        "lark_app_id",
         mode="before",
     )
     @classmethod
@@ -290,6 +331,12 @@ class Settings(BaseSettings):
                 "BRIDGE_DEDUP_TTL_S must be >= BRIDGE_LARK_MAX_SIGNATURE_AGE_S, or a replay inside "
                 "the signature window would be published twice"
             )
+        if self.webhook_enabled and self.lark_verification_token is None:
+            raise ValueError("BRIDGE_LARK_VERIFICATION_TOKEN is required with the webhook (BRIDGE_INGRESS)")
+        if self.long_connection_enabled and (not self.lark_app_id or self.lark_app_secret is None):
+            raise ValueError("BRIDGE_LARK_APP_ID and BRIDGE_LARK_APP_SECRET are required with the long connection")
+        if urlsplit(self.lark_domain).scheme not in ("http", "https") or not urlsplit(self.lark_domain).hostname:
+            raise ValueError("BRIDGE_LARK_DOMAIN must be an http(s) URL")
         if (self.schema_registry_username is None) != (self.schema_registry_password is None):
             raise ValueError("BRIDGE_SCHEMA_REGISTRY_USERNAME and BRIDGE_SCHEMA_REGISTRY_PASSWORD go together")
         if self.schema_registry_url is not None:
@@ -313,6 +360,16 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def webhook_enabled(self) -> bool:
+        """The HTTP webhook takes events (``BRIDGE_INGRESS`` webhook or both)."""
+        return self.ingress != Ingress.LONG_CONNECTION
+
+    @property
+    def long_connection_enabled(self) -> bool:
+        """The long connection takes events (``BRIDGE_INGRESS`` long_connection or both)."""
+        return self.ingress != Ingress.WEBHOOK
+
+    @property
     def encrypt_keys(self) -> tuple[str, ...]:
         """The accepted encrypt keys, current first; empty when encryption is off."""
         keys = (self.lark_encrypt_key, self.lark_encrypt_key_previous)
@@ -326,6 +383,7 @@ class Settings(BaseSettings):
             self.lark_encrypt_key_previous,
             self.kafka_sasl_password,
             self.schema_registry_password,
+            self.lark_app_secret,
         )
         return tuple(s.get_secret_value() for s in secrets if s is not None)
 

@@ -7,6 +7,7 @@ factory that registers them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -19,6 +20,9 @@ from bridge.registry import SchemaIds
 from bridge.settings import Settings
 from bridge.verify import Verifier
 
+if TYPE_CHECKING:  # it imports the webhook ingress, which imports this module
+    from bridge.ingress.long_connection import LongConnection
+
 
 @dataclass(slots=True)
 class AppState:
@@ -27,18 +31,20 @@ class AppState:
     ``draining`` turns true when shutdown begins: readiness answers 503 and new events get 503.
     ``publisher``, ``ledger`` and ``feed`` are None when a test passed its own sink; ``feed`` is
     also None with ``BRIDGE_DEDUP_STORE=memory``; ``schema_ids`` is None without a schema
-    registry (``BRIDGE_SCHEMA_REGISTRY_URL``). ``body_bytes_in_flight``:
+    registry (``BRIDGE_SCHEMA_REGISTRY_URL``); ``verifier`` without the webhook and
+    ``long_connection`` without the long connection (``BRIDGE_INGRESS``). ``body_bytes_in_flight``:
     request body bytes received and held by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
     """
 
     settings: Settings
-    verifier: Verifier
+    verifier: Verifier | None
     sink: EventSink
     metrics: Metrics
     publisher: Publisher | None
     ledger: DeliveryLedger | None = None
     feed: LedgerFeed | None = None
     schema_ids: SchemaIds | None = None
+    long_connection: LongConnection | None = None
     draining: bool = False
     body_bytes_in_flight: int = 0
 

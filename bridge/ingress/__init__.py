@@ -8,8 +8,11 @@ answers so that the platform retries. The delivery knows nothing of the ingress.
 
 * :mod:`bridge.ingress.webhook` — the HTTP webhook ("send events to developer server",
   docs/protocol.md §1–§6): verify, decrypt, token, freshness; answers with an HTTP status.
+* :mod:`bridge.ingress.long_connection` — the platform's long connection (an outbound WebSocket,
+  docs/long_connection.md): protobuf frames (:mod:`bridge.ingress.frames`), answered with ack
+  frames. ``BRIDGE_INGRESS`` chooses one or both.
 
-Adding one (e.g. the platform's long connection): authenticate by its own rules, build the
-payload bytes, call ``read_inbound(payload)``, ``await sink.deliver(event, received_ms=…)``,
-and map the outcome and :class:`~bridge.errors.BridgeError` to its own acknowledgement.
+Adding one: authenticate by its own rules, build the payload bytes, call
+``read_inbound(payload)``, ``await sink.deliver(event, received_ms=…)``, and map the outcome and
+:class:`~bridge.errors.BridgeError` to its own acknowledgement.
 """

@@ -230,6 +230,7 @@ async def _read_and_deliver(
     except ConnectionResetError:  # the client hung up mid-body
         raise ClientDisconnected() from None
     received = time.time()
+    assert state.verifier is not None  # the route exists only with the webhook enabled
     verified = state.verifier.verify(body, request.headers, now=received)
     if isinstance(verified, Handshake):
         rl.outcome = "handshake"

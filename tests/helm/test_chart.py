@@ -42,6 +42,7 @@ UNSET_SAMPLES: dict[str, Any] = {
     "BRIDGE_SCHEMA_REGISTRY_URL": "https://registry.example.com/apis/ccompat/v7",
     "BRIDGE_SCHEMA_REGISTRY_USERNAME": "bridge-registry-user",
     "BRIDGE_SCHEMA_REGISTRY_CAFILE": "/etc/ssl/registry/ca.pem",
+    "BRIDGE_LARK_APP_ID": "cli_a1b2c3d4e5f6",
 }
 # One sentinel per secret value key under `secrets:` in values.yaml.
 SENTINELS = {
@@ -50,6 +51,7 @@ SENTINELS = {
     "larkEncryptKeyPrevious": "sentinel-encrypt-key-previous-77d2",
     "kafkaSaslPassword": "sentinel-sasl-password-c3b8",
     "schemaRegistryPassword": "sentinel-registry-password-41ad",
+    "larkAppSecret": "sentinel-app-secret-0b7e",
 }
 SASL = {
     "config": {
