@@ -135,6 +135,19 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.long_connection_disconnects = Counter(
+            "bridge_long_connection_disconnects_total",
+            "Long connections lost (each followed by a reconnect), by reason: read_deadline, "
+            "heartbeat, server_closed, error.",
+            ["reason"],
+            registry=r,
+        )
+        self.long_connection_ping_rtt = Histogram(
+            "bridge_long_connection_ping_rtt_seconds",
+            "Round trip from a ping frame to the platform's pong, in seconds.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.long_connection_frames = Counter(
             "bridge_long_connection_frames_total",
             "Frames received over the long connection, by kind (event, card, ping, pong, other, invalid, text).",

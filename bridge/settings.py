@@ -60,9 +60,10 @@ class DedupStore(enum.StrEnum):
     MEMORY = "memory"
 
 
-class Ingress(enum.StrEnum):
-    """How events reach the bridge: the HTTP ``webhook``, the platform's ``long_connection``
-    (docs/long_connection.md), or ``both`` (to switch an app's subscription mode without a gap)."""
+class SubscriptionMode(enum.StrEnum):
+    """How events reach the bridge — the app's subscription mode in the developer console: the
+    HTTP ``webhook`` ("send events to developer server"), the platform's ``long_connection``
+    (docs/long_connection.md), or ``both`` (to switch an app's mode without a gap)."""
 
     WEBHOOK = "webhook"
     LONG_CONNECTION = "long_connection"
@@ -128,8 +129,8 @@ class Settings(BaseSettings):
     )
 
     # --- Lark protocol ------------------------------------------------------------------------
-    ingress: Ingress = Field(
-        Ingress.WEBHOOK,
+    lark_subscription_mode: SubscriptionMode = Field(
+        SubscriptionMode.WEBHOOK,
         description="webhook (the platform POSTs events to BRIDGE_HTTP_PATH), long_connection (the "
         "bridge connects out to the platform: no public URL) or both.",
     )
@@ -332,7 +333,9 @@ class Settings(BaseSettings):
                 "the signature window would be published twice"
             )
         if self.webhook_enabled and self.lark_verification_token is None:
-            raise ValueError("BRIDGE_LARK_VERIFICATION_TOKEN is required with the webhook (BRIDGE_INGRESS)")
+            raise ValueError(
+                "BRIDGE_LARK_VERIFICATION_TOKEN is required with the webhook (BRIDGE_LARK_SUBSCRIPTION_MODE)"
+            )
         if self.long_connection_enabled and (not self.lark_app_id or self.lark_app_secret is None):
             raise ValueError("BRIDGE_LARK_APP_ID and BRIDGE_LARK_APP_SECRET are required with the long connection")
         if urlsplit(self.lark_domain).scheme not in ("http", "https") or not urlsplit(self.lark_domain).hostname:
@@ -361,13 +364,13 @@ class Settings(BaseSettings):
 
     @property
     def webhook_enabled(self) -> bool:
-        """The HTTP webhook takes events (``BRIDGE_INGRESS`` webhook or both)."""
-        return self.ingress != Ingress.LONG_CONNECTION
+        """The HTTP webhook takes events (``BRIDGE_LARK_SUBSCRIPTION_MODE`` webhook or both)."""
+        return self.lark_subscription_mode != SubscriptionMode.LONG_CONNECTION
 
     @property
     def long_connection_enabled(self) -> bool:
-        """The long connection takes events (``BRIDGE_INGRESS`` long_connection or both)."""
-        return self.ingress != Ingress.WEBHOOK
+        """The long connection takes events (``BRIDGE_LARK_SUBSCRIPTION_MODE`` long_connection or both)."""
+        return self.lark_subscription_mode != SubscriptionMode.WEBHOOK
 
     @property
     def encrypt_keys(self) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ class AppState:
     ``publisher``, ``ledger`` and ``feed`` are None when a test passed its own sink; ``feed`` is
     also None with ``BRIDGE_DEDUP_STORE=memory``; ``schema_ids`` is None without a schema
     registry (``BRIDGE_SCHEMA_REGISTRY_URL``); ``verifier`` without the webhook and
-    ``long_connection`` without the long connection (``BRIDGE_INGRESS``). ``body_bytes_in_flight``:
+    ``long_connection`` without the long connection (``BRIDGE_LARK_SUBSCRIPTION_MODE``). ``body_bytes_in_flight``:
     request body bytes received and held by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
     """
 

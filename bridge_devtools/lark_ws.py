@@ -266,6 +266,8 @@ class FakeLongConnectionPlatform:
         self.pong_config: dict[str, Any] | None = None
         #: While false, RFC 6455 protocol pings are not answered, on open connections too (half-open test).
         self.answer_ws_pings = True
+        #: While false, ping *frames* (§4) get no pong frame (a platform that went quiet).
+        self.answer_pings = True
         #: Every data frame the client sent back.
         self.acks: list[Ack] = []
         #: Everything else received: undecodable or other binary messages (bytes), text messages (str).
@@ -453,8 +455,9 @@ class FakeLongConnectionPlatform:
                 headers=[("type", "pong")],
                 payload=None if self.pong_config is None else json.dumps(self.pong_config).encode(),
             )
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await conn.ws.send_bytes(pong)
+            if self.answer_pings:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await conn.ws.send_bytes(pong)
         elif frame.method == 1:
             self._on_ack(conn, frame, headers, bytes(data))
         else:

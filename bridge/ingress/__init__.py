@@ -10,7 +10,7 @@ answers so that the platform retries. The delivery knows nothing of the ingress.
   docs/protocol.md §1–§6): verify, decrypt, token, freshness; answers with an HTTP status.
 * :mod:`bridge.ingress.long_connection` — the platform's long connection (an outbound WebSocket,
   docs/long_connection.md): protobuf frames (:mod:`bridge.ingress.frames`), answered with ack
-  frames. ``BRIDGE_INGRESS`` chooses one or both.
+  frames. ``BRIDGE_LARK_SUBSCRIPTION_MODE`` chooses one or both.
 
 Adding one: authenticate by its own rules, build the payload bytes, call
 ``read_inbound(payload)``, ``await sink.deliver(event, received_ms=…)``, and map the outcome and

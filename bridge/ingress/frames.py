@@ -1,8 +1,9 @@
 """The long connection's frame: protobuf ``pbbp2.Frame`` (docs/long_connection.md §3), and the
 control and ack frames the client writes (§4, §6).
 
-The two messages are compiled at import from their definition below with the ``protobuf``
-package (a private descriptor pool; no generated code, no ``protoc``)::
+The two messages are built at import, from their definition in ``pbbp2.proto`` beside this
+module (the source, with where it comes from), with the ``protobuf`` package — a private
+descriptor pool; no generated code, no ``protoc``. A test keeps the two equal::
 
     syntax = "proto2";
     package pbbp2;

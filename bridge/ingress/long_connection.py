@@ -130,6 +130,20 @@ class _Message:
 
 
 @dataclass(slots=True)
+class _Connection:
+    """One open WebSocket: its ``service_id`` (from the URL, §1), the loop time of the latest
+    message received and of the ping awaiting its pong (s), its split-message buffers, and why it
+    was lost (``lost``: read_deadline, heartbeat, server_closed)."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    service_id: int
+    last_frame_s: float
+    ping_sent_s: float | None = None
+    partials: dict[str, _Partial] = field(default_factory=dict)
+    lost: str | None = None
+
+
+@dataclass(slots=True)
 class _Partial:
     """Parts of a split message received so far (§5)."""
 
@@ -310,16 +324,20 @@ class LongConnection:
         log.info("long connection open", device_id=device_id)
         self.connected = True
         self._metrics.long_connection_up.set(1)
-        partials: dict[str, _Partial] = {}
-        pinger = asyncio.create_task(self._ping(ws, service_id, partials))
+        conn = _Connection(ws, service_id, asyncio.get_running_loop().time())
+        pinger = asyncio.create_task(self._ping(conn))
         try:
             while True:
                 msg = await ws.receive()
+                conn.last_frame_s = asyncio.get_running_loop().time()
                 if msg.type == aiohttp.WSMsgType.BINARY:
-                    self._on_frame(ws, msg.data, partials)
+                    self._on_frame(conn, msg.data)
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     self._count("text")
                 else:  # CLOSE, CLOSING, CLOSED, ERROR
+                    if conn.lost is None:
+                        timed_out = isinstance(ws.exception(), aiohttp.ServerTimeoutError)
+                        conn.lost = "heartbeat" if timed_out else "server_closed"
                     break
         finally:
             pinger.cancel()
@@ -327,27 +345,39 @@ class LongConnection:
             self._metrics.long_connection_up.set(0)
             with contextlib.suppress(Exception):
                 await ws.close(code=aiohttp.WSCloseCode.OK)
-            log.info("long connection closed", device_id=device_id, close_code=ws.close_code)
+            reason = "shutdown" if self._closing else (conn.lost or "error")
+            if reason != "shutdown":
+                self._metrics.long_connection_disconnects.labels(reason=reason).inc()
+            log.info("long connection closed", device_id=device_id, close_code=ws.close_code, reason=reason)
 
-    async def _ping(self, ws: aiohttp.ClientWebSocketResponse, service_id: int, partials: dict[str, _Partial]) -> None:
-        """Ping every PingInterval (§4); drop incomplete messages past their 5 s (§5)."""
+    async def _ping(self, conn: _Connection) -> None:
+        """Ping every PingInterval (§4); close a connection that has sent nothing — no pong, no
+        event — for two ping intervals (the read deadline: a half-open socket, or a platform that
+        went quiet); drop incomplete messages 5 s after their latest part (§5)."""
         last_ping = -float("inf")
         loop = asyncio.get_running_loop()
-        while not ws.closed:
+        while not conn.ws.closed:
             now = loop.time()
-            if now - last_ping >= self._config.ping_interval_s:
-                last_ping = now
+            interval = self._config.ping_interval_s
+            if now - conn.last_frame_s > 2 * interval:
+                conn.lost = "read_deadline"
+                log.warning("long connection: nothing received for %.0fs; reconnecting", now - conn.last_frame_s)
                 with contextlib.suppress(Exception):
-                    await ws.send_bytes(fr.ping_frame(service_id))
-            for message_id in [m for m, p in partials.items() if now - p.last_s > PARTIAL_TTL_S]:
-                del partials[message_id]
+                    await conn.ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+                return
+            if now - last_ping >= interval:
+                last_ping = conn.ping_sent_s = now
+                with contextlib.suppress(Exception):
+                    await conn.ws.send_bytes(fr.ping_frame(conn.service_id))
+            for message_id in [m for m, p in conn.partials.items() if now - p.last_s > PARTIAL_TTL_S]:
+                del conn.partials[message_id]
                 self._metrics.long_connection_partials_dropped.inc()
-            await asyncio.sleep(min(1.0, self._config.ping_interval_s))
+            await asyncio.sleep(min(1.0, interval / 4))
 
     def _count(self, kind: str) -> None:
         self._metrics.long_connection_frames.labels(kind=kind).inc()
 
-    def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, data: bytes, partials: dict[str, _Partial]) -> None:
+    def _on_frame(self, conn: _Connection, data: bytes) -> None:
         try:
             frame = fr.decode_frame(data)
         except fr.FrameError:
@@ -358,6 +388,9 @@ class LongConnection:
         if frame.method == fr.METHOD_CONTROL:
             if kind == "pong":
                 self._count("pong")
+                if conn.ping_sent_s is not None:
+                    self._metrics.long_connection_ping_rtt.observe(conn.last_frame_s - conn.ping_sent_s)
+                    conn.ping_sent_s = None
                 if frame.payload:
                     with contextlib.suppress(ValueError):
                         self._config.update(json.loads(frame.payload))
@@ -376,30 +409,32 @@ class LongConnection:
         except ValueError:
             count, seq = 0, -1
         if not 1 <= count <= MAX_PARTS or not 0 <= seq < count or (count > 1 and not message_id):
-            return self._spawn(ws, _Message(frame, None, arrived_s, arrived_ms, "bad_split"))
+            return self._spawn(conn.ws, _Message(frame, None, arrived_s, arrived_ms, "bad_split"))
         limit = self._settings.long_connection_max_payload_bytes
         if count == 1:
             payload = bytes(frame.payload)
             reason = "too_large" if len(payload) > limit else None
-            return self._spawn(ws, _Message(frame, payload if reason is None else None, arrived_s, arrived_ms, reason))
-        partial = partials.get(message_id)
+            return self._spawn(
+                conn.ws, _Message(frame, payload if reason is None else None, arrived_s, arrived_ms, reason)
+            )
+        partial = conn.partials.get(message_id)
         if partial is None or partial.count != count:
-            if len(partials) >= MAX_PARTIAL_MESSAGES:  # forget the oldest
-                del partials[next(iter(partials))]
+            if len(conn.partials) >= MAX_PARTIAL_MESSAGES:  # forget the oldest
+                del conn.partials[next(iter(conn.partials))]
                 self._metrics.long_connection_partials_dropped.inc()
-            partial = partials[message_id] = _Partial(count, first_ms=arrived_ms, first_s=arrived_s)
+            partial = conn.partials[message_id] = _Partial(count, first_ms=arrived_ms, first_s=arrived_s)
         if seq not in partial.parts:
             partial.parts[seq] = bytes(frame.payload)
             partial.size += len(frame.payload)
         partial.last_s = arrived_s
         if partial.size > limit:
-            del partials[message_id]
-            return self._spawn(ws, _Message(frame, None, partial.first_s, partial.first_ms, "too_large"))
+            del conn.partials[message_id]
+            return self._spawn(conn.ws, _Message(frame, None, partial.first_s, partial.first_ms, "too_large"))
         if len(partial.parts) < count:
             return None  # no ack for a part that does not complete its message (§5)
-        del partials[message_id]
+        del conn.partials[message_id]
         payload = b"".join(partial.parts[i] for i in range(count))
-        return self._spawn(ws, _Message(frame, payload, partial.first_s, partial.first_ms))
+        return self._spawn(conn.ws, _Message(frame, payload, partial.first_s, partial.first_ms))
 
     def _spawn(self, ws: aiohttp.ClientWebSocketResponse, message: _Message) -> None:
         if message.refused is None and (self._closing or len(self._events) >= MAX_IN_FLIGHT):

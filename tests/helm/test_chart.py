@@ -667,3 +667,13 @@ def test_readme_helm_commands_render_with_exactly_their_flags(chart: Helm) -> No
         assert env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"] == "kafka-1:9092,kafka-2:9092"
         assert env["BRIDGE_LARK_VERIFICATION_TOKEN"] == "vt-readme" and env["BRIDGE_LARK_ENCRYPT_KEY"] == "ek-readme"
         assert load_settings(env).kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+
+
+def test_the_long_connection_needs_no_ingress_and_takes_its_secret_from_the_secret(render: RenderFn) -> None:
+    lc = {"config": {"lark_subscription_mode": "long_connection", "lark_app_id": "cli_a1b2"}}
+    r = render({**EVERYTHING_ON, **lc}, secret_sets())
+    assert r.of_kind("Ingress") == []  # no inbound traffic for events; probes and metrics stay
+    assert r.of_kind("Service") and r.env_configmap["BRIDGE_LARK_SUBSCRIPTION_MODE"] == "long_connection"
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in r.container["env"] if "valueFrom" in e}
+    assert refs["BRIDGE_LARK_APP_SECRET"] == "lark-app-secret"
+    assert len(render(EVERYTHING_ON, secret_sets()).of_kind("Ingress")) == 1

@@ -6,6 +6,7 @@ make the platform re-push, reconnection, half-open connections, shutdown, secret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -19,7 +20,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
+from bridge.app import topics_of
+from bridge.decode import decode
+from bridge.inbound import read_inbound
 from bridge.ingress import long_connection as lc_module
+from bridge.normalize import normalize
 from bridge.publish import build_producer
 from bridge.samples import sample
 from bridge.state import STATE
@@ -47,7 +52,7 @@ async def platform() -> AsyncIterator[FakeLongConnectionPlatform]:
 
 def settings_for(fake: FakeLongConnectionPlatform, **extra: str) -> dict[str, str]:
     return {
-        "BRIDGE_INGRESS": "long_connection",
+        "BRIDGE_LARK_SUBSCRIPTION_MODE": "long_connection",
         "BRIDGE_LARK_APP_ID": APP_ID,
         "BRIDGE_LARK_APP_SECRET": APP_SECRET,
         "BRIDGE_LARK_DOMAIN": fake.url,
@@ -304,6 +309,8 @@ async def test_a_half_open_connection_is_noticed_and_replaced(
     await bridge.wait_ready(timeout_s=15)
     message_id = await platform.push(payload()[0])
     assert (await platform.wait_ack(message_id)).code == 200
+    lost = bridge.metrics.registry.get_sample_value("bridge_long_connection_disconnects_total", {"reason": "heartbeat"})
+    assert lost is not None and lost >= 1
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert APP_SECRET not in logged and "ticket=" not in logged
 
@@ -320,3 +327,82 @@ async def test_the_client_pings_with_the_service_id_and_follows_a_pong_s_config(
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps and min(gaps[-2:]) < 1.6, gaps  # pings now come about every second
     assert Counter(service for service, _ in platform.pings) == {platform.service_id: len(platform.pings)}
+
+
+async def test_a_platform_that_goes_quiet_is_left_after_two_ping_intervals(
+    broker: Any, platform: FakeLongConnectionPlatform, start_bridge: Any
+) -> None:
+    bridge = await start_bridge(broker.bootstrap_servers, **settings_for(platform))
+    await asyncio.sleep(2.5)
+    rtt = bridge.metrics.registry.get_sample_value("bridge_long_connection_ping_rtt_seconds_count")
+    assert rtt is not None and rtt >= 1  # pongs measured while the platform answered
+    platform.answer_pings = False  # the socket stays healthy (RFC 6455 pongs), the platform says nothing
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while platform.connects_total < 2:
+        assert loop.time() - quiet_since < 12, "a quiet connection was kept"
+        await asyncio.sleep(0.1)
+    assert loop.time() - quiet_since >= 2.0  # not before the deadline (PingInterval 2 s)
+    lost = bridge.metrics.registry.get_sample_value(
+        "bridge_long_connection_disconnects_total", {"reason": "read_deadline"}
+    )
+    assert lost == 1
+    platform.answer_pings = True
+    await bridge.wait_ready(timeout_s=15)
+
+
+@pytest.mark.parametrize(
+    "kind", ["vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"]
+)
+async def test_each_kind_gives_the_same_records_as_the_webhook_path(
+    broker: Any, platform: FakeLongConnectionPlatform, start_bridge: Any, kind: str
+) -> None:
+    bridge = await start_bridge(broker.bootstrap_servers, **settings_for(platform))
+    body, _ = payload(kind)
+    expected = normalize(decode(read_inbound(body)), topics_of(bridge.settings))
+    message_id = await platform.push(body)
+    assert (await platform.wait_ack(message_id)).code == 200
+    topic = expected[0].topic
+    records = await read_topic(broker.bootstrap_servers, topic, expect=len(expected))
+    assert sorted(r.value for r in records) == sorted(e.value for e in expected)
+    assert sorted(r.key or b"" for r in records) == sorted(e.key or b"" for e in expected)
+
+
+async def test_sigterm_with_events_in_flight_exits_0_and_acks_200_only_what_is_in_kafka(
+    broker: Any, platform: FakeLongConnectionPlatform, tmp_path: Any
+) -> None:
+    prefix = f"lcs-{uuid.uuid4().hex[:6]}"
+    log_path = tmp_path / "bridge.log"
+    with log_path.open("w") as log_file:
+        proc = spawn_bridge(broker.bootstrap_servers, free_port(), prefix, log_file, **settings_for(platform))
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while platform.open_connections < 1:
+                assert loop.time() < deadline and proc.poll() is None, "the bridge did not connect"
+                await asyncio.sleep(0.1)
+            sent: dict[str, str] = {}
+
+            async def stream() -> None:
+                while proc.poll() is None and platform.open_connections:
+                    body, delivery_id = payload()
+                    sent[await platform.push(body)] = delivery_id
+                    await asyncio.sleep(0.005)
+
+            streaming = asyncio.create_task(stream())
+            await asyncio.sleep(1.5)
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 30)
+            streaming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await streaming
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0, log_path.read_text()[-2000:]
+    acked = {a.message_id for a in platform.acks if a.code == 200}
+    assert len(acked) > 20
+    records = await read_topic(broker.bootstrap_servers, f"{prefix}.room", expect=len(acked), timeout_s=30)
+    published = {json.loads(r.value)["id"] for r in records}
+    assert {sent[m] for m in acked} <= published  # never acked 200 without its record
+    assert APP_SECRET not in log_path.read_text()

@@ -312,3 +312,31 @@ def test_ack_payloads_are_exact() -> None:
     frame = decode_frame(DATA)
     assert sdk_parse(ack_frame(frame, 200, 0)).payload == b'{"code":200}'
     assert sdk_parse(ack_frame(frame, 500, 0)).payload == b'{"code":500}'
+
+
+# --------------------------------------------------------------------------- the .proto in the repo
+
+
+def test_the_runtime_messages_are_the_ones_of_pbbp2_proto() -> None:
+    """bridge/ingress/pbbp2.proto is the source; frames.py builds the same fields at import."""
+    import re
+    from pathlib import Path
+
+    from bridge.ingress import frames
+
+    text = (Path(frames.__file__).parent / "pbbp2.proto").read_text(encoding="utf-8")
+    assert 'syntax = "proto2";' in text and "package pbbp2;" in text
+    declared: dict[str, set[tuple[str, str, str, int]]] = {}
+    for name, body in re.findall(r"message (\w+) \{(.*?)\}", text, flags=re.S):
+        fields = re.findall(r"(required|optional|repeated) (\w+) (\w+) = (\d+);", body)
+        declared[name] = {(label, kind, field, int(number)) for label, kind, field, number in fields}
+    kinds = {3: "int64", 4: "uint64", 5: "int32", 9: "string", 11: "Header", 12: "bytes"}
+    built = {
+        cls.DESCRIPTOR.name: {(_label(f), kinds[f.type], f.name, f.number) for f in cls.DESCRIPTOR.fields}
+        for cls in (frames.Frame, frames.Header)
+    }
+    assert built == declared
+
+
+def _label(field: Any) -> str:
+    return "required" if field.is_required else "repeated" if field.is_repeated else "optional"

@@ -138,17 +138,21 @@ def test_serve_warns_about_a_stray_variable_at_start_and_still_starts() -> None:
 
 
 def test_the_ingress_decides_which_credentials_are_required() -> None:
-    lc = {"BRIDGE_INGRESS": "long_connection", "BRIDGE_LARK_APP_ID": "cli_a1", "BRIDGE_LARK_APP_SECRET": "s-1f"}
+    lc = {
+        "BRIDGE_LARK_SUBSCRIPTION_MODE": "long_connection",
+        "BRIDGE_LARK_APP_ID": "cli_a1",
+        "BRIDGE_LARK_APP_SECRET": "s-1f",
+    }
     s = load_settings(lc)  # no verification token needed without the webhook
     assert s.long_connection_enabled and not s.webhook_enabled and s.lark_verification_token is None
     assert "s-1f" in s.secret_values() and "s-1f" not in repr(s)
     with pytest.raises(SettingsError, match="BRIDGE_LARK_APP_ID and BRIDGE_LARK_APP_SECRET"):
         load_settings({**lc, "BRIDGE_LARK_APP_SECRET": ""})
     with pytest.raises(SettingsError, match="BRIDGE_LARK_VERIFICATION_TOKEN is required"):
-        load_settings({**lc, "BRIDGE_INGRESS": "both"})
+        load_settings({**lc, "BRIDGE_LARK_SUBSCRIPTION_MODE": "both"})
     with pytest.raises(SettingsError, match="BRIDGE_LARK_VERIFICATION_TOKEN is required"):
         load_settings({"BRIDGE_LARK_VERIFICATION_TOKEN": ""})  # Helm's "unset", with the webhook
     with pytest.raises(SettingsError, match="BRIDGE_LARK_DOMAIN"):
         load_settings({**lc, "BRIDGE_LARK_DOMAIN": "open.feishu.cn"})
-    both = load_settings({**lc, "BRIDGE_INGRESS": "both", "BRIDGE_LARK_VERIFICATION_TOKEN": "t"})
+    both = load_settings({**lc, "BRIDGE_LARK_SUBSCRIPTION_MODE": "both", "BRIDGE_LARK_VERIFICATION_TOKEN": "t"})
     assert both.webhook_enabled and both.long_connection_enabled
