@@ -21,7 +21,7 @@ from bridge.dedup_feed import build_consumer
 from bridge.publish import build_producer
 from bridge_devtools.broker import free_port
 from bridge_devtools.platform import Platform
-from tests.support.bridges import spawn_bridge
+from tests.support.bridges import spawn_bridge, topic_settings
 from tests.support.credentials import KEY
 from tests.support.kafka import read_topic
 from tests.support.samples import sample_event
@@ -33,13 +33,7 @@ KIND = ("vc.room.created_v1", "third_party_meeting_room_event_created")
 
 def shared_topics() -> dict[str, str]:
     """Topic settings two bridges share (one deployment's replicas)."""
-    prefix = f"rep-{uuid.uuid4().hex[:8]}"
-    return {
-        "BRIDGE_TOPIC_ROOM_CREATED": f"{prefix}.room",
-        "BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED": f"{prefix}.cfg",
-        "BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT": f"{prefix}.3p",
-        "BRIDGE_TOPIC_DEAD_LETTER": f"{prefix}.dlq",
-    }
+    return topic_settings(f"rep-{uuid.uuid4().hex[:8]}")
 
 
 def duplicates(bridge: Any, source: str) -> float:

@@ -31,7 +31,7 @@ from bridge.state import STATE
 from bridge_devtools.broker import free_port
 from bridge_devtools.lark_ws import FakeLongConnectionPlatform
 from tests.support.bridges import spawn_bridge
-from tests.support.kafka import read_topic
+from tests.support.kafka import FirstSendFails, read_topic
 from tests.support.samples import fresh_id, with_token
 
 pytestmark = pytest.mark.integration
@@ -150,28 +150,13 @@ async def test_unknown_types_are_dead_letters_acked_200(
     assert json.loads(records[0].value)["data"]["reason"] == "unknown_event_type"
 
 
-class FailsOnce:
-    """A real producer whose first send times out (the broker unreachable for that record)."""
-
-    def __init__(self, real: AIOKafkaProducer) -> None:
-        self._real = real
-        self.failed = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    async def send(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.failed:
-            self.failed = True
-            raise KafkaTimeoutError()
-        return await self._real.send(*args, **kwargs)
-
-
 async def test_a_failed_publish_is_acked_500_and_the_re_push_lands_once(
     broker: Any, platform: FakeLongConnectionPlatform, start_bridge: Any
 ) -> None:
     bridge = await start_bridge(
-        broker.bootstrap_servers, producer_factory=lambda s: FailsOnce(build_producer(s)), **settings_for(platform)
+        broker.bootstrap_servers,
+        producer_factory=lambda s: FirstSendFails(build_producer(s), KafkaTimeoutError()),
+        **settings_for(platform),
     )
     body, delivery_id = payload()
     first = await platform.push(body)

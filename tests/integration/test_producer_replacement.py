@@ -11,31 +11,13 @@ import json
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import OutOfOrderSequenceNumber
 
 from bridge.publish import build_producer
-from tests.support.kafka import read_topic
+from tests.support.kafka import FirstSendFails, read_topic
 from tests.support.samples import sample_event
 
 pytestmark = pytest.mark.integration
-
-
-class StuckOnce:
-    """Delegates to a real producer, but its first send raises OutOfOrderSequenceNumber."""
-
-    def __init__(self, real: AIOKafkaProducer) -> None:
-        self._real = real
-        self._failed = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    async def send(self, *args: Any, **kwargs: Any) -> Any:
-        if not self._failed:
-            self._failed = True
-            raise OutOfOrderSequenceNumber()
-        return await self._real.send(*args, **kwargs)
 
 
 async def test_fatal_idempotence_error_replaces_the_producer(broker: Any, start_bridge: Any) -> None:
@@ -43,7 +25,7 @@ async def test_fatal_idempotence_error_replaces_the_producer(broker: Any, start_
 
     def factory(settings: Any) -> Any:
         producer = build_producer(settings)
-        wrapped = StuckOnce(producer) if not made else producer
+        wrapped = FirstSendFails(producer, OutOfOrderSequenceNumber()) if not made else producer
         made.append(wrapped)
         return wrapped
 
@@ -54,7 +36,7 @@ async def test_fatal_idempotence_error_replaces_the_producer(broker: Any, start_
     await bridge.wait_ready()
     status, _ = await bridge.send(bridge.platform.request(body))
     assert status == 200
-    assert len(made) == 2 and isinstance(made[0], StuckOnce)
+    assert len(made) == 2 and isinstance(made[0], FirstSendFails)
     m = bridge.metrics
     assert m.producer_replacements.labels(reason="OutOfOrderSequenceNumber")._value.get() == 1
     assert m.producer_starts._value.get() == 2

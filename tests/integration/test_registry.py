@@ -22,6 +22,7 @@ from bridge.app import topics_of
 from bridge.registry import schema_texts, subject_of
 from bridge_devtools.broker import free_port, free_ports
 from bridge_devtools.registry import LocalRegistry
+from tests.support.bridges import topic_settings
 from tests.support.kafka import read_topic
 from tests.support.processes import REPO_ROOT, bridge_env
 from tests.support.registry import BasicAuthGate, call
@@ -32,13 +33,7 @@ pytestmark = pytest.mark.integration
 
 
 def own_topics() -> dict[str, str]:
-    prefix = f"sr-{uuid.uuid4().hex[:8]}"
-    return {
-        "BRIDGE_TOPIC_ROOM_CREATED": f"{prefix}.room",
-        "BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED": f"{prefix}.cfg",
-        "BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT": f"{prefix}.3p",
-        "BRIDGE_TOPIC_DEAD_LETTER": f"{prefix}.dlq",
-    }
+    return topic_settings(f"sr-{uuid.uuid4().hex[:8]}")
 
 
 async def readiness(bridge: Any) -> tuple[int, str]:

@@ -19,6 +19,17 @@ from tests.support.processes import bridge_env
 from tests.support.waits import wait_status
 
 
+def topic_settings(prefix: str) -> dict[str, str]:
+    """``BRIDGE_TOPIC_*`` naming the four topics ``{prefix}.room|cfg|3p|dlq`` (replicas of one
+    deployment share them)."""
+    return {
+        "BRIDGE_TOPIC_ROOM_CREATED": f"{prefix}.room",
+        "BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED": f"{prefix}.cfg",
+        "BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT": f"{prefix}.3p",
+        "BRIDGE_TOPIC_DEAD_LETTER": f"{prefix}.dlq",
+    }
+
+
 def bridge_settings(bootstrap: str, **env: str) -> Settings:
     """Settings for a test bridge with topics unique to the test (3 partitions)."""
     prefix = f"it-{uuid.uuid4().hex[:8]}"

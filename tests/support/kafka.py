@@ -39,3 +39,22 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: floa
         return out
     finally:
         await consumer.stop()
+
+
+class FirstSendFails:
+    """Fault injection on a real aiokafka producer: its first ``send`` raises ``error`` (e.g.
+    ``OutOfOrderSequenceNumber``, ``KafkaTimeoutError``); everything else is the real producer."""
+
+    def __init__(self, real: Any, error: BaseException) -> None:
+        self._real = real
+        self._error = error
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise self._error
+        return await self._real.send(*args, **kwargs)
