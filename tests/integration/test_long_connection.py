@@ -30,7 +30,7 @@ from bridge.samples import sample
 from bridge.state import STATE
 from bridge_devtools.broker import free_port
 from bridge_devtools.lark_ws import FakeLongConnectionPlatform
-from tests.support.bridges import spawn_bridge
+from tests.support.bridges import spawn_bridge, topic_settings
 from tests.support.kafka import FirstSendFails, read_topic
 from tests.support.samples import fresh_id, with_token
 
@@ -391,3 +391,45 @@ async def test_sigterm_with_events_in_flight_exits_0_and_acks_200_only_what_is_i
     published = {json.loads(r.value)["id"] for r in records}
     assert {sent[m] for m in acked} <= published  # never acked 200 without its record
     assert APP_SECRET not in log_path.read_text()
+
+
+async def test_replicas_each_hold_a_connection_and_a_re_push_to_the_other_is_one_record(
+    broker: Any, platform: FakeLongConnectionPlatform, start_bridge: Any
+) -> None:
+    topics = topic_settings(f"lcr-{uuid.uuid4().hex[:6]}")
+    a = await start_bridge(broker.bootstrap_servers, **settings_for(platform), **topics)
+    b = await start_bridge(broker.bootstrap_servers, **settings_for(platform), **topics)
+    assert platform.open_connections == 2
+    body, delivery_id = payload()
+    first = await platform.push(body, connection=0)  # the older connection: replica A's
+    assert (await platform.wait_ack(first)).code == 200
+    await asyncio.sleep(1.0)  # the platform's re-push comes ≥ 15 s later; B's ledger follows in ms
+    again = await platform.push(body, connection=1)  # replica B's
+    ack = await platform.wait_ack(again)
+    assert ack.code == 200 and ack.connection != (await platform.wait_ack(first)).connection
+    records = await read_topic(broker.bootstrap_servers, topics["BRIDGE_TOPIC_ROOM_CREATED"], expect=1)
+    assert [json.loads(r.value)["id"] for r in records] == [delivery_id]
+    suppressed = b.metrics.registry.get_sample_value("bridge_duplicates_suppressed_total", {"source": "log"})
+    assert suppressed == 1 and a.metrics.registry.get_sample_value("bridge_long_connection_up") == 1
+
+
+async def test_broker_down_acks_500_and_the_re_push_lands_once_it_is_back(
+    spare_broker: Any, platform: FakeLongConnectionPlatform, start_bridge: Any
+) -> None:
+    await asyncio.to_thread(spare_broker.start, 120)
+    bridge = await start_bridge(spare_broker.bootstrap_servers, **settings_for(platform))
+    await asyncio.to_thread(spare_broker.stop)
+    body, delivery_id = payload()
+    while True:  # the connection stays up; every push is acked 500 until the broker is back
+        message_id = await platform.push(body)
+        ack = await platform.wait_ack(message_id, timeout_s=10)
+        assert ack.code == 500
+        if (await bridge.get("/readyz"))[0] == 503:
+            break
+    assert platform.open_connections == 1
+    await asyncio.to_thread(spare_broker.start, 120)
+    await bridge.wait_ready(timeout_s=60)
+    re_push = await platform.push(body)
+    assert (await platform.wait_ack(re_push, timeout_s=10)).code == 200
+    records = await read_topic(spare_broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
+    assert [json.loads(r.value)["id"] for r in records] == [delivery_id]
