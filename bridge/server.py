@@ -118,7 +118,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: 
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()
-    log.info("listening on http://%s:%d%s", settings.http_host, settings.http_port, settings.http_path)
+    path = settings.http_path if settings.webhook_enabled else " (health, readiness, metrics; no webhook)"
+    log.info("listening on http://%s:%d%s", settings.http_host, settings.http_port, path)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

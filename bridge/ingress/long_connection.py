@@ -132,8 +132,9 @@ class _Message:
 @dataclass(slots=True)
 class _Connection:
     """One open WebSocket: its ``service_id`` (from the URL, §1), the loop time of the latest
-    message received and of the ping awaiting its pong (s), its split-message buffers, and why it
-    was lost (``lost``: read_deadline, heartbeat, server_closed)."""
+    message received and of the ping awaiting its pong (s), its split-message buffers, why it was
+    lost (``lost``: read_deadline, heartbeat, server_closed) and the platform's close code, if it
+    closed it."""
 
     ws: aiohttp.ClientWebSocketResponse
     service_id: int
@@ -141,6 +142,7 @@ class _Connection:
     ping_sent_s: float | None = None
     partials: dict[str, _Partial] = field(default_factory=dict)
     lost: str | None = None
+    close_code: int | None = None
 
 
 @dataclass(slots=True)
@@ -335,6 +337,8 @@ class LongConnection:
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     self._count("text")
                 else:  # CLOSE, CLOSING, CLOSED, ERROR
+                    if msg.type == aiohttp.WSMsgType.CLOSE:
+                        conn.close_code = msg.data
                     if conn.lost is None:
                         timed_out = isinstance(ws.exception(), aiohttp.ServerTimeoutError)
                         conn.lost = "heartbeat" if timed_out else "server_closed"
@@ -348,7 +352,7 @@ class LongConnection:
             reason = "shutdown" if self._closing else (conn.lost or "error")
             if reason != "shutdown":
                 self._metrics.long_connection_disconnects.labels(reason=reason).inc()
-            log.info("long connection closed", device_id=device_id, close_code=ws.close_code, reason=reason)
+            log.info("long connection closed", device_id=device_id, reason=reason, platform_close_code=conn.close_code)
 
     async def _ping(self, conn: _Connection) -> None:
         """Ping every PingInterval (§4); close a connection that has sent nothing — no pong, no
