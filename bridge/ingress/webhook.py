@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import structlog
@@ -172,28 +172,39 @@ async def handle_event(request: web.Request) -> web.Response:
     settings = state.settings
     if length is not None and length > settings.http_max_body_bytes:
         raise BodyTooLarge()
-    held = _HeldBytes(state)
+    held = _HeldBytes(state, length)
     try:
         return await _read_and_deliver(request, rl, held, deadline_s=rl.arrived_s + settings.kafka_publish_timeout_s)
     finally:
         held.release()
 
 
+#: Share of ``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT`` kept for small bodies (a declared length of
+#: at most 1/16 of ``BRIDGE_HTTP_MAX_BODY_BYTES``: 64 KiB by default, where every platform event
+#: fits), so that clients stalling in large bodies cannot turn the platform's events away.
+SMALL_BODY_RESERVE: Final = 0.25
+
+
 class _HeldBytes:
     """Body bytes one request holds, counted in ``AppState.body_bytes_in_flight`` as they arrive
-    (not as a client declares them: a stalled client holds only what it sent)."""
+    (not as a client declares them: a stalled client holds only what it sent). A large body (or
+    one of unknown length) may fill the budget only up to 75 %; the rest is for small ones."""
 
-    __slots__ = ("count", "state")
+    __slots__ = ("count", "limit", "state")
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, declared: int | None) -> None:
         self.state = state
         self.count = 0
+        budget = state.settings.http_max_body_bytes_in_flight
+        small = declared is not None and declared <= state.settings.http_max_body_bytes // 16
+        self.limit = budget if small else budget - int(budget * SMALL_BODY_RESERVE)
 
     def take(self, n: int) -> None:
         """Hold ``n`` more bytes; raises :class:`Unavailable` (``bodies_in_flight``) when the
-        total over all requests would pass ``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``."""
+        total over all requests would pass this request's share of
+        ``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``."""
         state = self.state
-        if state.body_bytes_in_flight + n > state.settings.http_max_body_bytes_in_flight:
+        if state.body_bytes_in_flight + n > self.limit:
             raise Unavailable("bodies_in_flight", retry_after_s=1)
         state.body_bytes_in_flight += n
         self.count += n

@@ -302,27 +302,37 @@ async def test_a_body_that_misses_the_deadline_is_408_in_time(make_client: Any) 
 
 async def test_body_bytes_in_flight_are_counted_as_they_arrive_bounded_and_released(make_client: Any) -> None:
     sink = RecordingSink()
+    # Budget 128 KiB: large bodies (declared > 4 KiB, or chunked) may hold 96 KiB of it.
     client = await make_client(
         sink,
-        BRIDGE_HTTP_MAX_BODY_BYTES="4096",
-        BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT="8192",
+        BRIDGE_HTTP_MAX_BODY_BYTES="65536",
+        BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT="131072",
         BRIDGE_KAFKA_PUBLISH_TIMEOUT_S="0.5",
     )
     valid = Platform().request(sample_event()).body
-    # Declared 4096 bytes each but sent one: they hold one byte each, not the budget.
-    idle = [await raw_request(client, post_head(4096), b"{") for _ in range(4)]
+    assert len(valid) <= 4096  # a platform event is a small body
+    # Declared 64 KiB each but sent one byte: they hold one byte each, not the budget.
+    idle = [await raw_request(client, post_head(65536), b"{") for _ in range(8)]
     await asyncio.sleep(0.1)
     assert (await client.post(PATH, data=valid)).status == 200
-    # Sent 4000 bytes each and stalled: they hold 8000 of 8192, a valid body does not fit.
-    stalled = [await raw_request(client, post_head(4096), b"{" + b" " * 3999) for _ in range(2)]
+    # Two large bodies sent 48 KiB each and stalled: the large share is full ...
+    stalled = [await raw_request(client, post_head(65536), b"{" + b" " * (49152 - 9)) for _ in range(2)]
+    await asyncio.sleep(0.1)
+    late = await raw_request(client, post_head(65536), b"{" + b" " * 999)
+    assert (await asyncio.wait_for(late[0].readline(), 5)).startswith(b"HTTP/1.1 503")
+    late[1].close()
+    # ... but small bodies still get through on the reserve ...
+    assert (await client.post(PATH, data=Platform().request(sample_event()).body)).status == 200
+    # ... until the whole budget is full.
+    small_stalls = [await raw_request(client, post_head(4096), b"{" + b" " * 4000) for _ in range(8)]
     await asyncio.sleep(0.1)
     resp = await client.post(PATH, data=valid)
     assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
-    for reader, writer in idle + stalled:  # their deadline passes: 408, and the budget is free again
+    for reader, writer in idle + stalled + small_stalls:  # their deadline passes: 408, budget free
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 408")
         writer.close()
     resp = await client.post(PATH, data=Platform().request(sample_event()).body)
-    assert resp.status == 200 and len(sink.received) == 2
+    assert resp.status == 200 and len(sink.received) == 3
     assert client.app[STATE].body_bytes_in_flight == 0
 
 
