@@ -1,14 +1,19 @@
-"""``python -m benchmarks.run`` (``make bench``): the bridge vs. the HTTP ceiling vs. the docs' recipe.
+"""``python -m benchmarks.run`` (``make bench``): the bridge vs. its floor, the HTTP ceiling and the docs' recipe.
 
 One core each. The runner pins itself, the local Kafka broker it starts and the load
 generator to core 1 (``taskset -c 1``) and runs the services under test one at a time on core 0
 (``taskset -c 0``):
 
 1. ``ceiling`` — a minimal aiohttp app that reads the body and answers 200 (``benchmarks/ceiling.py``);
-2. ``bridge``  — ``python -m bridge serve`` with an encrypt key, log level WARNING;
-3. ``bridge-full-window`` — the same bridge with its dedup window pre-filled with 1,000,000 ids
+2. ``passthrough`` — the ceiling's app whose handler publishes the raw body with the bridge's own
+   producer (``bridge.publish.build_producer``, same ``BRIDGE_*`` environment: idempotent, acks=all)
+   to a topic of its own with the partitions of the bridge's topics, and answers 200 after the ack;
+   no verification, no decoding (``benchmarks/passthrough.py``): what the chosen libraries cost by
+   themselves, the bridge's floor;
+3. ``bridge``  — ``python -m bridge serve`` with an encrypt key, log level WARNING;
+4. ``bridge-full-window`` — the same bridge with its dedup window pre-filled with 1,000,000 ids
    (``benchmarks/bridge_prefilled.py``), for the peak-RSS target;
-4. ``recipe``  — the SDK's ``EventDispatcherHandler`` in Flask + kafka-python ``send().get()``
+5. ``recipe``  — the SDK's ``EventDispatcherHandler`` in Flask + kafka-python ``send().get()``
    (``benchmarks/recipe.py``).
 
 Each is driven open-loop by ``benchmarks/loadgen`` with pre-built, platform-exact requests
@@ -16,19 +21,24 @@ Each is driven open-loop by ``benchmarks/loadgen`` with pre-built, platform-exac
 rate (×1.5 until a step fails, then bisection). A step *passes* when every answer is 200, p99
 (measured from each request's due time) ≤ 100 ms and the generator held the rate; a marginal
 failure is re-tried once, and the highest passing rate is re-run 1.6× longer to confirm it (7 % lower
-each time it does not hold): the *max sustained* rate. Per step: latency percentiles, the service's CPU seconds
-(``/proc/<pid>/stat`` utime+stime), the load core's CPU (broker + generator); per service: peak RSS
-(VmHWM). Before the services, the generator is pointed at a Go ``net/http`` sink at 1.5-3× the
-ceiling's max to show it is not the bottleneck, and vegeta cross-checks its numbers on the bridge.
-After the bridge, every record of its topics is read back and matched to the request that sent
-it (delivery ids encode step and index; the generator records every request's status).
+each time it does not hold): the *max sustained* rate. Then one more step at half of that service's
+own max sustained rate (phase ``half``: its p99 at 50 % load; not for ``bridge-full-window``). Per
+step: latency percentiles, the service's CPU seconds (``/proc/<pid>/stat`` utime+stime), the load
+core's CPU (broker + generator); per service: peak RSS (VmHWM). Between the ceiling and the
+passthrough, the generator is pointed at a Go ``net/http`` sink at 1.5-3× the ceiling's max to
+show it is not the bottleneck, and vegeta cross-checks its numbers on the bridge. After the bridge,
+every record of its topics is read back and matched to the request that sent it (delivery ids
+encode step and index; the generator records every request's status); the passthrough's topic is
+not among them.
 
 A thread with real-time priority watches for VM pauses (``tools.StallDetector``); a step during
 which the VM stalled ≥ 50 ms is re-run (``--stall-retries``) and shown as such.
 
 Writes the results between the markers of ``BENCHMARKS.md`` (the rest of that file is kept), the
 plot ``benchmarks/latency_vs_rate.png`` and the raw data ``benchmarks/results.json``, and prints
-the ratios bridge/ceiling and bridge/recipe. About 8-10 minutes on a 2-core machine.
+the ratios of max sustained events/s bridge/passthrough, bridge/ceiling and bridge/recipe (also in
+``results.json`` under ``ratios``: null when either side has no max sustained rate). About 10-13
+minutes on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -88,6 +98,10 @@ BRIDGE_TOPICS: Final = (
     "lark.bridge.dead_letter",
 )
 RECIPE_PREFIX: Final = "recipe."
+#: The passthrough's topic: not one of BRIDGE_TOPICS, so the broker-side check never reads it.
+PASSTHROUGH_TOPIC: Final = "bench.passthrough"
+#: Services whose max sustained rate the bridge's is divided by (keys of results.json "ratios").
+RATIO_BASES: Final = ("passthrough", "ceiling", "recipe")
 RESULTS_JSON: Final = tools.BENCH_DIR / "results.json"
 PLOT_PNG: Final = tools.BENCH_DIR / "latency_vs_rate.png"
 BENCHMARKS_MD: Final = tools.REPO / "BENCHMARKS.md"
@@ -100,7 +114,7 @@ class Step:
     """One load step: ``rate`` events/s for ``duration_s`` against ``service``."""
 
     service: str
-    phase: str  # warmup | fixed | ramp | confirm | generator | vegeta
+    phase: str  # warmup | fixed | ramp | confirm | half | generator | vegeta
     step: int
     rate: int
     duration_s: float
@@ -155,6 +169,8 @@ class ServiceResult:
     pinned: str = ""
     exit_code: int | None = None
     note: str = ""
+    half_rate: int = 0  # round(max_sustained / 2): the rate of the "half" step (0: none)
+    p99_at_half_ms: float | None = None  # p99 (from the due time) at half_rate
 
     def valid(self) -> list[Step]:
         """The steps that count (not superseded by a re-run)."""
@@ -170,6 +186,10 @@ class ServiceResult:
             if s.passed and s.rate == self.max_sustained and s.phase in ("confirm", "ramp", "fixed")
         ]
         return max(cands, key=lambda s: (s.phase == "confirm", s.duration_s), default=None)
+
+    def half(self) -> Step | None:
+        """The step at half of the max sustained rate."""
+        return next((s for s in self.valid() if s.phase == "half"), None)
 
 
 class Bench:
@@ -387,6 +407,9 @@ class Bench:
                 self.attack_vegeta(svc, res, 1000, d)
             if not self.args.fixed_only:
                 res.max_sustained = self.ramp(svc, res, fixed)
+            if res.max_sustained:  # p99 at 50 % of the service's own max sustained rate
+                res.half_rate = max(1, round(res.max_sustained / 2))
+                res.p99_at_half_ms = self.attack(svc, res, "half", res.half_rate, d).p99_ms
             res.peak_rss = tools.proc_status(svc.pid, "VmHWM")
         finally:
             res.exit_code = svc.stop()
@@ -518,6 +541,13 @@ class Bench:
             "BRIDGE_LOG_LEVEL": "WARNING",
         }
 
+    def bridge_partitions(self) -> int:
+        """Partitions of the topics the bridge creates (``BRIDGE_KAFKA_TOPIC_PARTITIONS`` as the bridge
+        reads it from :meth:`bridge_env`)."""
+        from bridge.settings import load_settings
+
+        return load_settings(self.bridge_env(8080)).kafka_topic_partitions  # the port plays no part
+
     def run(self) -> None:
         from bridge_devtools.broker import LocalBroker
 
@@ -530,8 +560,8 @@ class Bench:
         print(f"starting Kafka {self.broker.version} on core {LOAD_CORE} ...", flush=True)
         self.broker.start(timeout_s=180)
         try:
-            self._create_recipe_topics()
-            if want("bridge") or want("bridge-full-window") or want("recipe"):
+            self._create_topics()
+            if any(want(n) for n in ("passthrough", "bridge", "bridge-full-window", "recipe")):
                 self.warm_broker()
             py = sys.executable
             if want("ceiling"):
@@ -546,6 +576,17 @@ class Bench:
                 )
             if want("generator-check"):
                 self.generator_check(self.results["ceiling"].max_sustained if "ceiling" in self.results else 8000)
+            if want("passthrough"):
+                port = tools_free_port()
+                self.measure(
+                    tools.Service(
+                        "passthrough",
+                        "ceiling app + the bridge's producer (publish raw body, 200 after the ack)",
+                        [py, "-m", "benchmarks.passthrough", str(port)],
+                        port,
+                        {**self.bridge_env(port), "PASSTHROUGH_TOPIC": PASSTHROUGH_TOPIC},
+                    )
+                )
             if want("bridge"):
                 port = tools_free_port()
                 self.measure(
@@ -630,15 +671,19 @@ class Bench:
         finally:
             res.exit_code = svc.stop()
 
-    def _create_recipe_topics(self) -> None:
+    def _create_topics(self) -> None:
+        """The recipe's three topics and the passthrough's one, with the partitions of the bridge's
+        topics (which the bridge creates itself at start)."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        partitions = self.bridge_partitions()
 
         async def create() -> None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap_servers)
             await admin.start()
             try:
-                names = [RECIPE_PREFIX + t for t in BRIDGE_TOPICS[:3]]
-                await admin.create_topics([NewTopic(n, num_partitions=12, replication_factor=1) for n in names])
+                names = [RECIPE_PREFIX + t for t in BRIDGE_TOPICS[:3]] + [PASSTHROUGH_TOPIC]
+                await admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
             finally:
                 await admin.close()
 
@@ -814,6 +859,29 @@ def mib(n: int | None) -> str:
     return f"{n / 2**20:.0f} MiB" if n else "—"
 
 
+def ratios(results: dict[str, ServiceResult]) -> dict[str, float | None]:
+    """``{"bridge/<base>": bridge's max sustained events/s / base's}`` for each of :data:`RATIO_BASES`
+    (the keys of ``results.json`` ``ratios``, always all three); None when either service was not
+    measured or has no max sustained rate (``--fixed-only``, or below 50/s)."""
+    top = results["bridge"].max_sustained if "bridge" in results else 0
+    out: dict[str, float | None] = {}
+    for base in RATIO_BASES:
+        bottom = results[base].max_sustained if base in results else 0
+        out[f"bridge/{base}"] = round(top / bottom, 4) if top and bottom else None
+    return out
+
+
+def ratio_text(results: dict[str, ServiceResult], key: str, value: float | None) -> str | None:
+    """How a ratio of :func:`ratios` reads in the report; None when there is nothing to show."""
+    base = results.get(key.split("/", 1)[1])
+    bridge = results.get("bridge")
+    if value is not None:
+        return f"{value:.2f}×"
+    if bridge is not None and bridge.max_sustained and base is not None:  # e.g. the recipe below 50/s
+        return f"∞ ({base.name}: no max sustained rate)"
+    return None
+
+
 def plot(bench: Bench) -> None:
     import matplotlib
 
@@ -821,14 +889,14 @@ def plot(bench: Bench) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    colors = {"ceiling": "tab:gray", "bridge": "tab:blue", "recipe": "tab:red"}
+    colors = {"ceiling": "tab:gray", "passthrough": "tab:orange", "bridge": "tab:blue", "recipe": "tab:red"}
     for name, c in colors.items():
         res = bench.results.get(name)
         if res is None:
             continue
         by_rate: dict[int, Step] = {}
         for s in res.valid():
-            if s.phase in ("fixed", "ramp", "confirm") and (s.rate not in by_rate or s.phase == "confirm"):
+            if s.phase in ("fixed", "ramp", "confirm", "half") and (s.rate not in by_rate or s.phase == "confirm"):
                 by_rate[s.rate] = s
         pts = sorted(by_rate.values(), key=lambda s: s.rate)
         xs = [s.rate for s in pts]
@@ -857,7 +925,9 @@ def plot(bench: Bench) -> None:
 
 def report_md(bench: Bench, ver: dict[str, str], mach: dict[str, str], elapsed: float, command: str) -> str:
     by_name = bench.results
-    ceiling, bridge, recipe, full = (by_name.get(n) for n in ("ceiling", "bridge", "recipe", "bridge-full-window"))
+    ceiling, passthrough, bridge, recipe, full = (
+        by_name.get(n) for n in ("ceiling", "passthrough", "bridge", "recipe", "bridge-full-window")
+    )
     md: list[str] = [BEGIN, ""]
     md += [
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} with `{command}` in {elapsed / 60:.1f} min "
@@ -888,10 +958,10 @@ def report_md(bench: Bench, ver: dict[str, str], mach: dict[str, str], elapsed: 
     md += ["### Summary", ""]
     md += [
         "| Service | Max sustained events/s | p50 / p95 / p99 ms @ 500/s | @ 1,000/s | @ 2,000/s "
-        "| CPU s per 1,000 events @ 1,000/s · @ max | Peak RSS (VmHWM) |",
-        "|---|---:|---|---|---|---|---:|",
+        "| p99 ms @ 50 % of its max | CPU s per 1,000 events @ 1,000/s · @ max | Peak RSS (VmHWM) |",
+        "|---|---:|---|---|---|---|---|---:|",
     ]
-    for res in (ceiling, bridge, full, recipe):
+    for res in (ceiling, passthrough, bridge, full, recipe):
         if res is None:
             continue
         m = res.at_max()
@@ -903,9 +973,16 @@ def report_md(bench: Bench, ver: dict[str, str], mach: dict[str, str], elapsed: 
             mx = f"{res.max_sustained:,} (held)" if res.max_sustained else "—"
         else:
             mx = f"**{res.max_sustained:,}**" if res.max_sustained else "< 50"
+        h = res.half()
+        half = (
+            f"{h.p99_ms:.1f} @ {h.rate:,}/s"
+            + ("" if h.passed else f" ({h.error_share:.1%} not 200)" if h.error_share else " (fails)")
+            if h is not None
+            else "—"
+        )
         md.append(
             f"| **{res.name}** — {res.label} | {mx} | {fmt_lat(res.fixed(500))} | {fmt_lat(c1)} | "
-            f"{fmt_lat(res.fixed(2000))} | {cpu} | {mib(res.peak_rss)} |"
+            f"{fmt_lat(res.fixed(2000))} | {half} | {cpu} | {mib(res.peak_rss)} |"
         )
     md.append("")
     if full is not None:
@@ -925,19 +1002,21 @@ def report_md(bench: Bench, ver: dict[str, str], mach: dict[str, str], elapsed: 
             "",
         ]
 
-    ratios = []
-    if bridge and ceiling and ceiling.max_sustained:
-        ratios.append(("bridge / ceiling", bridge.max_sustained / ceiling.max_sustained))
-    if bridge and recipe:
-        ratios.append(
-            ("bridge / recipe", bridge.max_sustained / recipe.max_sustained if recipe.max_sustained else math.inf)
-        )
-    if ratios:
+    shown = [(k, t) for k, v in ratios(by_name).items() if (t := ratio_text(by_name, k, v)) is not None]
+    if shown:
         md += (
             ["| Ratio of max sustained events/s | Value |", "|---|---:|"]
-            + [f"| {n} | {v:.2f}× |" for n, v in ratios]
+            + [f"| {k.replace('/', ' / ')} | {t} |" for k, t in shown]
             + [""]
         )
+        if passthrough is not None and passthrough.max_sustained:
+            md += [
+                "bridge / passthrough: the passthrough is the ceiling's app publishing each raw body as one record "
+                "with the bridge's producer (`benchmarks/passthrough.py`), i.e. what aiohttp + aiokafka cost by "
+                "themselves; the rest of the bridge's cost is its own work (verification, decryption, decoding, "
+                "dedup, envelope, 1-3 records per event).",
+                "",
+            ]
 
     if bridge:
         md += ["### Targets (the bridge, one core)", "", "| Target | Measured | Met? |", "|---|---|:---:|"]
@@ -1107,7 +1186,9 @@ def main(argv: list[str] | None = None) -> int:
         "--refine", type=int, default=3, help="bisection steps after the first failing rate (default 3)"
     )
     parser.add_argument(
-        "--only", default="", help="comma-separated subset: ceiling,generator-check,bridge,bridge-full-window,recipe"
+        "--only",
+        default="",
+        help="comma-separated subset: ceiling,generator-check,passthrough,bridge,bridge-full-window,recipe",
     )
     parser.add_argument(
         "--stall-retries",
@@ -1146,16 +1227,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {res.name:<19} max sustained {res.max_sustained:>6,}/s  peak RSS {mib(res.peak_rss):>8}  "
             f"p50/p95/p99 @1000/s: {fmt_lat(res.fixed(1000))} ms"
+            + (
+                f"  p99 @{res.half_rate:,}/s (50 % of max): {res.p99_at_half_ms:.1f} ms"
+                if res.p99_at_half_ms is not None
+                else ""
+            )
         )
-    b, c, r = by_name.get("bridge"), by_name.get("ceiling"), by_name.get("recipe")
-    if b and c and c.max_sustained:
-        print(f"  bridge/ceiling = {b.max_sustained / c.max_sustained:.2f}")
-    if b and r:
-        print(
-            f"  bridge/recipe  = {b.max_sustained / r.max_sustained:.2f}"
-            if r.max_sustained
-            else "  bridge/recipe  = inf (recipe sustained < 50/s)"
-        )
+    ratio_values = ratios(by_name)
+    for key, value in ratio_values.items():
+        text = ratio_text(by_name, key, value)
+        if text is not None:
+            print(f"  {key:<18} = {text}")
     if bench.broker_check:
         print(f"  broker check: {'every 200 has its record(s)' if bench.broker_check['all_good'] else 'MISMATCH'}")
     if not args.no_write:
@@ -1166,6 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": ver,
             "machine": mach,
             "broker_rss": bench.broker_rss,
+            "ratios": ratio_values,
             "services": {
                 n: {**{k: v for k, v in asdict(x).items() if k != "steps"}, "steps": [asdict(s) for s in x.steps]}
                 for n, x in by_name.items()
