@@ -24,7 +24,7 @@ from bridge.ingress.webhook import json_answer as _answer
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import Publisher
-from bridge.registry import RegistryClient, SchemaIds
+from bridge.registry import WIRE_PREFIX_BYTES, RegistryClient, SchemaIds
 from bridge.settings import DedupStore, Settings
 from bridge.state import STATE, AppState
 from bridge.verify import Verifier
@@ -148,7 +148,7 @@ def create_app(
             metrics,
             timeout_s=settings.kafka_publish_timeout_s,
             # the wire prefix of a registry's framing counts in the producer's size limit too
-            max_record_bytes=settings.kafka_max_record_bytes - (5 if schema_ids is not None else 0),
+            max_record_bytes=settings.kafka_max_record_bytes - (WIRE_PREFIX_BYTES if schema_ids is not None else 0),
             ledger_ready=(lambda: feed.ready) if feed is not None else None,
         )
         sink = delivery

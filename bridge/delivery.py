@@ -39,12 +39,11 @@ class Outcome:
     """What became of one event: ``kind`` is ``published``, ``dead_lettered`` or ``duplicate``;
     ``reason`` the dead-letter reason; ``records`` lists ``(topic, partition, offset)`` of each
     record acknowledged by this delivery (after a partial failure, a retry publishes only the
-    missing ones); ``count``: how many records the event has in all."""
+    missing ones)."""
 
     kind: str
     reason: str | None = None
     records: list[tuple[str, int, int]] = field(default_factory=list)
-    count: int = 1
 
 
 class EventSink(Protocol):
@@ -139,8 +138,9 @@ class KafkaDelivery:
             pending = self._ledger.in_flight(delivery_id)
 
         records, outcome = self._records_of(event, received_ms)
-        indices = list(range(len(records)))
-        written = self._ledger.written(delivery_id, len(records))
+        count = len(records)
+        indices = list(range(count))
+        written = self._ledger.written(delivery_id, count)
         if written:  # a retry after a partial failure: only the records not in the topics yet
             indices = [i for i in indices if not written >> i & 1]
             records = [records[i] for i in indices]
@@ -148,7 +148,7 @@ class KafkaDelivery:
         if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
             raise Unavailable("publish_timeout")
         self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
-        task = asyncio.create_task(self._publish(delivery_id, records, indices, outcome))
+        task = asyncio.create_task(self._publish(delivery_id, records, indices, count, outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         try:
@@ -187,7 +187,7 @@ class KafkaDelivery:
         else:
             sizes = [self._record_bytes(r) for r in records]
             if max(sizes) <= self._max_record_bytes and sum(sizes) <= self._max_event_bytes:
-                return records, Outcome("published", count=len(records))
+                return records, Outcome("published")
             failure = DecodeFailure(
                 "record_too_large",
                 f"record too large: {len(records)} record(s), the largest {max(sizes)} bytes, "
@@ -205,7 +205,7 @@ class KafkaDelivery:
         return Outcome("duplicate")
 
     async def _publish(
-        self, delivery_id: str, records: list[Record], indices: list[int], outcome: Outcome
+        self, delivery_id: str, records: list[Record], indices: list[int], count: int, outcome: Outcome
     ) -> list[RecordMetadata]:
         """Publish ``records`` (the event's records ``indices`` of ``count``); mark what the
         broker acknowledged — all of them: the id is delivered; some of them: those indices, so
@@ -215,8 +215,8 @@ class KafkaDelivery:
             metas = await self._publisher.publish(records)
             delivered = True
         except PublishFailed as exc:
-            if exc.acked and outcome.count > 1:
-                self._ledger.mark_written(delivery_id, [indices[i] for i in exc.acked], outcome.count)
+            if exc.acked and count > 1:
+                self._ledger.mark_written(delivery_id, [indices[i] for i in exc.acked], count)
             raise
         finally:
             self._ledger.finish(delivery_id, delivered)

@@ -42,6 +42,8 @@ from bridge.settings import Settings
 log = logging.getLogger("bridge.registry")
 
 MAGIC_BYTE: Final = b"\x00"
+#: Bytes the wire format puts before each value: the magic byte and a 4-byte schema id.
+WIRE_PREFIX_BYTES: Final = 5
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
 REQUEST_TIMEOUT_S: Final = 10.0
 #: Longest text of a registry's answer kept in an error (it goes to a log line).

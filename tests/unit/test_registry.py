@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from bridge import envelope as ev
 from bridge.normalize import Topics
-from bridge.registry import RegistryClient, RegistryError, schema_texts, subject_of, wire_prefix
+from bridge.registry import WIRE_PREFIX_BYTES, RegistryClient, RegistryError, schema_texts, subject_of, wire_prefix
 from bridge.settings import SettingsError, load_settings
 from tests.support.credentials import TOKEN
 
@@ -22,7 +22,7 @@ TOPICS = Topics.from_names(room_created="r", reserve_config_updated="c", third_p
 
 def test_subjects_and_the_wire_prefix_follow_confluents_conventions() -> None:
     assert subject_of("lark.vc.room.created_v1") == "lark.vc.room.created_v1-value"
-    assert wire_prefix(1) == b"\x00\x00\x00\x00\x01"
+    assert wire_prefix(1) == b"\x00\x00\x00\x00\x01" and len(wire_prefix(1)) == WIRE_PREFIX_BYTES
     assert wire_prefix(2**32 - 1) == b"\x00\xff\xff\xff\xff"
     with pytest.raises(OverflowError):
         wire_prefix(2**32)
