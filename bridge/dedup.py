@@ -5,16 +5,20 @@ The platform delivers at least once and retries for ≈7.1 h with the same deliv
 the broker acknowledged its records (or its dead-letter record); a failed publish leaves it
 unmarked so the platform's retry publishes it.
 
-Memory: an entry is one 64-bit hash of the id (Python's per-process randomized ``hash(str)``) in a
-dict, plus a slot in its time bucket — about 90 bytes per id, ≈ 95 MB for the default 1,000,000
-(``benchmarks/dedup_memory.py`` measures it). Two different ids collide with probability
-≈ n/2⁶⁴ per lookup (≈ 5·10⁻¹⁴ at 10⁶ ids), the price of not storing the ids themselves.
+Memory: an id is kept as one 64-bit fingerprint (Python's per-process randomized ``hash(str)``,
+its lowest bit replaced by who marked it) in a flat open-addressing table (``array('Q')``, linear
+probing, at most half full, backward-shift deletion: no tombstones) plus once more in a FIFO of
+marking order that expiry and the bound walk from the oldest end — 16–32 bytes of table and 8 of
+FIFO per id, ≈ 24 MB for the default 1,000,000 (``benchmarks/dedup_memory.py`` measures it), where
+a dict of ints with per-bucket lists took ≈ 90 MB. Two different ids collide with probability
+≈ n/2⁶³ per lookup (≈ 10⁻¹³ at 10⁶ ids), the price of not storing the ids themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -27,6 +31,115 @@ MAX_PARTIAL: Final = 10_000
 
 LOCAL: Final = "local"
 LOG: Final = "log"
+
+_MASK64: Final = (1 << 64) - 1
+_MIN_SLOTS: Final = 1024
+
+
+class FingerprintSet:
+    """A set of 64-bit fingerprints in marking order, in two flat arrays (no object per entry).
+
+    A stored value is ``fingerprint | source bit``: bit 0 holds who marked it (1: :data:`LOG`);
+    two fingerprints that differ only in bit 0 are the same entry. 0 marks an empty slot. The
+    table (``array('Q')``, a power of two of slots, kept at most half full, doubled when it
+    would not be) uses linear probing from ``(value >> 1) & mask``; removal shifts the rest of the
+    probe run back (Knuth 6.4, Algorithm R), so no tombstones accumulate. ``order`` holds the live
+    values oldest first from index ``head``; :meth:`pop_oldest` removes from that end.
+    """
+
+    __slots__ = ("_head", "_live", "_mask", "_order", "_table")
+
+    def __init__(self) -> None:
+        self._table = array("Q", bytes(8 * _MIN_SLOTS))
+        self._mask = _MIN_SLOTS - 1
+        self._order = array("Q")
+        self._head = 0
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    @staticmethod
+    def value_of(key: str, log_source: bool) -> int:
+        """The stored value of ``key``: its fingerprint with bit 0 = ``log_source``; never 0."""
+        v = hash(key) & _MASK64 & ~1
+        return (v or 2) | log_source
+
+    def find(self, value: int) -> int:
+        """The stored value equal to ``value`` but for bit 0, or 0 when absent."""
+        table, mask = self._table, self._mask
+        f = value >> 1
+        i = f & mask
+        while (v := table[i]) != 0:
+            if v >> 1 == f:
+                return v
+            i = (i + 1) & mask
+        return 0
+
+    def add(self, value: int) -> bool:
+        """Insert ``value`` (the newest); False (nothing changed) when its fingerprint is in."""
+        if self.find(value):
+            return False
+        if 2 * (self._live + 1) > len(self._table):
+            self._grow()
+        self._insert(value)
+        self._order.append(value)
+        self._live += 1
+        return True
+
+    def _insert(self, value: int) -> None:
+        table, mask = self._table, self._mask
+        i = (value >> 1) & mask
+        while table[i] != 0:
+            i = (i + 1) & mask
+        table[i] = value
+
+    def _grow(self) -> None:
+        self._compact()
+        size = 2 * len(self._table)
+        self._table = array("Q", bytes(8 * size))
+        self._mask = size - 1
+        for value in self._order:
+            self._insert(value)
+
+    def _compact(self) -> None:
+        if self._head:
+            del self._order[: self._head]
+            self._head = 0
+
+    def oldest(self) -> int:
+        """The oldest value; raises IndexError when empty."""
+        if self._head >= len(self._order):
+            raise IndexError("empty")
+        return self._order[self._head]
+
+    def pop_oldest(self) -> None:
+        """Remove the oldest value; raises IndexError when empty."""
+        value = self.oldest()
+        self._head += 1
+        self._remove(value)
+        if self._head > 4096 and 2 * self._head > len(self._order):
+            self._compact()
+
+    def _remove(self, value: int) -> None:
+        table, mask = self._table, self._mask
+        i = (value >> 1) & mask
+        while table[i] != value:
+            i = (i + 1) & mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            v = table[j]
+            if v == 0:
+                break
+            home = (v >> 1) & mask
+            # v stays when its home lies cyclically in (i, j]; otherwise it moves back into i
+            if (i < home <= j) if i < j else (home > i or home <= j):
+                continue
+            table[i] = v
+            i = j
+        table[i] = 0
+        self._live -= 1
 
 
 class DeliveryLedger:
@@ -45,7 +158,7 @@ class DeliveryLedger:
     failure publishes only the missing records.
     """
 
-    __slots__ = ("_buckets", "_clock", "_entries", "_gen", "_in_flight", "_max", "_partial", "_span", "_ttl_s")
+    __slots__ = ("_buckets", "_clock", "_in_flight", "_max", "_partial", "_set", "_span", "_ttl_s")
 
     def __init__(self, ttl_s: float, max_entries: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         if ttl_s <= 0 or max_entries < 1:
@@ -54,35 +167,32 @@ class DeliveryLedger:
         self._max = max_entries
         self._clock = clock
         self._span = ttl_s / _BUCKETS
-        self._gen = 0
-        self._entries: dict[int, int] = {}  # hash(id) -> bucket generation * 2 + (1 if LOG)
-        # (gen, start_s, hashes in marking order); evicted oldest first, within a bucket too
-        self._buckets: deque[tuple[int, float, deque[int]]] = deque()
+        self._set = FingerprintSet()
+        # [start_s, how many of the set's oldest-first values belong to it], oldest bucket first
+        self._buckets: deque[list[float]] = deque()
         self._in_flight: dict[str, asyncio.Future[bool]] = {}
         # hash(id) -> (count, bit mask of the indices written, first write's clock), oldest first
         self._partial: dict[int, tuple[int, int, float]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._set)
 
     def _expire(self, now: float) -> None:
-        buckets, entries = self._buckets, self._entries
-        while buckets and buckets[0][1] + self._span + self._ttl_s <= now:
-            gen, _, hashes = buckets.popleft()
-            for h in hashes:
-                if (entries.get(h, -2) >> 1) == gen:
-                    del entries[h]
+        buckets, ids = self._buckets, self._set
+        while buckets and buckets[0][0] + self._span + self._ttl_s <= now:
+            for _ in range(int(buckets.popleft()[1])):
+                ids.pop_oldest()
 
     def delivered(self, delivery_id: str) -> bool:
         """True when ``delivery_id`` was marked delivered within the window."""
         self._expire(self._clock())
-        return hash(delivery_id) in self._entries
+        return self._set.find(FingerprintSet.value_of(delivery_id, False)) != 0
 
     def marked_by(self, delivery_id: str) -> str | None:
         """Who marked ``delivery_id`` first — :data:`LOCAL` or :data:`LOG` — or None if unmarked."""
         self._expire(self._clock())
-        value = self._entries.get(hash(delivery_id))
-        if value is None:
+        value = self._set.find(FingerprintSet.value_of(delivery_id, False))
+        if value == 0:
             return None
         return LOG if value & 1 else LOCAL
 
@@ -91,24 +201,21 @@ class DeliveryLedger:
         evicting the oldest past the bound. ``source``: :data:`LOCAL` or :data:`LOG`."""
         now = self._clock()
         self._expire(now)
-        h = hash(delivery_id)
-        if h in self._entries:
+        ids = self._set
+        if not ids.add(FingerprintSet.value_of(delivery_id, source == LOG)):
             return
-        self._partial.pop(h, None)
-        if not self._buckets or self._buckets[-1][1] + self._span <= now:
-            self._gen += 1
-            self._buckets.append((self._gen, now, deque()))
-        gen, _, hashes = self._buckets[-1]
-        hashes.append(h)
-        self._entries[h] = gen * 2 + (1 if source == LOG else 0)
-        while len(self._entries) > self._max:
-            ogen, _, ohashes = self._buckets[0]
-            while ohashes and len(self._entries) > self._max:
-                oh = ohashes.popleft()  # the oldest: never the id just marked
-                if (self._entries.get(oh, -2) >> 1) == ogen:
-                    del self._entries[oh]
-            if not ohashes:
-                self._buckets.popleft()
+        if self._partial:
+            self._partial.pop(hash(delivery_id), None)
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] + self._span <= now:
+            buckets.append([now, 0])
+        buckets[-1][1] += 1
+        while len(ids) > self._max:  # the oldest first: never the id just marked
+            ids.pop_oldest()
+            oldest = buckets[0]
+            oldest[1] -= 1
+            if oldest[1] <= 0:
+                buckets.popleft()
 
     def written(self, delivery_id: str, count: int) -> int:
         """Bit mask of the indices of ``delivery_id``'s ``count`` records known written while the
@@ -128,9 +235,9 @@ class DeliveryLedger:
             if any(i == 0 for i in indices):
                 self.mark_delivered(delivery_id, source=source)
             return
-        h = hash(delivery_id)
-        if h in self._entries:
+        if self.delivered(delivery_id):
             return
+        h = hash(delivery_id)
         now = self._clock()
         mask = 0
         for i in indices:

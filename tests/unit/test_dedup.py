@@ -111,3 +111,43 @@ def test_partly_written_events_are_bounded_and_forgotten_after_the_ttl() -> None
     assert len(ledger._partial) == MAX_PARTIAL
     assert ledger.written("p0", 2) == 0 and ledger.written(f"p{MAX_PARTIAL + 4}", 2) == 0b10
     assert len(ledger) == 0  # partial events are not delivered ones
+
+
+def test_fingerprint_set_matches_a_reference_through_collisions_wraparound_and_growth() -> None:
+    """Crafted values crowd a few home slots (long probe runs, runs wrapping past the table's
+    end) while adds and oldest-first removals interleave; after every step the table holds
+    exactly the reference's values, and growth past 512 entries keeps them."""
+    import random
+    from collections import deque
+
+    from bridge.dedup import FingerprintSet
+
+    rng = random.Random(7)
+    ids = FingerprintSet()
+    reference: deque[int] = deque()
+    homes = [0, 1, 2, 1021, 1022, 1023]  # at both ends of the initial 1,024 slots
+
+    def value() -> int:
+        return ((rng.randrange(1, 1 << 40) << 10 | rng.choice(homes)) << 1) | rng.randrange(2)
+
+    for step in range(6000):
+        if reference and rng.random() < (0.3 if step < 4000 else 0.7):
+            assert ids.oldest() == reference[0]
+            ids.pop_oldest()
+            reference.popleft()
+        else:
+            v = value()
+            assert ids.add(v) is True
+            assert ids.add(v ^ 1) is False  # bit 0 is the source, not part of the fingerprint
+            reference.append(v)
+        if step % 50 == 0 or len(reference) < 8:
+            assert len(ids) == len(reference)
+            assert all(ids.find(v) == v for v in reference)
+            assert all(ids.find(value()) == 0 for _ in range(20))
+    assert len(ids) == len(reference) > 512
+    while reference:
+        ids.pop_oldest()
+        reference.popleft()
+    assert len(ids) == 0
+    with pytest.raises(IndexError):
+        ids.pop_oldest()
