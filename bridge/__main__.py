@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bridge: {exc}", file=sys.stderr)
             return 2
         from bridge.logs import configure_logging, warn_unknown_variables
-        from bridge.server import serve
+        from bridge.server import run
 
         configure_logging(settings.log_level, settings.log_format)
         warn_unknown_variables(os.environ)
-        return asyncio.run(serve(settings))
+        return run(settings)
     if args.command == "schemas" and args.action in ("register", "check-compat"):
         env = dict(os.environ)
         env.setdefault("BRIDGE_LARK_VERIFICATION_TOKEN", "not-used-by-this-command")

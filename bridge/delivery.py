@@ -77,6 +77,30 @@ def type_label(lark_type: str) -> str:
     return lark_type if lark_type in ev.LARK_TYPES else "other"
 
 
+async def wait_until(fut: asyncio.Future[Any], deadline_s: float) -> bool:
+    """Wait for ``fut`` until ``deadline_s`` (the event loop's clock, seconds) without ever
+    cancelling it; True when it is done. What ``wait_for(shield(fut), …)`` does, with one
+    future, one timer and one callback instead of three futures, two timers' worth of callbacks
+    and (in Python 3.11) an extra wake-up per event. Cancelling the caller leaves ``fut`` running."""
+    if fut.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fut.add_done_callback(wake)
+    timer = loop.call_at(deadline_s, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        fut.remove_done_callback(wake)
+    return fut.done()
+
+
 #: A failure log line repeated by an outage is written at most once per this many seconds.
 FAILURE_LOG_INTERVAL_S: Final = 10.0
 
@@ -129,11 +153,9 @@ class KafkaDelivery:
             return self._duplicate(delivery_id)
         pending = self._ledger.in_flight(delivery_id)
         while pending is not None:
-            try:
-                ok = await asyncio.wait_for(asyncio.shield(pending), deadline - loop.time())
-            except TimeoutError:
-                raise Unavailable("publish_timeout") from None
-            if ok:
+            if not await wait_until(pending, deadline):
+                raise Unavailable("publish_timeout")
+            if pending.result():
                 return self._duplicate(delivery_id)
             pending = self._ledger.in_flight(delivery_id)
 
@@ -151,11 +173,11 @@ class KafkaDelivery:
         task = asyncio.create_task(self._publish(delivery_id, records, indices, count, outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        try:
-            metas = await asyncio.wait_for(asyncio.shield(task), deadline - loop.time())
-        except TimeoutError:
+        if not await wait_until(task, deadline):
             task.add_done_callback(self._log_late_failure)
-            raise Unavailable("publish_timeout") from None
+            raise Unavailable("publish_timeout")
+        try:
+            metas = task.result()
         except BridgeError:
             raise
         except Exception:  # a bug or an unforeseen client error: the platform retries, we log it
@@ -201,7 +223,7 @@ class KafkaDelivery:
         return [record], Outcome("dead_lettered", failure.reason)
 
     def _duplicate(self, delivery_id: str) -> Outcome:
-        self._metrics.duplicates.labels(source=self._ledger.marked_by(delivery_id) or LOCAL).inc()
+        self._metrics.duplicates_by(self._ledger.marked_by(delivery_id) or LOCAL).inc()
         return Outcome("duplicate")
 
     async def _publish(
@@ -222,9 +244,9 @@ class KafkaDelivery:
             self._ledger.finish(delivery_id, delivered)
             self._metrics.dedup_entries.set(len(self._ledger))
         if outcome.kind == "dead_lettered":
-            self._metrics.dead_letters.labels(reason=outcome.reason or "").inc()
+            self._metrics.dead_letters_by(outcome.reason or "").inc()
         for r in records:
-            self._metrics.published.labels(lark_type=type_label(r.lark_type), topic=r.topic).inc()
+            self._metrics.published_by(type_label(r.lark_type), r.topic).inc()
         return metas
 
     async def drain(self, timeout_s: float) -> None:

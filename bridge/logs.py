@@ -7,7 +7,9 @@ body, a header, a token or a key (structlog docs, "Logging Best Practices").
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -90,3 +92,18 @@ class Throttle:
             return None
         held, self._last, self._suppressed = self._suppressed, now, 0
         return held
+
+
+class RequestIds:
+    """Request ids for requests that bring no ``X-Request-Id``: a random 64-bit prefix per
+    process (``os.urandom``) and a counter, ``<16 hex>-<hex>`` — unique across replicas and
+    restarts like a UUID4, at the cost of a counter step instead of 16 random bytes each."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex() + "-"
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"

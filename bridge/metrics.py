@@ -7,9 +7,32 @@ topic names) — never a token, key, body or delivery id.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """The children of a labelled metric by label values, each looked up once: ``metric.labels()``
+    validates and locks on every call, this is one dict lookup on the hot path. Label values are
+    positional, in the metric's label order; like the metric's own, the cache grows with the
+    label values' cardinality, which the callers keep bounded (fixed identifiers)."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._cache: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        """The child of ``values`` (as ``metric.labels(*values)``)."""
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
+
 
 LATENCY_BUCKETS_S: Final = (
     0.001,
@@ -171,3 +194,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        # Cached children of the metrics written for every event (see Children).
+        self.requests_by: Children[Counter] = Children(self.requests)
+        self.request_latency_by: Children[Histogram] = Children(self.request_latency)
+        self.published_by: Children[Counter] = Children(self.published)
+        self.dead_letters_by: Children[Counter] = Children(self.dead_letters)
+        self.duplicates_by: Children[Counter] = Children(self.duplicates)
+        self.long_connection_frames_by: Children[Counter] = Children(self.long_connection_frames)
+        self.long_connection_acks_by: Children[Counter] = Children(self.long_connection_acks)

@@ -99,7 +99,7 @@ def build_producer(settings: Settings) -> AIOKafkaProducer:
         enable_idempotence=True,
         acks="all",
         compression_type=compression,
-        linger_ms=0,
+        linger_ms=settings.kafka_linger_ms,
         max_request_size=settings.kafka_max_record_bytes,
         request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
         retry_backoff_ms=100,

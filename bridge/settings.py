@@ -70,6 +70,14 @@ class SubscriptionMode(enum.StrEnum):
     BOTH = "both"
 
 
+class EventLoop(enum.StrEnum):
+    """The asyncio event loop implementation: ``uvloop`` (libuv; less CPU per request) or
+    ``asyncio`` (the standard library's selector loop)."""
+
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
 class Compression(enum.StrEnum):
     """Producer ``compression.type``."""
 
@@ -201,6 +209,13 @@ class Settings(BaseSettings):
         "it), in bytes; keep it at most the topics' max.message.bytes. An event whose records "
         "would be larger is dead-lettered, never retried forever.",
     )
+    kafka_linger_ms: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="How long the producer waits to fill a batch before sending it, in ms (adds up "
+        "to that much to every answer; see BENCHMARKS.md for the trade).",
+    )
     kafka_create_topics: bool = Field(True, description="Create missing topics at start.")
     kafka_topic_partitions: int = Field(12, ge=1, description="Partitions of topics the bridge creates.")
     kafka_topic_replication_factor: int | None = Field(
@@ -262,6 +277,9 @@ class Settings(BaseSettings):
         "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL."
     )
     log_format: LogFormat = Field(LogFormat.JSON, description="json or console.")
+    event_loop: EventLoop = Field(
+        EventLoop.UVLOOP, description="uvloop (less CPU per event) or asyncio (the standard library's loop)."
+    )
     shutdown_timeout_s: float = Field(
         20.0,
         gt=0,

@@ -6,7 +6,7 @@ factory that registers them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -14,6 +14,7 @@ from aiohttp import web
 from bridge.dedup import DeliveryLedger
 from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink
+from bridge.logs import RequestIds
 from bridge.metrics import Metrics
 from bridge.publish import Publisher
 from bridge.registry import SchemaIds
@@ -34,6 +35,7 @@ class AppState:
     registry (``BRIDGE_SCHEMA_REGISTRY_URL``); ``verifier`` without the webhook and
     ``long_connection`` without the long connection (``BRIDGE_LARK_SUBSCRIPTION_MODE``). ``body_bytes_in_flight``:
     request body bytes received and held by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
+    ``request_ids`` names requests that bring no ``X-Request-Id``.
     """
 
     settings: Settings
@@ -47,6 +49,7 @@ class AppState:
     long_connection: LongConnection | None = None
     draining: bool = False
     body_bytes_in_flight: int = 0
+    request_ids: RequestIds = field(default_factory=RequestIds)
 
 
 STATE = web.AppKey("bridge_state", AppState)

@@ -379,7 +379,7 @@ class LongConnection:
             await asyncio.sleep(min(1.0, interval / 4))
 
     def _count(self, kind: str) -> None:
-        self._metrics.long_connection_frames.labels(kind=kind).inc()
+        self._metrics.long_connection_frames_by(kind).inc()
 
     def _on_frame(self, conn: _Connection, data: bytes) -> None:
         try:
@@ -479,7 +479,7 @@ class LongConnection:
                     if result.reason:
                         fields["reason"] = result.reason
         biz_rt_ms = int((loop.time() - started) * 1000)
-        self._metrics.long_connection_acks.labels(code=str(code)).inc()
+        self._metrics.long_connection_acks_by(str(code)).inc()
         log.info("event", ingress="long_connection", outcome=outcome, ack_code=code, biz_rt_ms=biz_rt_ms, **fields)
         if ws.closed:
             return  # the platform re-pushes; dedup answers

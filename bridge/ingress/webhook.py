@@ -29,8 +29,8 @@ context for the whole request (so every line logged while it runs carries it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -52,6 +52,9 @@ from bridge.state import STATE
 from bridge.verify import Handshake
 
 log = structlog.get_logger("bridge.request")
+#: The standard-library logger behind ``log``: its level (cached by ``logging``) decides whether
+#: the request's line is built at all.
+_log_level_of = logging.getLogger("bridge.request").isEnabledFor
 _json = msgspec.json.Encoder()
 
 
@@ -108,7 +111,7 @@ async def error_middleware(
     if not webhook:
         return await handler(request)
     arrived_s = asyncio.get_running_loop().time()
-    rl = RequestLog(request_id=capped(request.headers.get("X-Request-Id")) or uuid.uuid4().hex, arrived_s=arrived_s)
+    rl = RequestLog(request_id=capped(request.headers.get("X-Request-Id")) or state.request_ids(), arrived_s=arrived_s)
     request[REQUEST_LOG] = rl
     with structlog.contextvars.bound_contextvars(request_id=rl.request_id):
         return await _handle_logged(request, handler, rl)
@@ -147,16 +150,16 @@ async def _handle_logged(
     finally:
         elapsed = time.perf_counter() - started
         metrics.in_flight.dec()
-        metrics.requests.labels(outcome=rl.outcome, status=str(rl.status)).inc()
-        kind = "handshake" if rl.outcome == "handshake" else "event"
-        metrics.request_latency.labels(kind=kind).observe(elapsed)
-        log.info(
-            "request",
-            status=rl.status,
-            outcome=rl.outcome,
-            latency_ms=round(elapsed * 1000, 3),
-            **rl.fields,
-        )
+        metrics.requests_by(rl.outcome, str(rl.status)).inc()
+        metrics.request_latency_by("handshake" if rl.outcome == "handshake" else "event").observe(elapsed)
+        if _log_level_of(logging.INFO):
+            log.info(
+                "request",
+                status=rl.status,
+                outcome=rl.outcome,
+                latency_ms=round(elapsed * 1000, 3),
+                **rl.fields,
+            )
 
 
 async def handle_event(request: web.Request) -> web.Response:
@@ -253,7 +256,8 @@ async def _read_and_deliver(
     )
     outcome = await state.sink.deliver(verified, received_ms=int(received * 1000), deadline_s=deadline_s)
     rl.outcome = outcome.kind
-    rl.fields["records"] = [{"topic": t, "partition": p, "offset": o} for t, p, o in outcome.records]
+    if _log_level_of(logging.INFO):  # only the request's log line reads it
+        rl.fields["records"] = [{"topic": t, "partition": p, "offset": o} for t, p, o in outcome.records]
     if outcome.reason:
         rl.fields["reason"] = outcome.reason
     return json_answer({"msg": "success"})

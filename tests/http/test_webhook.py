@@ -212,21 +212,28 @@ async def test_request_id_is_bound_to_every_line_logged_during_the_request(
 ) -> None:
     sink = LoggingSink()
     client = await make_client(sink)
+    request_logger = logging.getLogger("bridge.request")  # the request line is built only when INFO is on
+    level = request_logger.level
+    request_logger.setLevel(logging.INFO)
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         req = Platform().request(sample_event())
         resp = await client.post(PATH, data=req.body, headers={**req.headers, "X-Request-Id": "req-from-the-caller"})
         assert resp.status == 200
         resp = await client.post(PATH, data=req.body, headers=req.headers)  # no X-Request-Id
         assert resp.status == 200
+        request_logger.setLevel(logging.WARNING)
+        resp = await client.post(PATH, data=req.body, headers=req.headers)  # a duplicate, line filtered out
+        assert resp.status == 200
+    request_logger.setLevel(level)
     inside = [e for e in logs if e["event"] == "inside delivery"]
     request = [e for e in logs if e["event"] == "request"]
-    assert len(inside) == 2 and len(request) == 2 and len(sink.received) == 2
+    assert len(inside) == 3 and len(request) == 2 and len(sink.received) == 3
     assert inside[0]["request_id"] == request[0]["request_id"] == "req-from-the-caller"
     generated = request[1]["request_id"]
     assert inside[1]["request_id"] == generated != "req-from-the-caller"
-    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", generated)
     library = [json.loads(line) for line in library_lines.getvalue().splitlines()]
-    assert [line["request_id"] for line in library] == ["req-from-the-caller", generated]
+    assert [line["request_id"] for line in library][:2] == ["req-from-the-caller", generated]
 
 
 # ---- hostile and unlucky clients ---------------------------------------------------------------
@@ -336,6 +343,18 @@ async def test_body_bytes_in_flight_are_counted_as_they_arrive_bounded_and_relea
     assert client.app[STATE].body_bytes_in_flight == 0
 
 
+@pytest.fixture
+def request_lines_on() -> Iterator[None]:
+    """The ``bridge.request`` logger at INFO (as ``BRIDGE_LOG_LEVEL=INFO`` sets it): the request's
+    line is built only then."""
+    logger = logging.getLogger("bridge.request")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("request_lines_on")
 async def test_payload_derived_log_fields_are_capped(make_client: Any) -> None:
     sink = RecordingSink()
     client = await make_client(sink, BRIDGE_HTTP_MAX_BODY_BYTES="65536")

@@ -385,3 +385,23 @@ async def test_a_failed_single_record_event_is_published_whole_by_the_retry() ->
     assert await raises_unavailable(h.deliver(event)) == "broker_unavailable"
     assert (await soon(h.deliver(event))).kind == "published"
     assert len(h.publisher.acked) == 1 and "lark_record_part" not in dict(h.publisher.acked[0].headers)
+
+
+async def test_wait_until_returns_at_the_deadline_and_never_cancels_the_awaited_future() -> None:
+    from bridge.delivery import wait_until
+
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[int] = loop.create_future()
+    started = loop.time()
+    assert await wait_until(fut, started + 0.05) is False
+    assert 0.04 <= loop.time() - started < 1.0 and not fut.cancelled()
+    loop.call_later(0.01, fut.set_result, 7)
+    assert await wait_until(fut, loop.time() + 5) is True and fut.result() == 7
+    assert await wait_until(fut, loop.time() - 1) is True  # done already: no wait at all
+    other: asyncio.Future[int] = loop.create_future()
+    waiter = asyncio.ensure_future(wait_until(other, loop.time() + 5))
+    await asyncio.sleep(0)
+    waiter.cancel()  # the caller gives up (e.g. shutdown): the awaited future goes on
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not other.cancelled() and not other.done()

@@ -34,3 +34,13 @@ def test_level_filters_request_lines(level: str, expected: list[str]) -> None:
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert [line["event"] for line in lines] == expected
     assert all(line["logger"] == "bridge.request.test" for line in lines)
+
+
+def test_request_ids_are_unique_per_process_and_across_processes() -> None:
+    from bridge.logs import RequestIds
+
+    a, b = RequestIds(), RequestIds()  # two processes (or replicas): two random prefixes
+    ids = [a() for _ in range(1000)] + [b() for _ in range(1000)]
+    assert len(set(ids)) == 2000
+    prefix, _, counter = ids[0].partition("-")
+    assert len(prefix) == 16 and int(prefix, 16) >= 0 and counter == "1"
