@@ -1,20 +1,19 @@
 """``python -m benchmarks.bridge_prefilled``: ``python -m bridge serve`` with a full dedup window.
 
-Same configuration (``BRIDGE_*`` environment), logging and lifecycle as ``python -m bridge serve``
-(it runs ``bridge.server.serve``), except that the app's dedup ledger is pre-filled with
-``BENCH_PREFILL_IDS`` (default ``BRIDGE_DEDUP_MAX_ENTRIES``, i.e. 1,000,000) synthetic delivery ids
-before the socket opens — the steady state of a bridge that has run for a whole dedup TTL. The
+Same configuration (``BRIDGE_*`` environment), logging, event loop and lifecycle as
+``python -m bridge serve`` (it runs ``bridge.server.run``), except that the app's dedup ledger is
+pre-filled with ``BENCH_PREFILL_IDS`` (default ``BRIDGE_DEDUP_MAX_ENTRIES``, i.e. 1,000,000)
+synthetic delivery ids before the socket opens — the steady state of a bridge that has run for a whole dedup TTL. The
 benchmark reads this process's peak RSS (VmHWM) after driving it.
 
 How: the real ``create_app`` builds the app, this script fills ``app[STATE].ledger`` (a
-``bridge.dedup.DeliveryLedger``) and hands the app to ``bridge.server.serve(settings, app=…)``.
+``bridge.dedup.DeliveryLedger``) and hands the app to ``bridge.server.run(settings, app=…)``.
 Nothing else of the bridge changes.
 The ids are generated one at a time and dropped, so only the ledger keeps memory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ from aiohttp import web
 
 from bridge.app import STATE, create_app
 from bridge.logs import configure_logging
-from bridge.server import serve
+from bridge.server import run
 from bridge.settings import Settings, SettingsError, load_settings
 
 
@@ -50,8 +49,7 @@ def main() -> int:
         )
         return app
 
-    asyncio.run(serve(settings, app=prefilled_app(settings)))
-    return 0
+    return run(settings, app=prefilled_app(settings))
 
 
 if __name__ == "__main__":

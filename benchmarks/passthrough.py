@@ -6,10 +6,10 @@ with the bridge's ``BRIDGE_*`` environment (the runner gives it the very environ
 creates it with the partition count of the bridge's topics).
 
 What the chosen libraries cost by themselves: the ceiling's app (``benchmarks/ceiling.py``: aiohttp
-on the default asyncio loop, response ``{"msg":"success"}``, no access log) plus the bridge's own
+on the bridge's event loop, ``BRIDGE_EVENT_LOOP``, response ``{"msg":"success"}``, no access log) plus the bridge's own
 aiokafka producer, built by :func:`bridge.publish.build_producer` from
 :func:`bridge.settings.load_settings`, so that its configuration (idempotent, ``acks=all``,
-``linger_ms=0``, compression, request size and timeout, client id, security) is the bridge's by
+linger, compression, request size and timeout, client id, security) is the bridge's by
 construction. Per request: read the body, send it as one record, wait for the broker's ack, answer
 200; 503 when the send fails. No signature check, no decryption, no decoding, no dedup, no
 record headers, no metrics, no publish deadline (a send without an ack waits for the producer's
@@ -27,7 +27,7 @@ partitioner, murmur2 of the key) as the room ids do. A body that does not start 
 ``{"encrypt":"`` is sent without a key (the producer picks the partition).
 
 Process set-up as the bridge's: the open-file limit is raised to its hard limit (one descriptor per
-client connection).
+client connection); the event loop is the one ``BRIDGE_EVENT_LOOP`` names (``bridge.server.loop_factory``).
 
 Differences in what reaches Kafka: one record per request (the bridge writes one per listed room of
 a third-party event: 1-3), whose value is the encrypted body (about 4/3 of the event's JSON; the
@@ -46,7 +46,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from bridge.publish import build_producer
-from bridge.server import raise_open_file_limit
+from bridge.server import loop_factory, raise_open_file_limit
 from bridge.settings import Settings, SettingsError, load_settings
 
 TOPIC_ENV: Final = "PASSTHROUGH_TOPIC"
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     topic = os.environ.get(TOPIC_ENV) or DEFAULT_TOPIC
     raise_open_file_limit()  # as the bridge's serve does: a thousand client connections need descriptors
-    web.run_app(create_app(settings, topic), host="127.0.0.1", port=args.port, access_log=None, print=None)
+    loop = loop_factory(settings.event_loop)()  # the bridge's event loop (BRIDGE_EVENT_LOOP)
+    web.run_app(create_app(settings, topic), host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)
     return 0
 
 

@@ -20,6 +20,7 @@ the raw collapsed stacks to ``benchmarks/profile-<rate>.txt`` (``--keep-raw``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -28,10 +29,10 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from benchmarks import report, tools
 from benchmarks import run as bench_run
-from benchmarks import tools
 
 BEGIN: Final = "<!-- bench:profile:begin (written by python -m benchmarks.profile; edits here are overwritten) -->"
 END: Final = "<!-- bench:profile:end -->"
@@ -42,7 +43,7 @@ END: Final = "<!-- bench:profile:end -->"
 STAGES: Final = (
     ("bridge: per-request log line (structlog/logging; filtered at WARNING)", r"\((structlog|logging)/"),
     ("bridge: Prometheus metrics", r"\(prometheus_client/"),
-    ("bridge: request id (uuid4)", r"^uuid4 \("),
+    ("bridge: request id", r"^(uuid4|RequestIds\.__call__) \("),
     ("bridge verify: AES-256-CBC decrypt + unpad", r"^(decrypt|_decrypt) \(bridge/verify\.py"),
     (
         "bridge verify: signature (SHA-256, constant-time compare)",
@@ -54,10 +55,17 @@ STAGES: Final = (
     ("bridge dedup ledger", r"\(bridge/dedup\.py"),
     ("bridge publish: aiokafka send() (accumulator) from the handler", r"\(bridge/publish\.py"),
     ("bridge delivery: task, shield, wait_for, outcome", r"\(bridge/delivery\.py"),
-    ("bridge handler + middleware (rest: read body, answer)", r"\(bridge/app\.py"),
+    ("bridge handler + middleware (rest: read body, answer)", r"\(bridge/(app|ingress/webhook)\.py"),
+    (
+        "dedup feed: tail consumer (aiokafka fetcher, record parsing, ledger marks)",
+        r"\((aiokafka/consumer/|bridge/dedup_feed\.py)",
+    ),
     ("aiokafka background: sender task, record batches, protocol, socket I/O", r"\(aiokafka/"),
     ("aiohttp: HTTP parsing, request objects, response writing", r"\(aiohttp/"),
     ("event loop: epoll", r"^EpollSelector\.select \("),
+    # uvloop's loop is C: a sample taken in it (its scheduling, epoll, socket reads and writes) has
+    # no Python frame above the runner's
+    ("event loop: uvloop's C code (scheduling, epoll, socket I/O)", r"^(Runner\.)?run \(asyncio/runners\.py"),
     ("event loop: asyncio scheduling (handles, tasks, futures, transports)", r"\(asyncio/"),
 )
 PACKAGES: Final = (
@@ -110,6 +118,11 @@ def summarise(stacks: list[tuple[list[str], int]]) -> dict[str, list[tuple[str, 
     stage_hits: Counter[str] = Counter()
     for frames, n in norm:
         for name, r in compiled:
+            if name.startswith("event loop: uvloop"):  # the leaf only (see STAGES)
+                if frames and r.search(frames[-1]):
+                    stage_hits[name] += n
+                    break
+                continue
             if any(r.search(f) for f in frames):
                 stage_hits[name] += n
                 break
@@ -180,7 +193,30 @@ def profile_rate(
     return step
 
 
-def render(results: list[tuple[int, bench_run.Step, dict[str, list[tuple[str, float]]]]], command: str) -> str:
+def _us(step: bench_run.Step, share: float) -> float:
+    """CPU µs per answered-200 event of ``share`` of the bridge's CPU during ``step``."""
+    return share * (step.cpu_per_1k or 0.0) * 1000
+
+
+def as_json(results: list[tuple[int, bench_run.Step, dict[str, list[tuple[str, float]]]]]) -> dict[str, Any]:
+    """``{rate: {cpu_us_per_event, us_per_event: {stage: µs}, shares: {stage: share}}}``: what
+    ``--baseline`` reads back for a before/after table."""
+    return {
+        str(r): {
+            "cpu_us_per_event": _us(step, 1.0),
+            "us_per_event": {name: _us(step, share) for name, share in summ["stages"]},
+            "shares": dict(summ["stages"]),
+        }
+        for r, step, summ in results
+    }
+
+
+def render(
+    results: list[tuple[int, bench_run.Step, dict[str, list[tuple[str, float]]]]],
+    command: str,
+    baseline: dict[str, Any] | None = None,
+    baseline_name: str = "",
+) -> str:
     md = [
         BEGIN,
         "",
@@ -214,6 +250,28 @@ def render(results: list[tuple[int, bench_run.Step, dict[str, list[tuple[str, fl
     ]
     for i, (name, _) in enumerate(results[0][2]["stages"]):
         md.append(f"| {name} | " + " | ".join(f"{s['stages'][i][1]:.1%}" for _, _, s in results) + " |")
+    md += [
+        "",
+        "**CPU µs per event by stage** (the shares above × the bridge's CPU seconds per answered event"
+        + (f"; before → after, the baseline from `{baseline_name}`" if baseline else "")
+        + ")",
+        "",
+        head,
+        sep,
+    ]
+    for i, (name, _) in enumerate(results[0][2]["stages"]):
+        cells = []
+        for r, step, summ in results:
+            now = _us(step, summ["stages"][i][1])
+            before = (baseline or {}).get(str(r), {}).get("us_per_event", {}).get(name)
+            cells.append(f"{before:.0f} → {now:.0f}" if before is not None else f"{now:.0f}")
+        md.append(f"| {name} | " + " | ".join(cells) + " |")
+    totals = []
+    for r, step, _ in results:
+        now = _us(step, 1.0)
+        before = (baseline or {}).get(str(r), {}).get("cpu_us_per_event")
+        totals.append(f"**{before:.0f} → {now:.0f}**" if before is not None else f"**{now:.0f}**")
+    md.append("| **total** | " + " | ".join(totals) + " |")
     md += ["", "**Self time by package** (innermost Python frame)", "", head, sep]
     names = list(dict.fromkeys(k for _, _, s in results for k, _ in s["packages"]))
     for k in names:
@@ -226,7 +284,7 @@ def render(results: list[tuple[int, bench_run.Step, dict[str, list[tuple[str, fl
 
 
 def write_md(section: str) -> None:
-    path = bench_run.BENCHMARKS_MD
+    path = report.BENCHMARKS_MD
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -245,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hz", type=int, default=250, help="py-spy sampling rate (default 250)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--keep-raw", action="store_true", help="keep the collapsed stacks in benchmarks/")
+    parser.add_argument("--json", type=Path, help="also write the per-stage numbers to this JSON file")
+    parser.add_argument(
+        "--baseline", type=Path, help="a --json file of an earlier run: the µs table shows before → after"
+    )
     parser.add_argument("--env", action="append", default=[], help="extra BRIDGE_*=value for the bridge (repeatable)")
     args = parser.parse_args(argv)
     tools.ensure_python_deps()
@@ -283,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.broker.stop()
         bench.broker.cleanup()
     command = "python -m benchmarks.profile " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = render(results, command.strip())
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    section = render(results, command.strip(), baseline, str(args.baseline or ""))
+    if args.json:
+        args.json.write_text(json.dumps(as_json(results), indent=1) + "\n")
     print(section)
     if not args.no_write:
         write_md(section)
