@@ -226,7 +226,6 @@ class LedgerFeed:
             self._metrics.dedup_tail_lag.observe(max(0.0, now_s - message.timestamp / 1000))
         else:
             self._ids_replayed += part is None or part[0] == 0  # one per event
-        self._metrics.dedup_entries.set(len(self._ledger))
 
     async def _check_replay(self, consumer: AIOKafkaConsumer, now: float) -> None:
         if self.replayed or self._replay_end is None or self._replay_started is None:

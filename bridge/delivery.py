@@ -137,6 +137,7 @@ class KafkaDelivery:
         self._max_event_bytes = MAX_EVENT_RECORDS_FACTOR * max_record_bytes
         self._record_bytes = record_bytes
         self._ledger_ready = ledger_ready or (lambda: True)
+        metrics.dedup_entries.set_function(lambda: float(len(ledger)))  # read at scrape time
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failure_log = Throttle(FAILURE_LOG_INTERVAL_S)
         self._late_log = Throttle(FAILURE_LOG_INTERVAL_S)
@@ -242,7 +243,6 @@ class KafkaDelivery:
             raise
         finally:
             self._ledger.finish(delivery_id, delivered)
-            self._metrics.dedup_entries.set(len(self._ledger))
         if outcome.kind == "dead_lettered":
             self._metrics.dead_letters_by(outcome.reason or "").inc()
         for r in records:

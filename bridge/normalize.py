@@ -8,6 +8,7 @@ and keys").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Mapping
@@ -78,13 +79,21 @@ class Topics:
 def rfc3339_ms(ms: int) -> str:
     """Unix milliseconds → ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC)."""
     secs, frac = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:03d}Z"
+    return f"{_rfc3339_second(secs)}.{frac:03d}Z"
 
 
+@functools.lru_cache(maxsize=64)
+def _rfc3339_second(secs: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of unix second ``secs``: events of the same second share it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+
+
+@functools.lru_cache(maxsize=1024)
 def _source(app_id: str, tenant_key: str) -> str:
     """CloudEvents ``source`` (a URI-reference): ``/lark/apps/{app_id}/tenants/{tenant_key}``, each
     id percent-encoded (RFC 3986 unreserved characters kept), so that Lark's ids (``cli_…``, hex)
-    appear verbatim and a hostile one (``/``, spaces, control characters) cannot reshape the URI."""
+    appear verbatim and a hostile one (``/``, spaces, control characters) cannot reshape the URI.
+    The 1,024 most recent pairs are kept (a bridge serves a few apps and tenants)."""
     return f"/lark/apps/{quote(app_id, safe='')}/tenants/{quote(tenant_key, safe='')}"
 
 

@@ -22,8 +22,8 @@ request's arrival: reading the body and waiting for the broker share that one de
 client that hangs up mid-body is logged and counted with status 499 ``client_disconnected``.
 
 :func:`error_middleware` is the one place where :class:`~bridge.errors.BridgeError` becomes an
-HTTP answer, and it writes the request's one log line with ``request_id`` bound to the log
-context for the whole request (so every line logged while it runs carries it).
+HTTP answer, and it writes the request's one log line with ``request_id`` set for the whole
+request (:data:`bridge.logs.REQUEST_ID`: every line logged while it runs carries it).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from bridge.errors import (
     Unavailable,
     UnsupportedEncoding,
 )
+from bridge.logs import REQUEST_ID
 from bridge.state import STATE
 from bridge.verify import Handshake
 
@@ -113,8 +114,11 @@ async def error_middleware(
     arrived_s = asyncio.get_running_loop().time()
     rl = RequestLog(request_id=capped(request.headers.get("X-Request-Id")) or state.request_ids(), arrived_s=arrived_s)
     request[REQUEST_LOG] = rl
-    with structlog.contextvars.bound_contextvars(request_id=rl.request_id):
+    token = REQUEST_ID.set(rl.request_id)
+    try:
         return await _handle_logged(request, handler, rl)
+    finally:
+        REQUEST_ID.reset(token)
 
 
 async def _handle_logged(
@@ -236,13 +240,21 @@ async def _read_and_deliver(
 ) -> web.Response:
     """Read the body by ``deadline_s`` (loop clock, s), verify, deliver by the same deadline."""
     state = request.app[STATE]
-    try:
-        async with asyncio.timeout_at(deadline_s):
-            body = await _read_body(request, held, state.settings.http_max_body_bytes)
-    except TimeoutError:
-        raise RequestTimeout() from None
-    except ConnectionResetError:  # the client hung up mid-body
-        raise ClientDisconnected() from None
+    limit = state.settings.http_max_body_bytes
+    content = request.content
+    if content.is_eof():  # the whole body came with the headers (every platform event): no wait
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise BodyTooLarge()
+        held.take(len(body))
+    else:
+        try:
+            async with asyncio.timeout_at(deadline_s):
+                body = await _read_body(request, held, limit)
+        except TimeoutError:
+            raise RequestTimeout() from None
+        except ConnectionResetError:  # the client hung up mid-body
+            raise ClientDisconnected() from None
     received = time.time()
     assert state.verifier is not None  # the route exists only with the webhook enabled
     verified = state.verifier.verify(body, request.headers, now=received)

@@ -20,6 +20,7 @@ from bridge.app import create_app
 from bridge.delivery import Outcome
 from bridge.errors import Unavailable
 from bridge.inbound import InboundEvent
+from bridge.logs import add_request_id
 from bridge.server import runner_options
 from bridge.settings import load_settings
 from bridge.state import STATE
@@ -186,12 +187,12 @@ class LoggingSink(RecordingSink):
 @pytest.fixture
 def library_lines() -> Iterator[io.StringIO]:
     """What the ``aiokafka`` stdlib logger writes, rendered as bridge.logs renders foreign records
-    (context vars merged in), one JSON object a line."""
+    (the request id added), one JSON object a line."""
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.contextvars.merge_contextvars],
+            foreign_pre_chain=[add_request_id],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.JSONRenderer(),
@@ -215,7 +216,7 @@ async def test_request_id_is_bound_to_every_line_logged_during_the_request(
     request_logger = logging.getLogger("bridge.request")  # the request line is built only when INFO is on
     level = request_logger.level
     request_logger.setLevel(logging.INFO)
-    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with structlog.testing.capture_logs(processors=[add_request_id]) as logs:
         req = Platform().request(sample_event())
         resp = await client.post(PATH, data=req.body, headers={**req.headers, "X-Request-Id": "req-from-the-caller"})
         assert resp.status == 200
