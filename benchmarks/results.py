@@ -76,6 +76,7 @@ class ServiceResult:
     steps: list[Step] = field(default_factory=list)
     max_sustained: int = 0
     peak_rss: int | None = None
+    peak_rss_sustained: int | None = None  # VmHWM while every step so far passed (bridge-full-window)
     pinned: str = ""
     exit_code: int | None = None
     note: str = ""
