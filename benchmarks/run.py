@@ -18,7 +18,7 @@ generator to core 1 (``taskset -c 1``) and runs the services under test one at a
 
 Each is driven open-loop by ``benchmarks/loadgen`` with pre-built, platform-exact requests
 (``benchmarks/traffic.py``): a warm-up, fixed rates of 500, 1,000 and 2,000 events/s, then a rising
-rate (×1.5 until a step fails, then bisection). A step *passes* when every answer is 200, p99
+rate (×1.5 until a step fails, then bisection; ``benchmarks/search.py``). A step *passes* when every answer is 200, p99
 (measured from each request's due time) ≤ 100 ms and the generator held the rate; a marginal
 failure is re-tried once, and the highest passing rate is re-run 1.6× longer to confirm it (7 % lower
 each time it does not hold): the *max sustained* rate. Then one more step at half of that service's

@@ -38,7 +38,8 @@ def max_sustained(
     """The highest rate (events/s) that held a confirmation step, or 0 when none did.
 
     ``fixed``: ``(rate, passed)`` of the fixed-rate steps already run (a lower rate failing while
-    a higher one passed is noise, e.g. a VM stall: the search starts from the highest pass).
+    a higher one passed is noise, e.g. a VM stall: the search starts from the highest pass; the
+    lowest failing rate above it is probed again before it counts as a failure).
     ``holds(rate)``: run one search step, True when it passed. ``confirm(rate)``: run the longer
     confirmation step. ``refine``: bisection steps between the last pass and the first failure.
     """
@@ -46,6 +47,11 @@ def max_sustained(
     lo: int | None = max(passing) if passing else None
     hi: int | None = min((rate for rate, ok in fixed if not ok and rate > (lo or 0)), default=None)
     lowest_fixed = min((rate for rate, _ in fixed), default=START_RATE)
+    if lo is not None and hi is not None and holds(hi):
+        # A fixed step failed above one that passed: probed once more as a search step (which
+        # retries a narrow latency failure) before it may cap the search — one VM pause in a
+        # 5 s fixed step must not decide the max.
+        lo, hi = hi, None
 
     if lo is None:  # even the lowest fixed rate failed: climb from START_RATE
         r = START_RATE

@@ -67,3 +67,17 @@ def test_a_lower_fixed_rate_failing_is_noise_when_a_higher_one_passed() -> None:
 
 def test_rates_are_rounded_to_step_units() -> None:
     assert [round_rate(x) for x in (3, 14, 996, 1024, 2470.5)] == [10, 10, 1000, 1000, 2450]
+
+
+def test_a_failing_fixed_rate_is_probed_again_before_it_caps_the_search() -> None:
+    svc = Service(5_000)
+    fixed = [(500, True), (1000, True), (2000, False)]  # 2,000/s failed on a VM pause
+    found = max_sustained(fixed, svc.holds, svc.confirm, refine=3)
+    assert svc.steps[0] == ("step", 2000) and found >= 4_250
+
+
+def test_a_fixed_rate_that_fails_again_stays_the_upper_bound() -> None:
+    svc = Service(1_500)
+    found = max_sustained(svc.fixed(500, 1000, 2000), svc.holds, svc.confirm, refine=3)
+    assert svc.steps[0] == ("step", 2000) and 1_250 <= found <= 1_500
+    assert all(rate < 2000 for _, rate in svc.steps[1:])
