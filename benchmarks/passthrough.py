@@ -27,7 +27,8 @@ partitioner, murmur2 of the key) as the room ids do. A body that does not start 
 ``{"encrypt":"`` is sent without a key (the producer picks the partition).
 
 Process set-up as the bridge's: the open-file limit is raised to its hard limit (one descriptor per
-client connection); the event loop is the one ``BRIDGE_EVENT_LOOP`` names (``bridge.server.loop_factory``).
+client connection) and the listen backlog is the bridge's; the event loop is the one
+``BRIDGE_EVENT_LOOP`` names (``bridge.server.loop_factory``).
 
 Differences in what reaches Kafka: one record per request (the bridge writes one per listed room of
 a third-party event: 1-3), whose value is the encrypted body (about 4/3 of the event's JSON; the
@@ -46,7 +47,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from bridge.publish import build_producer
-from bridge.server import loop_factory, raise_open_file_limit
+from bridge.server import LISTEN_BACKLOG, loop_factory, raise_open_file_limit
 from bridge.settings import Settings, SettingsError, load_settings
 
 TOPIC_ENV: Final = "PASSTHROUGH_TOPIC"
@@ -115,7 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     topic = os.environ.get(TOPIC_ENV) or DEFAULT_TOPIC
     raise_open_file_limit()  # as the bridge's serve does: a thousand client connections need descriptors
     loop = loop_factory(settings.event_loop)()  # the bridge's event loop (BRIDGE_EVENT_LOOP)
-    web.run_app(create_app(settings, topic), host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)
+    web.run_app(
+        create_app(settings, topic),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=loop,
+        backlog=LISTEN_BACKLOG,
+    )
     return 0
 
 

@@ -34,6 +34,12 @@ log = logging.getLogger("bridge.server")
 IDLE_TIMEOUT_S: Final = 15.0
 #: Seconds aiohttp keeps reading (and discarding) a body left unread after an early answer.
 LINGER_S: Final = 2.0
+#: Connections the kernel queues for ``accept()`` (``listen()`` backlog; capped by
+#: ``net.core.somaxconn``). aiohttp's default of 128 overflows when a burst of new connections
+#: meets a busy loop: the kernel then drops the SYNs and the clients retry after 1, 3, 7 s —
+#: answers late past the platform's 3 s deadline (benchmark: thousands of ListenOverflows and
+#: 10 s client timeouts at rates the bridge otherwise sustains).
+LISTEN_BACKLOG: Final = 1024
 #: At most one "out of system resource" accept error is logged per this many seconds.
 ACCEPT_ERROR_LOG_S: Final = 10.0
 
@@ -139,7 +145,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: 
     # (cleanup context) the rest. Both are bounded again by the wait_for below.
     runner = web.AppRunner(app, **runner_options(settings))
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True, backlog=LISTEN_BACKLOG)
     await site.start()
     path = settings.http_path if settings.webhook_enabled else " (health, readiness, metrics; no webhook)"
     log.info("listening on http://%s:%d%s", settings.http_host, settings.http_port, path)
