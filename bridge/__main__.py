@@ -1,11 +1,14 @@
-"""Command line: ``python -m bridge {serve,schemas,config-reference}``.
+"""Command line: ``python -m bridge {serve,schemas,dead-letters,config-reference}``.
 
 ``serve`` runs the bridge with the configuration from ``BRIDGE_*`` environment variables (exit
 code 2 and a message naming the variable when one is bad). ``schemas write|check`` generates or
 checks ``schemas/``; ``schemas register|check-compat`` registers each topic's schema in the schema
 registry of ``BRIDGE_SCHEMA_REGISTRY_*``, or asks whether each subject would accept it (exit
 codes: :data:`EXIT_OK`, :data:`EXIT_REFUSED`, :data:`EXIT_CONFIG`, :data:`EXIT_REGISTRY`).
-``config-reference`` prints README's settings table. (The demo and the
+``dead-letters list|replay`` lists the dead-letter topic's records or replays them through
+today's decode and normalize (:mod:`bridge.dead_letters`; exit codes :data:`EXIT_OK` all
+replayed or already delivered, :data:`EXIT_REFUSED` some still fail, :data:`EXIT_CONFIG`,
+:data:`EXIT_REGISTRY` the broker is unreachable). ``config-reference`` prints README's settings table. (The demo and the
 local broker are development tools outside the package: ``bridge_devtools``.)
 """
 
@@ -61,6 +64,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     schemas.add_argument("action", choices=("write", "check", "register", "check-compat"))
     schemas.add_argument("--dir", type=Path, default=Path("schemas"), help="schemas directory")
+    dead = sub.add_parser(
+        "dead-letters",
+        help="list the dead-letter topic, or replay dead letters through today's decode and normalize",
+        description="list: a table of the dead letters of BRIDGE_TOPIC_DEAD_LETTER (--json: one JSON object "
+        "a line). replay: decode and normalize each stored payload with this version of the bridge and "
+        "publish what now succeeds to its event topic (header lark_replayed_from); ids already in the event "
+        "topics are not published again; what still fails stays and is reported. Kafka settings from "
+        f"BRIDGE_*. Exit codes: {EXIT_OK} ok, {EXIT_REFUSED} some dead letters still fail, {EXIT_CONFIG} bad "
+        f"settings or arguments, {EXIT_REGISTRY} broker unreachable.",
+    )
+    dead.add_argument("action", choices=("list", "replay"))
+    dead.add_argument("--reason", action="append", default=[], help="only this reason (repeatable)")
+    dead.add_argument("--type", action="append", default=[], dest="types", help="only this Lark type (repeatable)")
+    dead.add_argument("--since", help="records from this time on (ISO 8601, e.g. 2026-12-01T08:00Z)")
+    dead.add_argument("--until", help="records before this time (ISO 8601)")
+    dead.add_argument(
+        "--offsets",
+        action="append",
+        default=[],
+        metavar="PARTITION:START[-END]",
+        help="only this partition, from offset START (to END, exclusive) (repeatable)",
+    )
+    dead.add_argument("--json", action="store_true", help="one JSON object a line instead of a table")
+    dead.add_argument("--dry-run", action="store_true", help="replay: say what would happen, publish nothing")
     sub.add_parser("config-reference", help="print the settings table of README (markdown)")
     return parser
 
@@ -103,6 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         for rel in stale:
             print(f"out of date: {args.dir / rel} (run: python -m bridge schemas write)", file=sys.stderr)
         return 1 if stale else 0
+    if args.command == "dead-letters":
+        env = dict(os.environ)
+        env.setdefault("BRIDGE_LARK_VERIFICATION_TOKEN", "not-used-by-this-command")
+        try:
+            settings = load_settings(env)
+        except SettingsError as exc:
+            print(f"bridge: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        from bridge.cli_dead_letters import run_dead_letters
+
+        return run_dead_letters(settings, args)
     if args.command == "config-reference":
         from bridge.settings import settings_markdown
 

@@ -89,7 +89,8 @@ class LedgerFeed:
 
     ``settings``: ``dedup_ttl_s`` (replay window, s), ``dedup_replay_timeout_s`` (s), and the
     Kafka connection. ``consumer_factory`` builds the consumer (tests inject faults); ``clock``
-    returns unix seconds. :meth:`start` never raises; connection failures are retried with
+    returns unix seconds. ``include_dead_letters=False`` reads the event topics only (the dead-letter
+    replay, for which a dead letter is not a delivery). :meth:`start` never raises; connection failures are retried with
     backoff, resuming from the offsets already read.
     """
 
@@ -102,9 +103,10 @@ class LedgerFeed:
         *,
         consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
         clock: Callable[[], float] = time.time,
+        include_dead_letters: bool = True,
     ) -> None:
         self._settings = settings
-        self._topics = topics.all()
+        self._topics = tuple(t for t in topics.all() if include_dead_letters or t != topics.dead_letter)
         self._ledger = ledger
         self._metrics = metrics
         self._factory = consumer_factory or (lambda: build_consumer(settings))

@@ -46,6 +46,9 @@ DELIVERY_ID_HEADER: Final = "lark_event_id"
 #: all its ``count`` records are in the topics; after a partial failure only the missing ones are
 #: published again (README "Delivery semantics").
 RECORD_PART_HEADER: Final = "lark_record_part"
+#: Kafka header of a record published by ``python -m bridge dead-letters replay``: the dead letter
+#: it was made from, ``<dead-letter topic>/<partition>/<offset>``.
+REPLAYED_HEADER: Final = "lark_replayed_from"
 
 
 def part_header(index: int, count: int) -> tuple[str, bytes]:

@@ -1,0 +1,332 @@
+"""Dead letters: read them back, and replay them through today's decode and normalize.
+
+``python -m bridge dead-letters list|replay`` (README "Dead letters"). A dead-letter record
+(``bridge.envelope.DeadLetterEnvelope``) carries the authenticated payload with its token fields
+redacted; when a newer bridge can decode what an older one could not (a newly modelled event
+type, a relaxed field), :func:`replay` runs each stored payload through the same
+:func:`bridge.decode.decode` and :func:`bridge.normalize.normalize` as a live event and publishes
+the records to their event topics with the normal envelope and key, plus the Kafka header
+:data:`REPLAYED_HEADER` (``<dead-letter topic>/<partition>/<offset>``) that says where it came from.
+
+Idempotent like the bridge itself: before publishing, the delivery ledger (``bridge.dedup``) is
+rebuilt by :class:`bridge.dedup_feed.LedgerFeed` from the *event* topics (not the dead-letter
+topic, where the dead letter itself counts as the id's delivery), from the oldest selected dead
+letter on; an id already there is not published again — so replaying twice, or replaying an event
+the platform later redelivered successfully, publishes nothing twice. A fan-out written in part is
+completed with only its missing records. What still fails stays in the dead-letter topic (nothing
+is deleted or rewritten) and is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bridge import envelope as ev
+from bridge.decode import DecodeFailure, decode
+from bridge.dedup import DeliveryLedger
+from bridge.dedup_feed import LedgerFeed
+from bridge.errors import PublishFailed, Unavailable
+from bridge.inbound import UnreadableJSON, read_inbound
+from bridge.metrics import Metrics
+from bridge.normalize import Record, Topics, normalize
+from bridge.publish import Publisher, kafka_client_options, record_bytes
+from bridge.registry import WIRE_PREFIX_BYTES, SchemaIds
+from bridge.settings import Settings
+
+#: Kafka header of a replayed record: the dead letter it came from, ``<topic>/<partition>/<offset>``.
+REPLAYED_HEADER: Final = ev.REPLAYED_HEADER
+#: Longest wait for the broker (reading, the ledger's rebuild, the producer), in seconds.
+BROKER_TIMEOUT_S: Final = 60.0
+_POLL_MS: Final = 500
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached, or did not answer within :data:`BROKER_TIMEOUT_S`."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-letter record as read back: where it is (``topic``, ``partition``, ``offset``,
+    ``timestamp_ms`` — the record's timestamp, unix ms) and what it says (``data`` of the
+    envelope; ``payload`` is ``{}`` when it was not carried: too large, or unreadable)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    reason: str
+    error: str
+    path: str | None
+    lark_type: str | None
+    delivery_id: str | None
+    tenant_key: str | None
+    received_at: str
+    payload: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        """``<topic>/<partition>/<offset>``: the value of :data:`REPLAYED_HEADER`."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON object of the fields (``payload`` left out: it may be large)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "payload"}
+        out["payload_carried"] = bool(self.payload)
+        return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters to read: reasons and Lark types (empty: any), a time range of the
+    records' timestamps (unix ms, ``until_ms`` exclusive), and per partition an offset range
+    (``{partition: (start, end exclusive or None)}``; partitions not named are read whole when
+    ``offsets`` is empty, skipped otherwise)."""
+
+    reasons: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+    since_ms: int | None = None
+    until_ms: int | None = None
+    offsets: dict[int, tuple[int, int | None]] = field(default_factory=dict)
+
+    def admits(self, dl: DeadLetter) -> bool:
+        """True when ``dl`` passes the reason, type and time filters."""
+        return (
+            (not self.reasons or dl.reason in self.reasons)
+            and (not self.types or (dl.lark_type or "") in self.types)
+            and (self.since_ms is None or dl.timestamp_ms >= self.since_ms)
+            and (self.until_ms is None or dl.timestamp_ms < self.until_ms)
+        )
+
+
+_envelope = msgspec.json.Decoder(ev.DeadLetterEnvelope)
+
+
+def _consumer(settings: Settings) -> AIOKafkaConsumer:
+    options = kafka_client_options(settings)
+    options["client_id"] = f"{settings.kafka_client_id}-dead-letters"
+    return AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+
+
+async def read(
+    settings: Settings,
+    selection: Selection,
+    *,
+    consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
+) -> AsyncIterator[DeadLetter]:
+    """The dead letters of ``BRIDGE_TOPIC_DEAD_LETTER`` that ``selection`` admits, up to the end
+    offsets at the call, in partition order. A record that is not a dead-letter envelope is
+    skipped. Raises :class:`BrokerUnavailable`."""
+    topic = settings.topic_dead_letter
+    consumer = (consumer_factory or (lambda: _consumer(settings)))()
+    try:
+        try:
+            await asyncio.wait_for(consumer.start(), BROKER_TIMEOUT_S)
+            await asyncio.wait_for(consumer._client.force_metadata_update(), BROKER_TIMEOUT_S)
+        except Exception as exc:  # unreachable, refusing, timing out: all the same to the caller
+            raise BrokerUnavailable(f"{type(exc).__name__} while connecting to the broker") from None
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        if selection.offsets:
+            partitions = [p for p in partitions if p in selection.offsets]
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        begins = dict.fromkeys(tps, 0)
+        if selection.since_ms is not None:
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, selection.since_ms))
+            begins = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
+        for tp in tps:
+            start, end = selection.offsets.get(tp.partition, (0, None))
+            begins[tp] = max(begins[tp], start)
+            if end is not None:
+                ends[tp] = min(ends[tp], end)
+            consumer.seek(tp, begins[tp])
+        remaining = {tp for tp in tps if begins[tp] < ends[tp]}
+        deadline = time.monotonic() + BROKER_TIMEOUT_S
+        while remaining:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable("reading the dead-letter topic timed out")
+            batches = await consumer.getmany(*remaining, timeout_ms=_POLL_MS)
+            for tp, messages in sorted(batches.items(), key=lambda kv: kv[0].partition):
+                deadline = time.monotonic() + BROKER_TIMEOUT_S
+                for m in messages:
+                    if m.offset >= ends[tp]:
+                        break
+                    dl = _dead_letter(topic, m)
+                    if dl is not None and selection.admits(dl):
+                        yield dl
+                if messages and messages[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+            for tp in list(remaining):  # records deleted meanwhile (retention): the position says
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+def _dead_letter(topic: str, m: Any) -> DeadLetter | None:
+    try:
+        env = _envelope.decode(m.value)
+    except (msgspec.DecodeError, TypeError):
+        return None
+    d = env.data
+    return DeadLetter(
+        topic=topic,
+        partition=m.partition,
+        offset=m.offset,
+        timestamp_ms=m.timestamp,
+        reason=d.reason,
+        error=d.error,
+        path=d.path,
+        lark_type=d.lark_type,
+        delivery_id=d.lark_event_id,
+        tenant_key=env.tenantkey,
+        received_at=d.received_at,
+        payload=d.payload,
+    )
+
+
+def records_of(dl: DeadLetter, topics: Topics, max_record_bytes: int) -> list[Record]:
+    """The records today's bridge makes of ``dl``'s payload, each with :data:`REPLAYED_HEADER`.
+    Raises :class:`~bridge.decode.DecodeFailure` when it still cannot be decoded or normalized
+    (``payload_not_carried`` when the dead letter holds no payload; ``record_too_large`` when a
+    record would pass ``max_record_bytes`` — the limit of the live bridge,
+    ``BRIDGE_KAFKA_MAX_RECORD_BYTES``)."""
+    if not dl.payload:
+        raise DecodeFailure("invalid_event", "payload not carried by the dead letter", "$")
+    try:
+        inbound = read_inbound(msgspec.json.encode(dl.payload))
+    except UnreadableJSON as exc:
+        raise DecodeFailure("invalid_event", f"not readable JSON ({exc})", "$") from None
+    records = normalize(decode(inbound), topics)
+    largest = max(record_bytes(r) for r in records)
+    if largest > max_record_bytes:
+        raise DecodeFailure("record_too_large", f"a record of {largest} bytes (limit {max_record_bytes})", "$")
+    header = (REPLAYED_HEADER, dl.where.encode("utf-8"))
+    return [dataclasses.replace(r, headers=(*r.headers, header)) for r in records]
+
+
+@dataclass
+class Outcome:
+    """What :func:`replay` did with one dead letter: ``kind`` is ``replayed``, ``would_replay``
+    (``--dry-run``), ``already_delivered`` or ``still_failing``; ``records``: records published
+    (or that would be); ``reason`` / ``error``: today's failure when still failing."""
+
+    dead_letter: DeadLetter
+    kind: str
+    records: int = 0
+    reason: str | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """One JSON object: the dead letter's fields and the outcome."""
+        return {
+            **self.dead_letter.as_json(),
+            "outcome": self.kind,
+            "records": self.records,
+            "failure_reason": self.reason,
+            "failure": self.error,
+        }
+
+
+async def replay(
+    settings: Settings,
+    selection: Selection,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[Iterable[DeadLetter], int], Iterable[DeadLetter]] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[Outcome]:
+    """Replay the dead letters ``selection`` admits (module docstring); one :class:`Outcome`
+    each, in the order read. ``progress(items, total)`` wraps the loop (a progress bar).
+    Raises :class:`BrokerUnavailable` when the broker cannot be reached or refuses a publish."""
+    letters = [dl async for dl in read(settings, selection)]
+    if not letters:
+        return []
+    topics = Topics.from_names(
+        room_created=settings.topic_room_created,
+        reserve_config_updated=settings.topic_reserve_config_updated,
+        third_party=settings.topic_third_party_meeting_room_event,
+        dead_letter=settings.topic_dead_letter,
+    )
+    # The ledger from the oldest selected dead letter on: a replay's records are newer than it.
+    window_s = max(60, int(clock() - min(dl.timestamp_ms for dl in letters) / 1000) + 60)
+    ledger = DeliveryLedger(window_s, max_entries=1 << 40)
+    feed_settings = settings.model_copy(update={"dedup_ttl_s": window_s})
+    metrics = Metrics()
+    feed = LedgerFeed(feed_settings, topics, ledger, metrics, include_dead_letters=False)
+    publisher: Publisher | None = None
+    schema_ids: SchemaIds | None = None
+    await feed.start()
+    try:
+        await _until(lambda: feed.replayed, "rebuilding the delivery ledger")
+        if not dry_run:
+            if settings.schema_registry_url is not None:
+                schema_ids = SchemaIds(settings, topics, metrics)
+                await schema_ids.start()
+            ids = schema_ids
+            publisher = Publisher(
+                settings,
+                topics,
+                metrics,
+                value_prefixes=(lambda: ids.prefixes) if ids is not None else None,
+            )
+            await publisher.start()
+            ready = publisher
+            await _until(lambda: ready.ready and (ids is None or ids.prefixes is not None), "connecting the producer")
+        max_bytes = settings.kafka_max_record_bytes - (WIRE_PREFIX_BYTES if schema_ids is not None else 0)
+        outcomes = []
+        items: Iterable[DeadLetter] = progress(letters, len(letters)) if progress is not None else letters
+        for dl in items:
+            outcomes.append(await _replay_one(dl, topics, ledger, publisher, max_bytes))
+        return outcomes
+    finally:
+        await feed.close()
+        if publisher is not None:
+            await publisher.close()
+        if schema_ids is not None:
+            await schema_ids.close()
+
+
+async def _replay_one(
+    dl: DeadLetter, topics: Topics, ledger: DeliveryLedger, publisher: Publisher | None, max_bytes: int
+) -> Outcome:
+    try:
+        records = records_of(dl, topics, max_bytes)
+    except DecodeFailure as failure:
+        return Outcome(dl, "still_failing", reason=failure.reason, error=failure.error)
+    delivery_id = records[0].delivery_id
+    assert delivery_id is not None  # a decoded event has one
+    if ledger.delivered(delivery_id):
+        return Outcome(dl, "already_delivered")
+    count = len(records)
+    written = ledger.written(delivery_id, count)
+    indices = [i for i in range(count) if not written >> i & 1]
+    if publisher is None:
+        return Outcome(dl, "would_replay", records=len(indices))
+    try:
+        await publisher.publish([records[i] for i in indices])
+    except PublishFailed as exc:
+        ledger.mark_written(delivery_id, [indices[i] for i in exc.acked], count)
+        raise BrokerUnavailable(f"publishing failed: {exc.reason}") from None
+    except Unavailable as exc:
+        raise BrokerUnavailable(f"publishing failed: {exc.reason}") from None
+    ledger.mark_written(delivery_id, indices, count)
+    return Outcome(dl, "replayed", records=len(indices))
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + BROKER_TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"{what} took longer than {BROKER_TIMEOUT_S:.0f} s")
+        await asyncio.sleep(0.05)
