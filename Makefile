@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test unit lint deps broker-jars registry-dist helm-check bench clean
+.PHONY: demo test unit lint deps broker-jars registry-dist helm-check promcheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: broker-jars
 helm-check: deps
 	PYTHON=$(PY) bash .ci/helm.sh
 
+## Prometheus's rule checks and PromQL parser for the monitoring tests (Go module proxy, cached).
+promcheck:
+	bash .ci/promcheck.sh
+
 ## ruff (lint + format) and mypy --strict (relaxed for tests and benchmarks: see pyproject.toml).
 lint: deps
 	$(PY) -m ruff check bridge bridge_devtools tests benchmarks
@@ -39,7 +43,7 @@ lint: deps
 	$(PY) -m mypy
 
 ## The whole test suite against a real broker (what CI runs).
-test: lint broker-jars registry-dist helm-check
+test: lint broker-jars registry-dist helm-check promcheck
 	$(PY) -m bridge schemas check
 	$(PY) -m pytest
 

@@ -13,7 +13,9 @@
 #
 # kubernetes-validate only *warns* (exit 0) when it has no schema for a kind, which would also let
 # a mistyped or removed apiVersion pass. So the check below treats a missing schema as an error,
-# except for the CRD kinds in IGNORED_KINDS (ServiceMonitor, monitoring.coreos.com/v1), which are
+# except for the CRD kinds in IGNORED_KINDS (ServiceMonitor and PrometheusRule,
+# monitoring.coreos.com/v1; the rules themselves are checked by tests/integration/test_monitoring.py
+# with Prometheus's own rule parser), which are
 # reported as skipped.
 set -euo pipefail
 
@@ -24,7 +26,7 @@ HELM_K8S_MINOR=37
 KUBERNETES_VALIDATE_VERSION=1.37.0
 # Oldest Kubernetes we validate against and the newest schema kubernetes-validate ships.
 KUBE_VERSIONS=${KUBE_VERSIONS:-"1.30.0 1.37.0"}
-IGNORED_KINDS="monitoring.coreos.com/v1/ServiceMonitor"
+IGNORED_KINDS="monitoring.coreos.com/v1/ServiceMonitor monitoring.coreos.com/v1/PrometheusRule"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CHART=$ROOT/helm/lark-bridge

@@ -64,6 +64,8 @@ EVERYTHING_ON = {
     "ingress": {"enabled": True, "hosts": ["bridge.example.com"]},
     "autoscaling": {"enabled": True},
     "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
+    "grafanaDashboard": {"enabled": True},
     "networkPolicy": {"enabled": True, "egress": {"enabled": True}},
 }
 
@@ -602,7 +604,7 @@ def test_optional_resources_are_off_by_default(render: RenderFn) -> None:
 def test_everything_on(render: RenderFn) -> None:
     r = render({**SASL, **EVERYTHING_ON}, secret_sets())
     kinds = {d["kind"] for d in r.docs}
-    assert {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"} <= kinds
+    assert {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"} <= kinds
     assert "replicas" not in r.deployment["spec"]  # the HPA owns it
     assert r.one("HorizontalPodAutoscaler")["apiVersion"] == "autoscaling/v2"
     sm = r.one("ServiceMonitor")
@@ -611,6 +613,73 @@ def test_everything_on(render: RenderFn) -> None:
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
     paths = [p["path"] for rule in r.one("Ingress")["spec"]["rules"] for p in rule["http"]["paths"]]
     assert paths == [r.env_configmap["BRIDGE_HTTP_PATH"]]
+
+
+# --- dashboard and alerts (their PromQL against the real /metrics: tests/integration/test_monitoring.py)
+
+
+def dashboard_configmaps(r: Rendered) -> list[dict[str, Any]]:
+    return [c for c in r.of_kind("ConfigMap") if "lark-bridge.json" in (c.get("data") or {})]
+
+
+def alerts(r: Rendered) -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for g in r.one("PrometheusRule")["spec"]["groups"] for rule in g["rules"]}
+
+
+def test_dashboard_and_alerts_are_off_by_default(render: RenderFn) -> None:
+    r = render()
+    assert dashboard_configmaps(r) == [] and r.of_kind("PrometheusRule") == []
+
+
+def test_the_dashboard_configmap_is_labelled_for_the_grafana_sidecar(render: RenderFn) -> None:
+    r = render({"grafanaDashboard": {"enabled": True, "folder": "Platform", "additionalLabels": {"team": "p"}}})
+    (cm,) = dashboard_configmaps(r)
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and cm["metadata"]["labels"]["team"] == "p"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Platform"}
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    dashboard = json.loads(cm["data"]["lark-bridge.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "lark-bridge.json").read_text(encoding="utf-8"))
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert dashboard["uid"] == "lark-bridge" and len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    assert all(p["datasource"]["uid"] == "${datasource}" and p["targets"] for p in panels)
+    r = render({"grafanaDashboard": {"enabled": True, "label": "dashboards", "labelValue": "lark", "namespace": "mon"}})
+    (cm,) = dashboard_configmaps(r)
+    assert cm["metadata"]["labels"]["dashboards"] == "lark" and cm["metadata"]["namespace"] == "mon"
+    assert "annotations" not in cm["metadata"]
+
+
+def test_alerts_select_this_release_and_carry_severity_and_extra_labels(render: RenderFn) -> None:
+    values = {
+        "prometheusRule": {
+            "enabled": True,
+            "alertLabels": {"team": "platform"},
+            "severities": {"page": "page", "ticket": "ticket"},
+            "extraRules": [{"alert": "Custom", "expr": "vector(1)", "labels": {"severity": "none"}}],
+        }
+    }
+    r = render(values)
+    rules = alerts(r)
+    assert "LarkBridgeLongConnectionDown" not in rules  # webhook mode: that gauge is always 0
+    assert rules["Custom"]["expr"] == "vector(1)"
+    fullname = r.deployment["metadata"]["name"]
+    for name, rule in rules.items():
+        if name == "Custom":
+            continue
+        assert f'namespace="{NAMESPACE}", service="{fullname}"' in rule["expr"], name
+        assert rule["labels"]["team"] == "platform" and rule["labels"]["severity"] in ("page", "ticket"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+    assert rules["LarkBridgeNotReady"]["labels"]["severity"] == "page"
+    assert rules["LarkBridgeDeadLetters"]["labels"]["severity"] == "ticket"
+    assert rules["LarkBridgeNotReady"]["for"] == "5m"
+    lc = {"config": {"lark_subscription_mode": "both", "lark_app_id": "cli_a1b2"}, "prometheusRule": {"enabled": True}}
+    assert "LarkBridgeLongConnectionDown" in alerts(render(lc, secret_sets()))
+
+
+def test_alert_thresholds_are_validated_by_the_schema(render: RenderFn) -> None:
+    with pytest.raises(HelmError, match="unavailableRatio"):
+        render({"prometheusRule": {"enabled": True, "unavailableRatio": 5}})
+    with pytest.raises(HelmError, match="notReadyFor"):
+        render({"prometheusRule": {"enabled": True, "notReadyFor": "five minutes"}})
 
 
 # --- NOTES.txt --------------------------------------------------------------------------------
@@ -663,8 +732,13 @@ def test_readme_helm_commands_render_with_exactly_their_flags(chart: Helm) -> No
         assert sets and len(sets) * 2 == len(words) - 4, f"only --set flags are checked here: {command}"
         # Shell variables stand for the user's secrets: give each a value, keep the rest verbatim.
         args = [a for s in sets for a in ("--set", re.sub(r"\$(\w+)", lambda m: README_SHELL[m[1]], s))]
-        env = container_environment(chart.render(None, None, *args))
+        rendered = chart.render(None, None, *args)
+        env = container_environment(rendered)
         assert env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"] == "kafka-1:9092,kafka-2:9092"
+        kinds = {d["kind"] for d in rendered.docs}
+        assert ("ServiceMonitor" in kinds) == ("serviceMonitor.enabled=true" in sets)
+        assert ("PrometheusRule" in kinds) == ("prometheusRule.enabled=true" in sets)
+        assert bool(dashboard_configmaps(rendered)) == ("grafanaDashboard.enabled=true" in sets)
         assert env["BRIDGE_LARK_VERIFICATION_TOKEN"] == "vt-readme" and env["BRIDGE_LARK_ENCRYPT_KEY"] == "ek-readme"
         assert load_settings(env).kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
 
