@@ -16,7 +16,7 @@ COPY . .
 # constraints.txt pins every runtime dependency; pip also precompiles the .pyc files, so the
 # read-only container never needs to write them. `-P`: import the installed package, not ./bridge.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c constraints.txt . \
+    pip install -c constraints.txt ".[otel]" \
     && python -P -c "import bridge.settings"
 
 FROM ${PYTHON_IMAGE}

@@ -9,6 +9,7 @@ life is the app's cleanup context.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,7 @@ from bridge.publish import Publisher
 from bridge.registry import WIRE_PREFIX_BYTES, RegistryClient, SchemaIds
 from bridge.settings import DedupStore, Settings
 from bridge.state import STATE, AppState
+from bridge.tracing import Tracing
 from bridge.verify import Verifier
 
 __all__ = ["STATE", "AppState", "create_app", "topics_of"]
@@ -101,6 +103,7 @@ def create_app(
     consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
     registry_client_factory: Callable[[], RegistryClient] | None = None,
     long_connection_session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+    tracer_provider: Any | None = None,
 ) -> web.Application:
     """Build the bridge's aiohttp app from ``settings``.
 
@@ -110,9 +113,12 @@ def create_app(
     ``consumer_factory`` / ``registry_client_factory``: see :class:`bridge.publish.Publisher` /
     :class:`bridge.dedup_feed.LedgerFeed` / :class:`bridge.registry.SchemaIds`. With
     ``BRIDGE_SCHEMA_REGISTRY_URL`` set, the topics' schema ids are resolved in the same cleanup
-    context, and records are framed in the Confluent wire format.
+    context, and records are framed in the Confluent wire format. ``tracer_provider``: the
+    OpenTelemetry provider of the spans (:mod:`bridge.tracing`; default: the global one, a no-op
+    unless something configured it — tracing off).
     """
     metrics = Metrics()
+    tracing = Tracing(tracer_provider)
     verifier: Verifier | None = None
     if settings.webhook_enabled:
         assert settings.lark_verification_token is not None  # the settings require it
@@ -137,6 +143,7 @@ def create_app(
             metrics,
             producer_factory=producer_factory,
             value_prefixes=(lambda: ids.prefixes) if ids is not None else None,
+            tracing=tracing,
         )
         ledger = DeliveryLedger(settings.dedup_ttl_s, settings.dedup_max_entries)
         if settings.dedup_store == DedupStore.KAFKA:
@@ -160,10 +167,20 @@ def create_app(
             metrics,
             delivery_ready=lambda: delivery_ready(state),
             session_factory=long_connection_session_factory,
+            tracing=tracing,
         )
     app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware])
     state = app[STATE] = AppState(
-        settings, verifier, sink, metrics, publisher, ledger, feed, schema_ids, long_connection=long_connection
+        settings,
+        verifier,
+        sink,
+        metrics,
+        publisher,
+        ledger,
+        feed,
+        schema_ids,
+        long_connection=long_connection,
+        tracing=tracing,
     )
     metrics.ready.set_function(lambda: 0.0 if not_ready_reason(state) else 1.0)
     if settings.webhook_enabled:

@@ -41,6 +41,7 @@ from bridge.errors import PublishFailed, Unavailable
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics
 from bridge.settings import Settings
+from bridge.tracing import Tracing, set_acked
 
 log = logging.getLogger("bridge.publish")
 
@@ -129,7 +130,9 @@ class Publisher:
     (tests pass a factory that injects faults into real producers). ``value_prefixes``: with a
     schema registry, returns ``{topic: wire prefix}`` once the schema ids are known (None
     before: publishing then raises :class:`Unavailable` ``schema_ids_unknown``); each value is
-    sent as prefix + value (:mod:`bridge.registry`).
+    sent as prefix + value (:mod:`bridge.registry`). ``tracing``: each publish is a PRODUCER span
+    whose W3C trace context goes into every record's headers (:mod:`bridge.tracing`; off unless
+    configured).
     """
 
     def __init__(
@@ -140,8 +143,10 @@ class Publisher:
         *,
         producer_factory: Callable[[], AIOKafkaProducer] | None = None,
         value_prefixes: Callable[[], Mapping[str, bytes] | None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._prefixes = value_prefixes
         self._factory = producer_factory or (lambda: build_producer(settings))
         self._topics = topics
@@ -267,12 +272,27 @@ class Publisher:
         prefixes = None
         if self._prefixes is not None and (prefixes := self._prefixes()) is None:
             raise Unavailable("schema_ids_unknown")
+        if not self._tracing.enabled:
+            return await self._send(producer, records, prefixes, [])
+        with self._tracing.publish_span(records[0].topic, len(records)) as span:
+            results = await self._send(producer, records, prefixes, Tracing.headers(span))
+            set_acked(span, [(m.partition, m.offset) for m in results[:1]])
+            return results
+
+    async def _send(
+        self,
+        producer: AIOKafkaProducer,
+        records: Sequence[Record],
+        prefixes: Mapping[str, bytes] | None,
+        trace_headers: list[tuple[str, bytes]],
+    ) -> list[RecordMetadata]:
         started = time.perf_counter()
         futures: list[asyncio.Future[RecordMetadata]] = []
         try:
             for r in records:
                 value = r.value if prefixes is None else prefixes[r.topic] + r.value
-                futures.append(await producer.send(r.topic, value, key=r.key, headers=list(r.headers)))
+                headers = [*r.headers, *trace_headers]
+                futures.append(await producer.send(r.topic, value, key=r.key, headers=headers))
             results = list(await asyncio.gather(*futures))
         except KafkaError as exc:
             if isinstance(exc, _FATAL):

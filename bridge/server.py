@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from aiohttp import web
 from bridge.app import STATE, create_app
 from bridge.logs import Throttle
 from bridge.settings import EventLoop, Settings
+from bridge.tracing import configure_from_environment
 
 log = logging.getLogger("bridge.server")
 
@@ -97,11 +99,20 @@ def loop_factory(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def run(settings: Settings, *, app: web.Application | None = None) -> int:
-    """Run :func:`serve` (with ``app``, default ``create_app(settings)``) on the event loop of
-    ``BRIDGE_EVENT_LOOP``; returns its exit code."""
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        return runner.run(serve(settings, app=app))
+def run(settings: Settings, *, app: web.Application | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run :func:`serve` (with ``app``, default ``create_app(settings)`` with the tracer provider
+    the ``OTEL_*`` variables of ``environ`` ask for, :func:`bridge.tracing.configure_from_environment`)
+    on the event loop of ``BRIDGE_EVENT_LOOP``; returns its exit code. The provider is shut down
+    (its last spans flushed) after serving."""
+    provider = configure_from_environment(os.environ if environ is None else environ) if app is None else None
+    if app is None:
+        app = create_app(settings, tracer_provider=provider)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            return runner.run(serve(settings, app=app))
+    finally:
+        if provider is not None:
+            provider.shutdown()
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from bridge.metrics import Metrics
 from bridge.publish import Publisher
 from bridge.registry import SchemaIds
 from bridge.settings import Settings
+from bridge.tracing import Tracing
 from bridge.verify import Verifier
 
 if TYPE_CHECKING:  # it imports the webhook ingress, which imports this module
@@ -35,7 +36,7 @@ class AppState:
     registry (``BRIDGE_SCHEMA_REGISTRY_URL``); ``verifier`` without the webhook and
     ``long_connection`` without the long connection (``BRIDGE_LARK_SUBSCRIPTION_MODE``). ``body_bytes_in_flight``:
     request body bytes received and held by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
-    ``request_ids`` names requests that bring no ``X-Request-Id``.
+    ``request_ids`` names requests that bring no ``X-Request-Id``; ``tracing`` makes their spans.
     """
 
     settings: Settings
@@ -50,6 +51,7 @@ class AppState:
     draining: bool = False
     body_bytes_in_flight: int = 0
     request_ids: RequestIds = field(default_factory=RequestIds)
+    tracing: Tracing = field(default_factory=Tracing)
 
 
 STATE = web.AppKey("bridge_state", AppState)

@@ -45,6 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import structlog
+from opentelemetry.trace import SpanKind
 
 from bridge.delivery import EventSink
 from bridge.errors import Unavailable
@@ -53,6 +54,7 @@ from bridge.ingress import frames as fr
 from bridge.ingress.webhook import capped
 from bridge.metrics import Metrics
 from bridge.settings import Settings
+from bridge.tracing import Tracing, set_lark, set_outcome
 
 log = structlog.get_logger("bridge.long_connection")
 
@@ -164,6 +166,7 @@ class LongConnection:
     ``sink``: the delivery; ``delivery_ready``: whether the delivery can take events now
     (producer connected, ledger replayed) — the client connects only then, since a connected
     client is offered events (§9.4). ``session_factory``: makes the aiohttp session (tests).
+    ``tracing``: the spans of events (:mod:`bridge.tracing`; default: the global provider's).
     :attr:`connected`: a WebSocket is open; :attr:`failed`: the reason it stopped for good, set
     together with :attr:`stopped`.
     """
@@ -176,9 +179,11 @@ class LongConnection:
         *,
         delivery_ready: Callable[[], bool] = lambda: True,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         assert settings.lark_app_id is not None, "the settings require it with the long connection"
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._sink = sink
         self._metrics = metrics
         self._delivery_ready = delivery_ready
@@ -448,7 +453,12 @@ class LongConnection:
         task.add_done_callback(self._events.discard)
 
     async def _handle(self, ws: aiohttp.ClientWebSocketResponse, message: _Message) -> None:
-        """Deliver one message and ack it (§9.2): 200 once the delivery returned, else 500."""
+        """Deliver one message and ack it (§9.2): 200 once the delivery returned, else 500; in a
+        ``lark event`` CONSUMER span when tracing is on (:mod:`bridge.tracing`)."""
+        with self._tracing.event_span("lark event", SpanKind.CONSUMER, {"lark.ingress": "long_connection"}) as span:
+            await self._handle_in_span(ws, message, span)
+
+    async def _handle_in_span(self, ws: aiohttp.ClientWebSocketResponse, message: _Message, span: Any) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         fields: dict[str, Any] = {}
@@ -464,6 +474,7 @@ class LongConnection:
                     "delivery_id": capped(event.delivery_id),
                     "tenant_key": capped(event.tenant_key),
                 }
+                set_lark(span, fields["lark_type"], fields["delivery_id"])
                 try:
                     result = await self._sink.deliver(
                         event,
@@ -479,6 +490,7 @@ class LongConnection:
                     if result.reason:
                         fields["reason"] = result.reason
         biz_rt_ms = int((loop.time() - started) * 1000)
+        set_outcome(span, outcome, reason=fields.get("reason"), error=code != 200)
         self._metrics.long_connection_acks_by(str(code)).inc()
         log.info("event", ingress="long_connection", outcome=outcome, ack_code=code, biz_rt_ms=biz_rt_ms, **fields)
         if ws.closed:

@@ -38,6 +38,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 from aiohttp import hdrs, web
+from opentelemetry.trace import SpanKind
 
 from bridge.errors import (
     AuthenticationError,
@@ -50,6 +51,7 @@ from bridge.errors import (
 )
 from bridge.logs import REQUEST_ID
 from bridge.state import STATE
+from bridge.tracing import set_lark, set_outcome
 from bridge.verify import Handshake
 
 log = structlog.get_logger("bridge.request")
@@ -69,6 +71,7 @@ class RequestLog:
     outcome: str = "error"
     status: int = 500
     fields: dict[str, Any] = field(default_factory=dict)
+    span: Any = None  # the request's span when tracing is on (bridge.tracing)
 
 
 REQUEST_LOG = web.RequestKey("bridge_request_log", RequestLog)
@@ -116,7 +119,14 @@ async def error_middleware(
     request[REQUEST_LOG] = rl
     token = REQUEST_ID.set(rl.request_id)
     try:
-        return await _handle_logged(request, handler, rl)
+        if not state.tracing.enabled:
+            return await _handle_logged(request, handler, rl)
+        attributes = {"http.request.method": request.method, "url.path": state.settings.http_path}
+        with state.tracing.event_span(
+            f"{request.method} {state.settings.http_path}", SpanKind.SERVER, attributes
+        ) as span:
+            rl.span = span
+            return await _handle_logged(request, handler, rl)
     finally:
         REQUEST_ID.reset(token)
 
@@ -154,6 +164,7 @@ async def _handle_logged(
     finally:
         elapsed = time.perf_counter() - started
         metrics.in_flight.dec()
+        set_outcome(rl.span, rl.outcome, reason=rl.fields.get("reason"), status_code=rl.status, error=rl.status >= 500)
         metrics.requests_by(rl.outcome, str(rl.status)).inc()
         metrics.request_latency_by("handshake" if rl.outcome == "handshake" else "event").observe(elapsed)
         if _log_level_of(logging.INFO):
@@ -266,6 +277,7 @@ async def _read_and_deliver(
         delivery_id=capped(verified.delivery_id),
         tenant_key=capped(verified.tenant_key),
     )
+    set_lark(rl.span, rl.fields["lark_type"], rl.fields["delivery_id"])
     outcome = await state.sink.deliver(verified, received_ms=int(received * 1000), deadline_s=deadline_s)
     rl.outcome = outcome.kind
     if _log_level_of(logging.INFO):  # only the request's log line reads it

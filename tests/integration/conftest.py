@@ -54,8 +54,9 @@ def spare_broker() -> Iterator[LocalBroker]:
 @pytest.fixture
 async def start_bridge() -> AsyncIterator[Callable[..., Any]]:
     """``await start_bridge(bootstrap, wait_ready=True, producer_factory=None, consumer_factory=None,
-    **env)`` → :class:`RunningBridge`; ``producer_factory(settings)`` / ``consumer_factory(settings)``
-    make the producers / the dedup feed's consumers (fault injection)."""
+    tracer_provider=None, **env)`` → :class:`RunningBridge`; ``producer_factory(settings)`` /
+    ``consumer_factory(settings)`` make the producers / the dedup feed's consumers (fault
+    injection); ``tracer_provider``: an OpenTelemetry SDK provider (tracing tests)."""
     running: list[RunningBridge] = []
 
     async def start(
@@ -64,12 +65,15 @@ async def start_bridge() -> AsyncIterator[Callable[..., Any]]:
         wait_ready: bool = True,
         producer_factory: Any = None,
         consumer_factory: Any = None,
+        tracer_provider: Any = None,
         **env: str,
     ) -> RunningBridge:
         settings = bridge_settings(bootstrap, **env)
         factory = (lambda: producer_factory(settings)) if producer_factory else None
         consumers = (lambda: consumer_factory(settings)) if consumer_factory else None
-        app = create_app(settings, producer_factory=factory, consumer_factory=consumers)
+        app = create_app(
+            settings, producer_factory=factory, consumer_factory=consumers, tracer_provider=tracer_provider
+        )
         server = TestServer(app, port=free_port())
         await server.start_server()
         session = aiohttp.ClientSession()
