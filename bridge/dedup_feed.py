@@ -58,6 +58,10 @@ POLL_MS: Final = 200
 FETCH_MIN_BYTES: Final = 65_536
 #: ... or after this many ms: the longest an id published elsewhere waits to reach the ledger.
 FETCH_MAX_WAIT_MS: Final = 100
+#: Bytes one fetch may bring back, in all and per partition (aiokafka's defaults: 50 MiB and 1 MiB).
+#: The replay reads every partition at once; these bound what it buffers ahead of the ledger.
+FETCH_MAX_BYTES: Final = 8 << 20
+MAX_PARTITION_FETCH_BYTES: Final = 256 << 10
 MAX_POLL_RECORDS: Final = 5000
 
 
@@ -75,6 +79,8 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         fetch_min_bytes=FETCH_MIN_BYTES,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         max_poll_records=MAX_POLL_RECORDS,
     )
 
