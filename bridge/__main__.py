@@ -108,17 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         warn_unknown_variables(os.environ)
         return run(settings)
     if args.command == "schemas" and args.action in ("register", "check-compat"):
-        env = dict(os.environ)
-        env.setdefault("BRIDGE_LARK_VERIFICATION_TOKEN", "not-used-by-this-command")
-        try:
-            settings = load_settings(env)
-        except SettingsError as exc:
-            print(f"bridge: {exc}", file=sys.stderr)
+        tool_settings = _tool_settings()
+        if tool_settings is None:
             return EXIT_CONFIG
-        if settings.schema_registry_url is None:
+        if tool_settings.schema_registry_url is None:
             print("bridge: BRIDGE_SCHEMA_REGISTRY_URL is not set", file=sys.stderr)
             return EXIT_CONFIG
-        return asyncio.run(_registry_command(settings, register=args.action == "register"))
+        return asyncio.run(_registry_command(tool_settings, register=args.action == "register"))
     if args.command == "schemas":
         from bridge import schemas
 
@@ -131,22 +127,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"out of date: {args.dir / rel} (run: python -m bridge schemas write)", file=sys.stderr)
         return 1 if stale else 0
     if args.command == "dead-letters":
-        env = dict(os.environ)
-        env.setdefault("BRIDGE_LARK_VERIFICATION_TOKEN", "not-used-by-this-command")
-        try:
-            settings = load_settings(env)
-        except SettingsError as exc:
-            print(f"bridge: {exc}", file=sys.stderr)
+        dead_letter_settings = _tool_settings()
+        if dead_letter_settings is None:
             return EXIT_CONFIG
         from bridge.cli_dead_letters import run_dead_letters
 
-        return run_dead_letters(settings, args)
+        return run_dead_letters(dead_letter_settings, args)
     if args.command == "config-reference":
         from bridge.settings import settings_markdown
 
         print(settings_markdown())
         return 0
     return 2
+
+
+def _tool_settings() -> Settings | None:
+    """Settings of a command that talks to Kafka or the registry but never to the platform (the
+    verification token is not needed); None after printing the bad variable to stderr."""
+    env = dict(os.environ)
+    env.setdefault("BRIDGE_LARK_VERIFICATION_TOKEN", "not-used-by-this-command")
+    try:
+        return load_settings(env)
+    except SettingsError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return None
 
 
 async def _registry_command(settings: Settings, *, register: bool) -> int:
