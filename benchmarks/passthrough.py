@@ -7,7 +7,7 @@ creates it with the partition count of the bridge's topics).
 
 What the chosen libraries cost by themselves: the ceiling's app (``benchmarks/ceiling.py``: aiohttp
 on the bridge's event loop, ``BRIDGE_EVENT_LOOP``, response ``{"msg":"success"}``, no access log) plus the bridge's own
-aiokafka producer, built by :func:`bridge.publish.build_producer` from
+aiokafka producer, built by :func:`bridge.kafka.build_producer` from
 :func:`bridge.settings.load_settings`, so that its configuration (idempotent, ``acks=all``,
 linger, compression, request size and timeout, client id, security) is the bridge's by
 construction. Per request: read the body, send it as one record, wait for the broker's ack, answer
@@ -46,7 +46,7 @@ from typing import Final
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from bridge.publish import build_producer
+from bridge.kafka import build_producer
 from bridge.server import LISTEN_BACKLOG, loop_factory, raise_open_file_limit
 from bridge.settings import Settings, SettingsError, load_settings
 

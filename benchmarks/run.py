@@ -6,7 +6,7 @@ generator to core 1 (``taskset -c 1``) and runs the services under test one at a
 
 1. ``ceiling`` — a minimal aiohttp app that reads the body and answers 200 (``benchmarks/ceiling.py``);
 2. ``passthrough`` — the ceiling's app whose handler publishes the raw body with the bridge's own
-   producer (``bridge.publish.build_producer``, same ``BRIDGE_*`` environment: idempotent, acks=all)
+   producer (``bridge.kafka.build_producer``, same ``BRIDGE_*`` environment: idempotent, acks=all)
    to a topic of its own with the partitions of the bridge's topics, and answers 200 after the ack;
    no verification, no decoding (``benchmarks/passthrough.py``): what the chosen libraries cost by
    themselves, the bridge's floor;

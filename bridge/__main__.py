@@ -155,12 +155,12 @@ def _tool_settings() -> Settings | None:
 
 async def _registry_command(settings: Settings, *, register: bool) -> int:
     """``schemas register`` / ``schemas check-compat``: one line per subject on stdout."""
-    from bridge.app import topics_of
+    from bridge.normalize import Topics
     from bridge.registry import RegistryClient, RegistryError, schema_texts, subject_of
 
     code = EXIT_OK
     async with RegistryClient.from_settings(settings) as client:
-        for topic, text in schema_texts(topics_of(settings)).items():
+        for topic, text in schema_texts(Topics.from_settings(settings)).items():
             subject = subject_of(topic)
             try:
                 if register:

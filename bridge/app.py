@@ -9,7 +9,8 @@ life is the app's cleanup context.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -31,17 +32,7 @@ from bridge.state import STATE, AppState
 from bridge.tracing import Tracing
 from bridge.verify import Verifier
 
-__all__ = ["STATE", "AppState", "create_app", "topics_of"]
-
-
-def topics_of(settings: Settings) -> Topics:
-    """The topic map configured by ``BRIDGE_TOPIC_*``."""
-    return Topics.from_names(
-        room_created=settings.topic_room_created,
-        reserve_config_updated=settings.topic_reserve_config_updated,
-        third_party=settings.topic_third_party_meeting_room_event,
-        dead_letter=settings.topic_dead_letter,
-    )
+__all__ = ["STATE", "AppState", "create_app"]
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -67,15 +58,13 @@ def delivery_ready(state: AppState) -> bool:
 
 
 def delivery_not_ready_reason(state: AppState) -> str | None:
-    """Why the delivery cannot take events now, or None."""
+    """Why the delivery cannot take events now — ``shutting_down``, or the first reason of the
+    producer, the schema ids and the dedup feed, in that order — or None."""
     if state.draining:
         return "shutting_down"
-    if state.publisher is not None and not state.publisher.ready:
-        return state.publisher.not_ready_reason or "not_ready"
-    if state.schema_ids is not None and state.schema_ids.prefixes is None:
-        return state.schema_ids.not_ready_reason
-    if state.feed is not None and not state.feed.ready:
-        return state.feed.not_ready_reason
+    for service in (state.publisher, state.schema_ids, state.feed):
+        if service is not None and (reason := service.not_ready_reason()) is not None:
+            return reason
     return None
 
 
@@ -133,7 +122,7 @@ def create_app(
     feed: LedgerFeed | None = None
     schema_ids: SchemaIds | None = None
     if sink is None:
-        topics = topics_of(settings)
+        topics = Topics.from_settings(settings)
         if settings.schema_registry_url is not None:
             schema_ids = SchemaIds(settings, topics, metrics, client_factory=registry_client_factory)
         ids = schema_ids
@@ -144,6 +133,7 @@ def create_app(
             producer_factory=producer_factory,
             value_prefixes=(lambda: ids.prefixes) if ids is not None else None,
             tracing=tracing,
+            close_timeout_s=max(1.0, settings.shutdown_timeout_s / 2),
         )
         ledger = DeliveryLedger(settings.dedup_ttl_s, settings.dedup_max_entries)
         if settings.dedup_store == DedupStore.KAFKA:
@@ -157,6 +147,7 @@ def create_app(
             # the wire prefix of a registry's framing counts in the producer's size limit too
             max_record_bytes=settings.kafka_max_record_bytes - (WIRE_PREFIX_BYTES if schema_ids is not None else 0),
             ledger_ready=(lambda: feed.ready) if feed is not None else None,
+            close_timeout_s=settings.kafka_publish_timeout_s,
         )
         sink = delivery
     long_connection: LongConnection | None = None
@@ -189,34 +180,55 @@ def create_app(
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
 
-    if long_connection is not None:
-        lc = long_connection
+    lc = long_connection
+    services: list[Service] = [
+        s
+        for s in (
+            schema_ids,
+            publisher,
+            # between the producer and the feed: closing it waits for publishes whose requests
+            # already timed out, while the producer still runs
+            delivery,
+            feed,
+            # started last, once the delivery can take its events; closed first (acks of the
+            # events in flight written before the producer goes)
+            _LongConnectionService(lc, settings.kafka_publish_timeout_s) if lc is not None else None,
+        )
+        if s is not None
+    ]
+    if services:
 
-        async def long_connection_ctx(app: web.Application) -> AsyncIterator[None]:
-            await lc.start()
+        async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+            for service in services:
+                await service.start()
             yield
             app[STATE].draining = True
-            await lc.close(timeout_s=settings.kafka_publish_timeout_s)
+            for service in reversed(services):
+                await service.close()
 
-    if publisher is not None:
-
-        async def producer_ctx(app: web.Application) -> AsyncIterator[None]:
-            if schema_ids is not None:
-                await schema_ids.start()
-            await publisher.start()
-            if feed is not None:
-                await feed.start()
-            yield
-            app[STATE].draining = True
-            if feed is not None:
-                await feed.close()
-            if delivery is not None:
-                await delivery.drain(settings.kafka_publish_timeout_s)
-            await publisher.close(timeout_s=max(1.0, settings.shutdown_timeout_s / 2))
-            if schema_ids is not None:
-                await schema_ids.close()
-
-        app.cleanup_ctx.append(producer_ctx)
-    if long_connection is not None:  # after the producer's: started after it, closed (acks sent) before it
-        app.cleanup_ctx.append(long_connection_ctx)
+        app.cleanup_ctx.append(services_ctx)
     return app
+
+
+class Service(Protocol):
+    """What the app's cleanup context starts in order and closes in reverse order
+    (:class:`bridge.lifecycle.BackgroundService` without the readiness)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _LongConnectionService:
+    """The long connection in the cleanup context: closed with the answer deadline as the bound
+    for the acks of events in flight."""
+
+    lc: LongConnection
+    ack_timeout_s: float
+
+    async def start(self) -> None:
+        await self.lc.start()
+
+    async def close(self) -> None:
+        await self.lc.close(timeout_s=self.ack_timeout_s)

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from bridge.dead_letters import BrokerUnavailable, DeadLetter, Outcome, Selection, read, replay
+from bridge.dead_letters import BrokerUnavailable, DeadLetter, ReplayOutcome, Selection, read, replay
 from bridge.settings import Settings
 
 EXIT_OK = 0
@@ -117,7 +117,7 @@ def _progress(items: Iterable[DeadLetter], total: int) -> Iterable[DeadLetter]:
 async def replay_command(settings: Settings, selection: Selection, *, dry_run: bool, as_json: bool, out: TextIO) -> int:
     """Replay (or, with ``dry_run``, judge) the selected dead letters; print one line each and a
     summary; returns :data:`EXIT_OK` or :data:`EXIT_STILL_FAILING`."""
-    outcomes: list[Outcome] = await replay(settings, selection, dry_run=dry_run, progress=_progress)
+    outcomes: list[ReplayOutcome] = await replay(settings, selection, dry_run=dry_run, progress=_progress)
     if as_json:
         for o in outcomes:
             print(json.dumps(o.as_json(), ensure_ascii=False), file=out)

@@ -30,14 +30,16 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge import envelope as ev
-from bridge.decode import DecodeFailure, decode
+from bridge import kafka
+from bridge.decode import decode
 from bridge.dedup import DeliveryLedger
 from bridge.dedup_feed import LedgerFeed
-from bridge.errors import PublishFailed, Unavailable
+from bridge.delivery import Unwritten
+from bridge.errors import DeadLetterCause, Unavailable
 from bridge.inbound import UnreadableJSON, read_inbound
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics, normalize
-from bridge.publish import Publisher, kafka_client_options, record_bytes
+from bridge.publish import Publisher
 from bridge.registry import WIRE_PREFIX_BYTES, SchemaIds
 from bridge.settings import Settings
 
@@ -109,12 +111,6 @@ class Selection:
 _envelope = msgspec.json.Decoder(ev.DeadLetterEnvelope)
 
 
-def _consumer(settings: Settings) -> AIOKafkaConsumer:
-    options = kafka_client_options(settings)
-    options["client_id"] = f"{settings.kafka_client_id}-dead-letters"
-    return AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
-
-
 async def read(
     settings: Settings,
     selection: Selection,
@@ -125,11 +121,11 @@ async def read(
     offsets at the call, in partition order. A record that is not a dead-letter envelope is
     skipped. Raises :class:`BrokerUnavailable`."""
     topic = settings.topic_dead_letter
-    consumer = (consumer_factory or (lambda: _consumer(settings)))()
+    consumer = (consumer_factory or (lambda: kafka.build_consumer(settings, purpose="dead-letters")))()
     try:
         try:
             await asyncio.wait_for(consumer.start(), BROKER_TIMEOUT_S)
-            await asyncio.wait_for(consumer._client.force_metadata_update(), BROKER_TIMEOUT_S)
+            await asyncio.wait_for(kafka.refresh_metadata(consumer), BROKER_TIMEOUT_S)
         except Exception as exc:  # unreachable, refusing, timing out: all the same to the caller
             raise BrokerUnavailable(f"{type(exc).__name__} while connecting to the broker") from None
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
@@ -197,26 +193,26 @@ def _dead_letter(topic: str, m: Any) -> DeadLetter | None:
 
 def records_of(dl: DeadLetter, topics: Topics, max_record_bytes: int) -> list[Record]:
     """The records today's bridge makes of ``dl``'s payload, each with :data:`REPLAYED_HEADER`.
-    Raises :class:`~bridge.decode.DecodeFailure` when it still cannot be decoded or normalized
+    Raises :class:`~bridge.decode.DeadLetterCause` when it still cannot be decoded or normalized
     (``payload_not_carried`` when the dead letter holds no payload; ``record_too_large`` when a
     record would pass ``max_record_bytes`` — the limit of the live bridge,
     ``BRIDGE_KAFKA_MAX_RECORD_BYTES``)."""
     if not dl.payload:
-        raise DecodeFailure("invalid_event", "payload not carried by the dead letter", "$")
+        raise DeadLetterCause("invalid_event", "payload not carried by the dead letter", "$")
     try:
         inbound = read_inbound(msgspec.json.encode(dl.payload))
     except UnreadableJSON as exc:
-        raise DecodeFailure("invalid_event", f"not readable JSON ({exc})", "$") from None
+        raise DeadLetterCause("invalid_event", f"not readable JSON ({exc})", "$") from None
     records = normalize(decode(inbound), topics)
-    largest = max(record_bytes(r) for r in records)
+    largest = max(kafka.record_bytes(r) for r in records)
     if largest > max_record_bytes:
-        raise DecodeFailure("record_too_large", f"a record of {largest} bytes (limit {max_record_bytes})", "$")
+        raise DeadLetterCause("record_too_large", f"a record of {largest} bytes (limit {max_record_bytes})", "$")
     header = (REPLAYED_HEADER, dl.where.encode("utf-8"))
     return [dataclasses.replace(r, headers=(*r.headers, header)) for r in records]
 
 
 @dataclass
-class Outcome:
+class ReplayOutcome:
     """What :func:`replay` did with one dead letter: ``kind`` is ``replayed``, ``would_replay``
     (``--dry-run``), ``already_delivered`` or ``still_failing``; ``records``: records published
     (or that would be); ``reason`` / ``error``: today's failure when still failing."""
@@ -245,19 +241,14 @@ async def replay(
     dry_run: bool = False,
     progress: Callable[[Iterable[DeadLetter], int], Iterable[DeadLetter]] | None = None,
     clock: Callable[[], float] = time.time,
-) -> list[Outcome]:
-    """Replay the dead letters ``selection`` admits (module docstring); one :class:`Outcome`
+) -> list[ReplayOutcome]:
+    """Replay the dead letters ``selection`` admits (module docstring); one :class:`ReplayOutcome`
     each, in the order read. ``progress(items, total)`` wraps the loop (a progress bar).
     Raises :class:`BrokerUnavailable` when the broker cannot be reached or refuses a publish."""
     letters = [dl async for dl in read(settings, selection)]
     if not letters:
         return []
-    topics = Topics.from_names(
-        room_created=settings.topic_room_created,
-        reserve_config_updated=settings.topic_reserve_config_updated,
-        third_party=settings.topic_third_party_meeting_room_event,
-        dead_letter=settings.topic_dead_letter,
-    )
+    topics = Topics.from_settings(settings)
     # The ledger from the oldest selected dead letter on: a replay's records are newer than it.
     window_s = max(60, int(clock() - min(dl.timestamp_ms for dl in letters) / 1000) + 60)
     ledger = DeliveryLedger(window_s, max_entries=1 << 40)
@@ -282,7 +273,10 @@ async def replay(
             )
             await publisher.start()
             ready = publisher
-            await _until(lambda: ready.ready and (ids is None or ids.prefixes is not None), "connecting the producer")
+            await _until(
+                lambda: ready.not_ready_reason() is None and (ids is None or ids.prefixes is not None),
+                "connecting the producer",
+            )
         max_bytes = settings.kafka_max_record_bytes - (WIRE_PREFIX_BYTES if schema_ids is not None else 0)
         outcomes = []
         items: Iterable[DeadLetter] = progress(letters, len(letters)) if progress is not None else letters
@@ -299,29 +293,23 @@ async def replay(
 
 async def _replay_one(
     dl: DeadLetter, topics: Topics, ledger: DeliveryLedger, publisher: Publisher | None, max_bytes: int
-) -> Outcome:
+) -> ReplayOutcome:
     try:
         records = records_of(dl, topics, max_bytes)
-    except DecodeFailure as failure:
-        return Outcome(dl, "still_failing", reason=failure.reason, error=failure.error)
-    delivery_id = records[0].delivery_id
-    assert delivery_id is not None  # a decoded event has one
-    if ledger.delivered(delivery_id):
-        return Outcome(dl, "already_delivered")
-    count = len(records)
-    written = ledger.written(delivery_id, count)
-    indices = [i for i in range(count) if not written >> i & 1]
+    except DeadLetterCause as failure:
+        return ReplayOutcome(dl, "still_failing", reason=failure.reason, error=failure.error)
+    event_id = records[0].delivery_id
+    assert event_id is not None  # a decoded event has one
+    if ledger.delivered(event_id):
+        return ReplayOutcome(dl, "already_delivered")
+    unwritten = Unwritten.of(ledger, event_id, records)
     if publisher is None:
-        return Outcome(dl, "would_replay", records=len(indices))
+        return ReplayOutcome(dl, "would_replay", records=len(unwritten.records))
     try:
-        await publisher.publish([records[i] for i in indices])
-    except PublishFailed as exc:
-        ledger.mark_written(delivery_id, [indices[i] for i in exc.acked], count)
+        await unwritten.publish(publisher, ledger)
+    except Unavailable as exc:  # PublishFailed too: the records acked are marked written
         raise BrokerUnavailable(f"publishing failed: {exc.reason}") from None
-    except Unavailable as exc:
-        raise BrokerUnavailable(f"publishing failed: {exc.reason}") from None
-    ledger.mark_written(delivery_id, indices, count)
-    return Outcome(dl, "replayed", records=len(indices))
+    return ReplayOutcome(dl, "replayed", records=len(unwritten.records))
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:

@@ -1,5 +1,5 @@
 """Decode stage: an :class:`~bridge.inbound.InboundEvent` → a typed :class:`DecodedEvent`, or a
-:class:`DecodeFailure` (which becomes a dead letter).
+:class:`~bridge.errors.DeadLetterCause` (which becomes a dead letter).
 
 Two-stage msgspec decode (msgspec docs "Raw", "reuse decoders"): the ingress already read the top
 level into the inbound event (with ``event`` left raw); here the raw event is decoded by its Lark
@@ -23,6 +23,7 @@ from typing import Any, Final
 import msgspec
 
 from bridge import envelope as ev
+from bridge.errors import DeadLetterCause
 from bridge.inbound import InboundEvent, UnreadableJSON, read_json
 from bridge.validation import Invalid, locate
 
@@ -35,27 +36,6 @@ MAX_DEPTH: Final = 64
 
 class TooDeep(ValueError):
     """A JSON value nested deeper than :data:`MAX_DEPTH`."""
-
-
-class DecodeFailure(Exception):
-    """An authenticated event that cannot become an envelope; it goes to the dead-letter topic.
-
-    ``reason``: ``unknown_event_type`` or ``invalid_event``; ``path``: the JSON path of what
-    failed (``$.event.room.room_id``); ``error`` (also ``str()``): what failed, ending in
-    ``- at `{path}```. What the event's top level told (type, delivery id, tenant) is on the
-    :class:`~bridge.inbound.InboundEvent`, not here.
-    """
-
-    def __init__(self, reason: ev.DeadLetterReason, detail: str, path: str) -> None:
-        self.error = f"{detail} - at `{path}`"
-        super().__init__(self.error)
-        self.reason = reason
-        self.path = path
-
-    @classmethod
-    def invalid(cls, exc: Invalid) -> DecodeFailure:
-        """The ``invalid_event`` failure of a validation error."""
-        return cls("invalid_event", exc.detail, exc.path)
 
 
 class DecodedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,7 +194,7 @@ def _time_at(parse: Callable[[Any], int], value: Any, path: str) -> int:
     try:
         return parse(value)
     except ValueError as exc:
-        raise DecodeFailure("invalid_event", str(exc), path) from None
+        raise DeadLetterCause("invalid_event", str(exc), path) from None
 
 
 def _decode_data(inbound: InboundEvent, lark_type: str) -> Any:
@@ -225,28 +205,28 @@ def _decode_data(inbound: InboundEvent, lark_type: str) -> Any:
         try:
             event = read_json(inbound.event)
         except UnreadableJSON as unreadable:  # e.g. invalid UTF-8 in a key the typed decode skipped
-            raise DecodeFailure("invalid_event", f"not readable JSON ({unreadable})", "$.event") from None
+            raise DeadLetterCause("invalid_event", f"not readable JSON ({unreadable})", "$.event") from None
         where = locate(event, ev.DATA_TYPES[lark_type], path="$.event", strict=False)
-        raise DecodeFailure.invalid(where or Invalid(str(exc), "$.event")) from None
+        raise DeadLetterCause.invalid(where or Invalid(str(exc), "$.event")) from None
     except (RecursionError, UnicodeDecodeError) as exc:  # hostile but authenticated: invalid_event
-        raise DecodeFailure("invalid_event", f"not readable JSON ({type(exc).__name__})", "$.event") from None
+        raise DeadLetterCause("invalid_event", f"not readable JSON ({type(exc).__name__})", "$.event") from None
 
 
 def decode(inbound: InboundEvent) -> DecodedEvent:
     """Decode a non-handshake inbound event into a :class:`DecodedEvent`.
 
-    Raises :class:`DecodeFailure` for anything that cannot become an envelope, checked in this
+    Raises :class:`DeadLetterCause` for anything that cannot become an envelope, checked in this
     order: a defect of the top level (``invalid_event``); a Lark type the bridge does not forward
     (``unknown_event_type``, also for a 1.0 type under 2.0 or the reverse); a field of ``event``
     that does not fit its model, no app or tenant, an unparsable time (``invalid_event``).
     Rules: docs/protocol.md §2 (shapes), §9 (the event types).
     """
     if inbound.defect is not None:
-        raise DecodeFailure("invalid_event", inbound.defect.detail, inbound.defect.path)
+        raise DeadLetterCause("invalid_event", inbound.defect.detail, inbound.defect.path)
     lark_type = inbound.lark_type
     if inbound.schema == "2.0":
         if lark_type is None or lark_type not in ev.DATA_TYPES or lark_type in ev.THIRD_PARTY_TYPES:
-            raise DecodeFailure(
+            raise DeadLetterCause(
                 "unknown_event_type",
                 f"event type {lark_type!r} is not one the bridge forwards",
                 "$.header.event_type",
@@ -256,13 +236,13 @@ def decode(inbound: InboundEvent) -> DecodedEvent:
         return _decoded(inbound, lark_type, _TREES_V2[lark_type], data, time_ms)
 
     if lark_type is None or lark_type not in ev.THIRD_PARTY_TYPES:
-        raise DecodeFailure(
+        raise DeadLetterCause(
             "unknown_event_type", f"event type {lark_type!r} is not one the bridge forwards", "$.event.type"
         )
     data = _decode_data(inbound, lark_type)
     for field in ("app_id", "tenant_key"):
         if not getattr(data, field):
-            raise DecodeFailure("invalid_event", f"Object missing required field `{field}`", f"$.event.{field}")
+            raise DeadLetterCause("invalid_event", f"Object missing required field `{field}`", f"$.event.{field}")
     if data.event_time is not None:
         time_ms = _time_at(_in_range, data.event_time, "$.event.event_time")
     else:
@@ -275,9 +255,9 @@ def _decoded(inbound: InboundEvent, lark_type: str, tree: _Tree, data: Any, time
     try:
         data.unmodelled = unmodelled_fields(read_json(inbound.payload), tree) or None
     except UnreadableJSON as exc:
-        raise DecodeFailure("invalid_event", f"not readable JSON ({exc})", "$") from None
+        raise DeadLetterCause("invalid_event", f"not readable JSON ({exc})", "$") from None
     except TooDeep as exc:
-        raise DecodeFailure("invalid_event", str(exc), "$") from None
+        raise DeadLetterCause("invalid_event", str(exc), "$") from None
     assert inbound.delivery_id is not None  # a well-formed top level has one
     return DecodedEvent(
         lark_type=lark_type,

@@ -274,10 +274,9 @@ class DeliveryLedger:
         return fut
 
     def finish(self, delivery_id: str, delivered: bool) -> None:
-        """End the in-flight delivery; mark the id delivered when ``delivered``; wake waiters
-        (with ``delivered``; a waiter that gets False looks again)."""
-        if delivered:
-            self.mark_delivered(delivery_id)
+        """End the in-flight delivery and wake its waiters with ``delivered`` (a waiter that gets
+        False looks again). It marks nothing: the publish that delivered it marked the id
+        (:meth:`bridge.delivery.Unwritten.publish`) before this is called."""
         fut = self._in_flight.pop(delivery_id, None)
         if fut is not None and not fut.done():
             fut.set_result(delivered)

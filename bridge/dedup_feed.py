@@ -42,11 +42,12 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bridge import kafka
 from bridge.dedup import LOG, DeliveryLedger
 from bridge.envelope import DELIVERY_ID_HEADER, RECORD_PART_HEADER, parse_part
+from bridge.lifecycle import TaskRunner, retrying
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
-from bridge.publish import kafka_client_options
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.dedup")
@@ -63,31 +64,22 @@ FETCH_MAX_WAIT_MS: Final = 100
 FETCH_MAX_BYTES: Final = 8 << 20
 MAX_PARTITION_FETCH_BYTES: Final = 256 << 10
 MAX_POLL_RECORDS: Final = 5000
+#: Backoff between attempts to (re)connect the consumer, seconds: the first wait, and the longest.
+CONNECT_BACKOFF_S: Final = (0.2, 5.0)
 
 
 def build_consumer(settings: Settings) -> AIOKafkaConsumer:
-    """The feed's consumer: no group, no commits, the producer's connection and security settings.
-
-    Must be called with a running event loop (aiokafka binds it at construction).
-    """
-    options = kafka_client_options(settings)
-    options["client_id"] = f"{settings.kafka_client_id}-dedup"
-    return AIOKafkaConsumer(
-        **options,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    """The feed's consumer (:func:`bridge.kafka.build_consumer`, client id ``…-dedup``) with the
+    fetch bounds above. Must be called with a running event loop."""
+    return kafka.build_consumer(
+        settings,
+        purpose="dedup",
         fetch_min_bytes=FETCH_MIN_BYTES,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         fetch_max_bytes=FETCH_MAX_BYTES,
         max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         max_poll_records=MAX_POLL_RECORDS,
     )
-
-
-def _has_leader(node_id: int | None) -> bool:
-    """A partition's leader as the metadata gives it: None (unknown) or -1 (none elected yet) are not."""
-    return node_id is not None and node_id >= 0
 
 
 class LedgerFeed:
@@ -117,7 +109,7 @@ class LedgerFeed:
         self._metrics = metrics
         self._factory = consumer_factory or (lambda: build_consumer(settings))
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._task = TaskRunner("bridge-dedup-feed")
         self._positions: dict[TopicPartition, int] = {}  # next offset to read, once known
         self._replay_end: dict[TopicPartition, int] | None = None
         self._replay_started: float | None = None
@@ -126,58 +118,60 @@ class LedgerFeed:
         self.replayed = False  # the replay reached the end offsets seen at start
         self.ready = False  # replayed, or gave up waiting for it after the bound
 
-    @property
-    def not_ready_reason(self) -> str:
-        """``dedup_replay`` until :attr:`ready`, then empty."""
-        return "" if self.ready else "dedup_replay"
+    def not_ready_reason(self) -> str | None:
+        """``dedup_replay`` until :attr:`ready`, then None."""
+        return None if self.ready else "dedup_replay"
 
     async def start(self) -> None:
         """Start reading in the background. Never raises."""
-        self._task = asyncio.create_task(self._run(), name="bridge-dedup-feed")
+        self._task.spawn(self._run())
 
     async def close(self) -> None:
         """Stop reading (the consumer is stopped; nothing is committed anywhere)."""
         if self._give_up is not None:
             self._give_up.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._task.cancel()
 
     async def _run(self) -> None:
-        backoff = 0.2
+        """Connect, assign, read — until closed. A failed connection is retried with backoff
+        (:data:`CONNECT_BACKOFF_S`); a consumer lost while reading is replaced after the first
+        backoff step, resuming from the offsets already read."""
         while True:
-            consumer = self._factory()
+            consumer = await self._connect()
             try:
-                await asyncio.wait_for(consumer.start(), START_TIMEOUT_S)
-                await self._assign(consumer)
-                backoff = 0.2
                 await self._read(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker away or refusing: retry, resuming where we were
-                log.warning("dedup feed: %s; retrying in %.1fs", type(exc).__name__, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:  # broker away or refusing: reconnect, resuming where we were
+                self._retry_log(exc, CONNECT_BACKOFF_S[0])
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), 5.0)
+            await asyncio.sleep(CONNECT_BACKOFF_S[0])
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        """Every partition of the bridge's topics, waiting (while the publisher creates them) for
-        topics that do not exist yet and for partitions without a leader yet — reading a
-        partition created a moment ago otherwise logs ``NotLeaderForPartition`` errors."""
-        cluster = consumer._client.cluster
-        while True:
-            tps = [TopicPartition(t, p) for t in self._topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-            complete = all(consumer.partitions_for_topic(t) for t in self._topics)
-            if complete and all(_has_leader(cluster.leader_for_partition(tp)) for tp in tps):
-                return tps
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
+    @staticmethod
+    def _retry_log(exc: BaseException, wait_s: float) -> None:
+        log.warning("dedup feed: %s; retrying in %.1fs", type(exc).__name__, wait_s)
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        """A started consumer assigned every partition at the offsets to read next."""
+        first_s, max_s = CONNECT_BACKOFF_S
+        async for attempt in retrying(first_s=first_s, max_s=max_s, on_retry=self._retry_log):
+            with attempt:
+                consumer = self._factory()
+                try:
+                    await asyncio.wait_for(consumer.start(), START_TIMEOUT_S)
+                    await self._assign(consumer)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(consumer.stop(), 5.0)
+                    raise
+                return consumer
+        raise AssertionError("retrying() never stops")  # pragma: no cover
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        tps = await self._partitions(consumer)
+        # Every partition of the bridge's topics, once each topic exists (the publisher creates
+        # them) and has a leader: reading a partition created a moment ago otherwise logs
+        # NotLeaderForPartition errors.
+        tps = await kafka.partitions_with_leaders(consumer, self._topics)
         consumer.assign(tps)
         if self._replay_end is None:  # the first connection: find the replay's range
             since_ms = int((self._clock() - self._settings.dedup_ttl_s) * 1000)

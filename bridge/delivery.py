@@ -24,14 +24,14 @@ import structlog
 from aiokafka.structs import RecordMetadata
 
 from bridge import envelope as ev
-from bridge.decode import DecodeFailure, decode
+from bridge.decode import decode
 from bridge.dedup import LOCAL, DeliveryLedger
-from bridge.errors import BridgeError, PublishFailed, Unavailable
+from bridge.errors import BridgeError, DeadLetterCause, PublishFailed, Unavailable
 from bridge.inbound import InboundEvent
+from bridge.kafka import record_bytes
 from bridge.logs import Throttle
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics, dead_letter, normalize
-from bridge.publish import record_bytes
 
 
 @dataclass(slots=True)
@@ -64,6 +64,59 @@ class RecordPublisher(Protocol):
     """The publish stage as the delivery needs it (``bridge.publish.Publisher``)."""
 
     async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Unwritten:
+    """The records of one event that are not in the topics yet: all of them, or — after a
+    partial failure (here, on another replica, or in an earlier replay) — only the missing ones.
+
+    The fan-out protocol of the ledger (:class:`bridge.dedup.DeliveryLedger`): the ledger knows
+    which of an event's ``count`` records are written (:meth:`~bridge.dedup.DeliveryLedger.written`,
+    a bit mask); :meth:`of` keeps the others; :meth:`publish` sends them and marks what the
+    broker acknowledged. The live delivery and the dead-letter replay both publish this way.
+
+    Attributes:
+        event_id: the ledger's key of the event (:meth:`bridge.inbound.InboundEvent.dedup_key`).
+        count: how many records the event has in all.
+        indices: the indices (in ``0 … count-1``) of the records still to write, ascending.
+        records: those records, in the same order.
+    """
+
+    event_id: str
+    count: int
+    indices: tuple[int, ...]
+    records: tuple[Record, ...]
+
+    @classmethod
+    def of(cls, ledger: DeliveryLedger, event_id: str, records: Sequence[Record]) -> Unwritten:
+        """The records of ``event_id`` that ``ledger`` does not know written."""
+        count = len(records)
+        written = ledger.written(event_id, count)
+        if not written:
+            return cls(event_id, count, tuple(range(count)), tuple(records))
+        indices = tuple(i for i in range(count) if not written >> i & 1)
+        return cls(event_id, count, indices, tuple(records[i] for i in indices))
+
+    async def publish(self, publisher: RecordPublisher, ledger: DeliveryLedger) -> list[RecordMetadata]:
+        """Publish the records and mark in ``ledger`` what the broker acknowledged: all of them —
+        the event is delivered; some of them (:class:`~bridge.errors.PublishFailed` ``acked``) —
+        those indices, so that a retry publishes only the rest.
+
+        Returns:
+            The broker's metadata of each record published, in order.
+
+        Raises:
+            Unavailable: from the publisher (``PublishFailed`` after a partial failure).
+        """
+        try:
+            metas = await publisher.publish(self.records)
+        except PublishFailed as exc:
+            if exc.acked and self.count > 1:
+                ledger.mark_written(self.event_id, [self.indices[i] for i in exc.acked], self.count)
+            raise
+        ledger.mark_delivered(self.event_id)
+        return metas
 
 
 log = structlog.get_logger("bridge.delivery")
@@ -127,6 +180,7 @@ class KafkaDelivery:
         max_record_bytes: int = 1_048_576,
         record_bytes: Callable[[Record], int] = record_bytes,
         ledger_ready: Callable[[], bool] | None = None,
+        close_timeout_s: float = 2.0,
     ) -> None:
         self._publisher = publisher
         self._topics = topics
@@ -137,6 +191,7 @@ class KafkaDelivery:
         self._max_event_bytes = MAX_EVENT_RECORDS_FACTOR * max_record_bytes
         self._record_bytes = record_bytes
         self._ledger_ready = ledger_ready or (lambda: True)
+        self._close_timeout_s = close_timeout_s
         metrics.dedup_entries.set_function(lambda: float(len(ledger)))  # read at scrape time
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failure_log = Throttle(FAILURE_LOG_INTERVAL_S)
@@ -161,17 +216,11 @@ class KafkaDelivery:
             pending = self._ledger.in_flight(delivery_id)
 
         records, outcome = self._records_of(event, received_ms)
-        count = len(records)
-        indices = list(range(count))
-        written = self._ledger.written(delivery_id, count)
-        if written:  # a retry after a partial failure: only the records not in the topics yet
-            indices = [i for i in indices if not written >> i & 1]
-            records = [records[i] for i in indices]
-
+        unwritten = Unwritten.of(self._ledger, delivery_id, records)
         if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
             raise Unavailable("publish_timeout")
         self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
-        task = asyncio.create_task(self._publish(delivery_id, records, indices, count, outcome))
+        task = asyncio.create_task(self._publish(unwritten, outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if not await wait_until(task, deadline):
@@ -205,13 +254,13 @@ class KafkaDelivery:
         letter too large for a record does not carry the payload."""
         try:
             records = normalize(decode(event), self._topics)
-        except DecodeFailure as exc:
+        except DeadLetterCause as exc:
             failure = exc
         else:
             sizes = [self._record_bytes(r) for r in records]
             if max(sizes) <= self._max_record_bytes and sum(sizes) <= self._max_event_bytes:
                 return records, Outcome("published")
-            failure = DecodeFailure(
+            failure = DeadLetterCause(
                 "record_too_large",
                 f"record too large: {len(records)} record(s), the largest {max(sizes)} bytes, "
                 f"{sum(sizes)} in all; the limits are {self._max_record_bytes} per record "
@@ -227,29 +276,30 @@ class KafkaDelivery:
         self._metrics.duplicates_by(self._ledger.marked_by(delivery_id) or LOCAL).inc()
         return Outcome("duplicate")
 
-    async def _publish(
-        self, delivery_id: str, records: list[Record], indices: list[int], count: int, outcome: Outcome
-    ) -> list[RecordMetadata]:
-        """Publish ``records`` (the event's records ``indices`` of ``count``); mark what the
-        broker acknowledged — all of them: the id is delivered; some of them: those indices, so
-        that the retry publishes only the rest."""
+    async def _publish(self, unwritten: Unwritten, outcome: Outcome) -> list[RecordMetadata]:
+        """Publish what is ``unwritten`` of the event (:meth:`Unwritten.publish` marks the
+        ledger); end its in-flight entry either way, waking the duplicates that wait for it."""
         delivered = False
         try:
-            metas = await self._publisher.publish(records)
+            metas = await unwritten.publish(self._publisher, self._ledger)
             delivered = True
-        except PublishFailed as exc:
-            if exc.acked and count > 1:
-                self._ledger.mark_written(delivery_id, [indices[i] for i in exc.acked], count)
-            raise
         finally:
-            self._ledger.finish(delivery_id, delivered)
+            self._ledger.finish(unwritten.event_id, delivered)
         if outcome.kind == "dead_lettered":
             self._metrics.dead_letters_by(outcome.reason or "").inc()
-        for r in records:
+        for r in unwritten.records:
             self._metrics.published_by(type_label(r.lark_type), r.topic).inc()
         return metas
 
+    async def start(self) -> None:
+        """Nothing to start: the delivery works within its callers' requests."""
+
+    async def close(self) -> None:
+        """:meth:`drain` for at most ``close_timeout_s`` seconds: what the broker acks late still
+        marks the ledger before the producer goes."""
+        await self.drain(self._close_timeout_s)
+
     async def drain(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s`` s) for publishes whose requests already timed out."""
+        """Wait (at most ``timeout_s`` seconds) for publishes whose requests already timed out."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)

@@ -1,4 +1,5 @@
-"""The ingress error tree, mapped to HTTP in exactly one place (``bridge.app.error_middleware``).
+"""The bridge's errors: the ingress error tree, mapped to HTTP in exactly one place
+(``bridge.ingress.webhook``), and :class:`DeadLetterCause`, which never reaches HTTP.
 
 ::
 
@@ -18,6 +19,9 @@
                                       (``broker_unavailable``); carries ``acked``, the indices of
                                       those it did acknowledge
 
+    DeadLetterCause                   an authenticated event that becomes one dead letter
+                                      (the platform gets 200)
+
 The caller only ever sees ``{"msg": <message>}`` — a fixed text per class. The ``reason`` goes to
 the request log line and to metric labels (never a secret: reasons are fixed identifiers, and no
 exception here carries request data).
@@ -25,7 +29,11 @@ exception here carries request data).
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
+
+if TYPE_CHECKING:
+    from bridge.envelope import DeadLetterReason
+    from bridge.validation import Invalid
 
 AUTH_REASONS: Final = frozenset(
     {
@@ -144,3 +152,31 @@ class PublishFailed(Unavailable):
     def __init__(self, acked: tuple[int, ...] = ()) -> None:
         super().__init__("broker_unavailable")
         self.acked = acked
+
+
+class DeadLetterCause(Exception):
+    """Why an authenticated event becomes one dead letter instead of its records. Never an HTTP
+    answer: the platform gets 200 once the dead letter is acknowledged (docs/protocol.md §9).
+
+    Raised by decode (``unknown_event_type``, ``invalid_event``), normalize (``invalid_event``:
+    a fan-out over its bound) and the delivery's size check (``record_too_large``).
+
+    Attributes:
+        reason: the dead letter's ``reason`` (:data:`bridge.envelope.DeadLetterReason`).
+        path: the JSON path of what failed (``$.event.room.room_id``; ``$`` for the whole).
+        error: what failed, ending in ``- at `{path}``` (also ``str()``).
+
+    What the event's top level told (type, event id, tenant) is on the
+    :class:`~bridge.inbound.InboundEvent`, not here.
+    """
+
+    def __init__(self, reason: DeadLetterReason, detail: str, path: str) -> None:
+        self.error = f"{detail} - at `{path}`"
+        super().__init__(self.error)
+        self.reason = reason
+        self.path = path
+
+    @classmethod
+    def invalid(cls, exc: Invalid) -> DeadLetterCause:
+        """The ``invalid_event`` cause of a validation error."""
+        return cls("invalid_event", exc.detail, exc.path)

@@ -13,15 +13,19 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import msgspec
 from msgspec.structs import replace
 
 from bridge import envelope as ev
-from bridge.decode import DecodedEvent, DecodeFailure, TooDeep, redact_tokens
+from bridge.decode import DecodedEvent, TooDeep, redact_tokens
+from bridge.errors import DeadLetterCause
 from bridge.inbound import InboundEvent, UnreadableJSON, read_json
+
+if TYPE_CHECKING:
+    from bridge.settings import Settings
 
 _CONTENT_TYPE_HEADER: Final = ("content-type", ev.CONTENT_TYPE.encode("ascii"))
 
@@ -57,10 +61,24 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Topic names by Lark type, and the dead-letter topic (``BRIDGE_TOPIC_*``)."""
+    """The topic map: topic names by Lark type, and the dead-letter topic (``BRIDGE_TOPIC_*``).
+
+    Build it with :meth:`from_settings` (the one place the settings become a map) or, in tests,
+    :meth:`from_names`.
+    """
 
     by_type: Mapping[str, str]
     dead_letter: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topics:
+        """The map ``BRIDGE_TOPIC_*`` configures."""
+        return cls.from_names(
+            room_created=settings.topic_room_created,
+            reserve_config_updated=settings.topic_reserve_config_updated,
+            third_party=settings.topic_third_party_meeting_room_event,
+            dead_letter=settings.topic_dead_letter,
+        )
 
     @classmethod
     def from_names(
@@ -74,6 +92,14 @@ class Topics:
     def all(self) -> tuple[str, ...]:
         """Every distinct topic name, sorted."""
         return tuple(sorted({*self.by_type.values(), self.dead_letter}))
+
+    def one_kind_per_topic(self) -> bool:
+        """True when no topic carries two kinds of event (the three third-party changes are one
+        kind), nor events and dead letters: what one schema per topic needs."""
+        kinds: dict[str, set[str]] = {}
+        for lark_type, topic in self.by_type.items():
+            kinds.setdefault(topic, set()).add("third_party" if lark_type in ev.THIRD_PARTY_TYPES else lark_type)
+        return self.dead_letter not in kinds and all(len(k) == 1 for k in kinds.values())
 
 
 def rfc3339_ms(ms: int) -> str:
@@ -106,7 +132,7 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     Keys: ``room.room_id`` (room created), ``scope_id`` (reserve config), each
     ``meeting_rooms[i].open_id`` (third-party; a room listed twice gives one record; the list
     itself is carried only up to :data:`MAX_LISTED_ROOMS` rooms), or ``uid`` when no room is
-    listed. Raises :class:`DecodeFailure` (``invalid_event``) for a third-party event listing more
+    listed. Raises :class:`DeadLetterCause` (``invalid_event``) for a third-party event listing more
     than :data:`MAX_FANOUT_ROOMS` distinct rooms.
     """
     data = event.data
@@ -130,7 +156,7 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     elif data.meeting_rooms:
         rooms = list(dict.fromkeys(room.open_id for room in data.meeting_rooms))  # distinct, in order
         if len(rooms) > MAX_FANOUT_ROOMS:
-            raise DecodeFailure(
+            raise DeadLetterCause(
                 "invalid_event",
                 f"lists {len(rooms)} distinct meeting rooms; the bridge fans out to at most {MAX_FANOUT_ROOMS}",
                 "$.event.meeting_rooms",
@@ -162,7 +188,7 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
 
 
 def dead_letter(
-    inbound: InboundEvent, failure: DecodeFailure, *, received_ms: int, topics: Topics, carry_payload: bool = True
+    inbound: InboundEvent, failure: DeadLetterCause, *, received_ms: int, topics: Topics, carry_payload: bool = True
 ) -> Record:
     """The dead-letter record of an authenticated ``inbound`` event that failed to decode.
 

@@ -23,8 +23,6 @@ depends on aiohttp, and confluent-kafka would add librdkafka and an HTTP stack t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import ssl
@@ -34,6 +32,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bridge.lifecycle import TaskRunner, retrying
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.schemas import topic_schema
@@ -48,6 +47,8 @@ CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
 REQUEST_TIMEOUT_S: Final = 10.0
 #: Longest text of a registry's answer kept in an error (it goes to a log line).
 MAX_MESSAGE_CHARS: Final = 300
+#: Backoff between attempts to resolve the schema ids, seconds: the first wait, and the longest.
+RESOLVE_BACKOFF_S: Final = (0.5, 30.0)
 
 
 def subject_of(topic: str) -> str:
@@ -229,12 +230,19 @@ async def resolve_ids(client: RegistryClient, texts: Mapping[str, str], *, regis
 class SchemaIds:
     """The schema id of each topic, resolved at start in the background and kept in memory.
 
-    :attr:`prefixes` is ``{topic: 5-byte wire prefix}`` once every id is known, None before;
-    :attr:`not_ready_reason` says why not (a :class:`RegistryError` reason, or ``schema_ids``
-    while the first attempt runs). A failed attempt is retried with backoff (0.5 s doubling to
-    30 s), so a registry that is down at start heals without a restart; the log gets one line
-    each time the reason changes (an incompatible schema is an ERROR naming the subject and the
-    registry's message). ``client_factory`` makes the client of each attempt (tests).
+    A background service (:class:`bridge.lifecycle.BackgroundService`). :attr:`prefixes` is
+    ``{topic: 5-byte wire prefix}`` once every id is known, None before; :meth:`not_ready_reason`
+    says why not (a :class:`RegistryError` reason, or ``schema_ids`` while the first attempt
+    runs). A failed attempt is retried with backoff (:data:`RESOLVE_BACKOFF_S`), so a registry
+    that is down at start heals without a restart; the log gets one line each time the reason
+    changes (an incompatible schema is an ERROR naming the subject and the registry's message).
+
+    Args:
+        settings: ``BRIDGE_SCHEMA_REGISTRY_*``.
+        topics: the topics whose subjects are resolved (:func:`schema_texts`).
+        metrics: ``bridge_schema_registry_failures_total``.
+        client_factory: makes the client of each attempt (tests); default
+            :meth:`RegistryClient.from_settings`.
     """
 
     def __init__(
@@ -249,50 +257,49 @@ class SchemaIds:
         self._texts = schema_texts(topics)
         self._metrics = metrics
         self._factory = client_factory or (lambda: RegistryClient.from_settings(settings))
-        self._task: asyncio.Task[None] | None = None
+        self._task = TaskRunner("bridge-schema-ids")
+        self._reason = "schema_ids"
+        self._logged_reason = ""
         self.prefixes: dict[str, bytes] | None = None
         self.ids: dict[str, int] = {}
-        self.not_ready_reason = "schema_ids"
+
+    def not_ready_reason(self) -> str | None:
+        """None once every topic's id is known; else ``schema_ids`` (first attempt running) or
+        the latest :class:`RegistryError` reason."""
+        return None if self.prefixes is not None else self._reason
 
     async def start(self) -> None:
         """Start resolving in the background. Never raises."""
-        self._task = asyncio.create_task(self._run(), name="bridge-schema-ids")
+        self._task.spawn(self._run())
 
     async def close(self) -> None:
         """Stop a resolution still running."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._task.cancel()
+
+    def _failed(self, exc: BaseException, wait_s: float) -> None:
+        if not isinstance(exc, RegistryError):  # a bug: tenacity retries it all the same
+            log.warning("schema registry: %s; retrying in %.1fs", type(exc).__name__, wait_s)
+            return
+        self._reason = exc.reason
+        self._metrics.registry_failures.labels(reason=exc.reason).inc()
+        if exc.reason != self._logged_reason:
+            self._logged_reason = exc.reason
+            level = logging.ERROR if exc.reason in ("schema_incompatible", "schema_invalid") else logging.WARNING
+            log.log(
+                level,
+                "schema registry: %s for subject %s: %s; not ready, retrying",
+                exc.reason,
+                exc.subject,
+                exc.message,
+            )
 
     async def _run(self) -> None:
-        backoff = 0.5
-        last_reason = ""
-        while True:
-            try:
+        first_s, max_s = RESOLVE_BACKOFF_S
+        register = self._settings.schema_registry_auto_register
+        async for attempt in retrying(first_s=first_s, max_s=max_s, on_retry=self._failed):
+            with attempt:
                 async with self._factory() as client:
-                    ids = await resolve_ids(client, self._texts, register=self._settings.schema_registry_auto_register)
-            except RegistryError as exc:
-                self.not_ready_reason = exc.reason
-                self._metrics.registry_failures.labels(reason=exc.reason).inc()
-                if exc.reason != last_reason:
-                    last_reason = exc.reason
-                    subject = exc.subject
-                    level = (
-                        logging.ERROR if exc.reason in ("schema_incompatible", "schema_invalid") else logging.WARNING
-                    )
-                    log.log(
-                        level,
-                        "schema registry: %s for subject %s: %s; not ready, retrying",
-                        exc.reason,
-                        subject,
-                        exc.message,
-                    )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            self.ids = ids
-            self.prefixes = {topic: wire_prefix(schema_id) for topic, schema_id in ids.items()}
-            self.not_ready_reason = ""
-            log.info("schema registry: ids %s", ",".join(f"{subject_of(t)}={i}" for t, i in sorted(ids.items())))
-            return
+                    ids = await resolve_ids(client, self._texts, register=register)
+        self.ids = ids
+        self.prefixes = {topic: wire_prefix(schema_id) for topic, schema_id in ids.items()}
+        log.info("schema registry: ids %s", ",".join(f"{subject_of(t)}={i}" for t, i in sorted(ids.items())))

@@ -138,7 +138,8 @@ def examples() -> dict[str, list[Any]]:
     """``{schema file stem: [example records]}``: the documented samples, normalized, and one
     dead letter (the room sample without ``room_id``). Third-party types other than ``_created``
     reuse its sample with the type swapped (no documented sample exists, docs/protocol.md §9.1)."""
-    from bridge.decode import DecodeFailure, decode
+    from bridge.decode import decode
+    from bridge.errors import DeadLetterCause
     from bridge.inbound import read_inbound
     from bridge.normalize import Topics, dead_letter, normalize
     from bridge.samples import sample
@@ -149,7 +150,7 @@ def examples() -> dict[str, list[Any]]:
         inbound = read_inbound(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
         try:
             recs = normalize(decode(inbound), topics)
-        except DecodeFailure as failure:
+        except DeadLetterCause as failure:
             recs = [dead_letter(inbound, failure, received_ms=EXAMPLE_RECEIVED_MS, topics=topics)]
         return [json.loads(r.value) for r in recs]
 

@@ -361,13 +361,9 @@ class Settings(BaseSettings):
         if (self.schema_registry_username is None) != (self.schema_registry_password is None):
             raise ValueError("BRIDGE_SCHEMA_REGISTRY_USERNAME and BRIDGE_SCHEMA_REGISTRY_PASSWORD go together")
         if self.schema_registry_url is not None:
-            names = [
-                self.topic_room_created,
-                self.topic_reserve_config_updated,
-                self.topic_third_party_meeting_room_event,
-                self.topic_dead_letter,
-            ]
-            if len(set(names)) != len(names):
+            from bridge.normalize import Topics  # local: settings need not load the decode stage
+
+            if not Topics.from_settings(self).one_kind_per_topic():
                 raise ValueError(
                     "with a schema registry each BRIDGE_TOPIC_* must name its own topic (one schema per topic)"
                 )

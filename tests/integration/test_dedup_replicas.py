@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import RequestTimedOutError
 
 from bridge.dedup_feed import build_consumer
-from bridge.publish import build_producer
+from bridge.kafka import build_producer
 from bridge_devtools.broker import free_port
 from bridge_devtools.platform import Platform
 from tests.support.bridges import spawn_bridge, topic_settings

@@ -20,12 +20,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
-from bridge.app import topics_of
 from bridge.decode import decode
 from bridge.inbound import read_inbound
 from bridge.ingress import long_connection as lc_module
-from bridge.normalize import normalize
-from bridge.publish import build_producer
+from bridge.kafka import build_producer
+from bridge.normalize import Topics, normalize
 from bridge.samples import sample
 from bridge.state import STATE
 from bridge_devtools.broker import free_port
@@ -344,7 +343,7 @@ async def test_each_kind_gives_the_same_records_as_the_webhook_path(
 ) -> None:
     bridge = await start_bridge(broker.bootstrap_servers, **settings_for(platform))
     body, _ = payload(kind)
-    expected = normalize(decode(read_inbound(body)), topics_of(bridge.settings))
+    expected = normalize(decode(read_inbound(body)), Topics.from_settings(bridge.settings))
     message_id = await platform.push(body)
     assert (await platform.wait_ack(message_id)).code == 200
     topic = expected[0].topic

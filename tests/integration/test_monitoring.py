@@ -25,7 +25,7 @@ import yaml
 from aiokafka.errors import OutOfOrderSequenceNumber
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.publish import build_producer
+from bridge.kafka import build_producer
 from bridge_devtools.lark_ws import FakeLongConnectionPlatform
 from tests.support.helm import find_helm
 from tests.support.kafka import FirstSendFails, read_topic

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import OutOfOrderSequenceNumber
 
-from bridge.publish import build_producer
+from bridge.kafka import build_producer
 from tests.support.kafka import FirstSendFails, read_topic
 from tests.support.samples import sample_event
 

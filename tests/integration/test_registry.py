@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from bridge.app import topics_of
+from bridge.normalize import Topics
 from bridge.registry import schema_texts, subject_of
 from bridge_devtools.broker import free_port, free_ports
 from bridge_devtools.registry import LocalRegistry
@@ -66,7 +66,7 @@ async def test_records_are_framed_and_decode_with_confluents_own_deserializer(
 
     status, subjects = call("GET", f"{registry.url}/subjects")
     assert status == 200 and {subject_of(t) for t in topics.values()} <= set(subjects)
-    texts = schema_texts(topics_of(bridge.settings))
+    texts = schema_texts(Topics.from_settings(bridge.settings))
     # Subjects by topic name, as the bridge registers them: confluent-kafka 2.16's default
     # (AssociatedNameStrategy) asks a Confluent-only endpoint first, which Apicurio does not serve.
     by_topic = {"subject.name.strategy.type": "TOPIC"}

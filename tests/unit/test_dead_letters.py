@@ -13,7 +13,8 @@ import pytest
 from bridge import envelope as ev
 from bridge.cli_dead_letters import UsageError, parse_offsets, parse_time_ms, selection_of, table
 from bridge.dead_letters import REPLAYED_HEADER, DeadLetter, Selection, _dead_letter, records_of
-from bridge.decode import DecodeFailure, decode
+from bridge.decode import decode
+from bridge.errors import DeadLetterCause
 from bridge.inbound import read_inbound
 from bridge.normalize import Topics, dead_letter, normalize
 from bridge_devtools.platform import compact
@@ -33,7 +34,7 @@ class Message:
     timestamp: int = 1_700_000_000_000
 
 
-def read_back(payload: dict[str, Any], failure: DecodeFailure, *, carry_payload: bool = True) -> DeadLetter:
+def read_back(payload: dict[str, Any], failure: DeadLetterCause, *, carry_payload: bool = True) -> DeadLetter:
     """The dead letter the live bridge would write for ``payload``, as the replay reads it."""
     record = dead_letter(
         read_inbound(compact(payload)),
@@ -51,7 +52,7 @@ def read_back(payload: dict[str, Any], failure: DecodeFailure, *, carry_payload:
 def test_a_replayed_payload_gives_the_live_bridges_records_plus_where_they_came_from(kind: str) -> None:
     payload = sample_event(kind, delivery_id=fresh_id())
     live = normalize(decode(read_inbound(compact(payload))), TOPICS)
-    dl = read_back(payload, DecodeFailure("unknown_event_type", "not modelled then", "$.header.event_type"))
+    dl = read_back(payload, DeadLetterCause("unknown_event_type", "not modelled then", "$.header.event_type"))
     assert dl.delivery_id == live[0].delivery_id and dl.where == "dlq/2/41"
     assert TOKEN not in str(dl.payload)  # the dead letter carries the payload with its token redacted
     replayed = records_of(dl, TOPICS, 1 << 20)
@@ -62,16 +63,16 @@ def test_a_replayed_payload_gives_the_live_bridges_records_plus_where_they_came_
 def test_what_still_fails_says_why_and_a_payload_not_carried_cannot_be_replayed() -> None:
     unknown = sample_event(ev.ROOM_CREATED, delivery_id=fresh_id())
     unknown["header"]["event_type"] = "im.message.receive_v1"
-    dl = read_back(unknown, DecodeFailure("unknown_event_type", "x", "$.header.event_type"))
-    with pytest.raises(DecodeFailure) as failure:
+    dl = read_back(unknown, DeadLetterCause("unknown_event_type", "x", "$.header.event_type"))
+    with pytest.raises(DeadLetterCause) as failure:
         records_of(dl, TOPICS, 1 << 20)
     assert failure.value.reason == "unknown_event_type"
-    big = read_back(sample_event(ev.ROOM_CREATED), DecodeFailure("record_too_large", "x", "$"), carry_payload=False)
+    big = read_back(sample_event(ev.ROOM_CREATED), DeadLetterCause("record_too_large", "x", "$"), carry_payload=False)
     assert big.payload == {}
-    with pytest.raises(DecodeFailure, match="payload not carried"):
+    with pytest.raises(DeadLetterCause, match="payload not carried"):
         records_of(big, TOPICS, 1 << 20)
-    fine = read_back(sample_event(ev.ROOM_CREATED), DecodeFailure("invalid_event", "x", "$"))
-    with pytest.raises(DecodeFailure) as too_large:
+    fine = read_back(sample_event(ev.ROOM_CREATED), DeadLetterCause("invalid_event", "x", "$"))
+    with pytest.raises(DeadLetterCause) as too_large:
         records_of(fine, TOPICS, 100)
     assert too_large.value.reason == "record_too_large"
 
@@ -82,7 +83,7 @@ def test_records_that_are_not_dead_letters_are_skipped() -> None:
 
 
 def test_selection_filters_by_reason_type_and_time() -> None:
-    dl = read_back(sample_event(ev.ROOM_CREATED), DecodeFailure("invalid_event", "x", "$"))
+    dl = read_back(sample_event(ev.ROOM_CREATED), DeadLetterCause("invalid_event", "x", "$"))
     assert Selection().admits(dl)
     assert Selection(reasons=frozenset({"invalid_event"}), types=frozenset({ev.ROOM_CREATED})).admits(dl)
     assert not Selection(reasons=frozenset({"unknown_event_type"})).admits(dl)

@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from bridge import envelope as ev
-from bridge.decode import DecodeFailure, decode, parse_create_time, parse_ts_seconds
+from bridge.decode import decode, parse_create_time, parse_ts_seconds
+from bridge.errors import DeadLetterCause
 from bridge.inbound import InboundEvent, read_inbound
 from bridge.normalize import MAX_FANOUT_ROOMS, MAX_LISTED_ROOMS, Topics, dead_letter, normalize, rfc3339_ms
 from bridge.samples import sample
@@ -29,8 +30,8 @@ def records(payload: dict[str, Any]) -> list[tuple[str, bytes | None, dict[str, 
     return [(r.topic, r.key, json.loads(r.value)) for r in normalize(decode(authenticate(payload)), TOPICS)]
 
 
-def failure(payload: dict[str, Any]) -> DecodeFailure:
-    with pytest.raises(DecodeFailure) as info:
+def failure(payload: dict[str, Any]) -> DeadLetterCause:
+    with pytest.raises(DeadLetterCause) as info:
         decode(authenticate(payload))
     return info.value
 
@@ -318,7 +319,7 @@ def test_fan_out_records_carry_the_room_list_only_while_it_is_short() -> None:
 def test_fan_out_beyond_the_cap_is_an_invalid_event() -> None:
     assert len(records(third_party_with_rooms(MAX_FANOUT_ROOMS))) == MAX_FANOUT_ROOMS
     inbound = authenticate(third_party_with_rooms(MAX_FANOUT_ROOMS + 1))
-    with pytest.raises(DecodeFailure) as info:
+    with pytest.raises(DeadLetterCause) as info:
         normalize(decode(inbound), TOPICS)
     assert (info.value.reason, info.value.path) == ("invalid_event", "$.event.meeting_rooms")
 

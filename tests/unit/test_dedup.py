@@ -56,15 +56,17 @@ async def test_in_flight_future_resolves_for_waiters() -> None:
     with pytest.raises(RuntimeError):
         ledger.begin("x")
     waiter = asyncio.ensure_future(asyncio.shield(fut))
+    ledger.mark_delivered("x")  # what the publish does before it ends the in-flight entry
     ledger.finish("x", delivered=True)
     assert await waiter is True and ledger.delivered("x") and ledger.in_flight("x") is None
 
 
-async def test_failed_delivery_is_not_marked() -> None:
+async def test_ending_a_delivery_marks_nothing_by_itself() -> None:
     ledger = DeliveryLedger(ttl_s=100, max_entries=10)
-    fut = ledger.begin("x")
-    ledger.finish("x", delivered=False)
-    assert fut.result() is False and not ledger.delivered("x")
+    for delivered in (False, True):
+        fut = ledger.begin("x")
+        ledger.finish("x", delivered=delivered)
+        assert fut.result() is delivered and not ledger.delivered("x") and ledger.in_flight("x") is None
 
 
 def test_at_capacity_the_oldest_id_goes_first_even_within_one_bucket() -> None:

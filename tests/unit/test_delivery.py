@@ -12,12 +12,12 @@ import pytest
 import structlog
 
 from bridge.dedup import DeliveryLedger
-from bridge.delivery import KafkaDelivery, Outcome
+from bridge.delivery import KafkaDelivery, Outcome, Unwritten
 from bridge.errors import Unavailable
 from bridge.inbound import InboundEvent, read_inbound
+from bridge.kafka import record_bytes
 from bridge.metrics import Metrics
-from bridge.normalize import Topics
-from bridge.publish import record_bytes
+from bridge.normalize import Record, Topics
 from bridge_devtools.platform import compact
 from tests.support.fakes import FailingPublisher, GatedPublisher, PartialPublisher, RecordingPublisher
 from tests.support.samples import ROOM_CREATED, THIRD_PARTY_CREATED, sample_event
@@ -405,3 +405,33 @@ async def test_wait_until_returns_at_the_deadline_and_never_cancels_the_awaited_
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert not other.cancelled() and not other.done()
+
+
+def _records(n: int) -> list[Record]:
+    return [Record("t", f"room-{i}".encode(), b"{}", (), "x", "ev-1") for i in range(n)]
+
+
+async def test_unwritten_publishes_only_what_the_ledger_does_not_know_written_and_marks_what_is_acked() -> None:
+    ledger = DeliveryLedger(ttl_s=600, max_entries=100)
+    records = _records(4)
+    first = Unwritten.of(ledger, "ev-1", records)
+    assert first.indices == (0, 1, 2, 3) and first.count == 4
+    publisher = PartialPublisher(lose={b"room-1", b"room-3"})
+    with pytest.raises(Unavailable):
+        await first.publish(publisher, ledger)
+    assert ledger.written("ev-1", 4) == 0b0101 and not ledger.delivered("ev-1")
+
+    retry = Unwritten.of(ledger, "ev-1", records)  # e.g. the platform's retry, or a replay
+    assert retry.indices == (1, 3) and [r.key for r in retry.records] == [b"room-1", b"room-3"]
+    await retry.publish(publisher, ledger)
+    assert publisher.calls[-1] == [records[1], records[3]] and ledger.delivered("ev-1")
+
+
+async def test_unwritten_of_a_single_record_event_marks_it_delivered_only_when_acked() -> None:
+    ledger = DeliveryLedger(ttl_s=600, max_entries=100)
+    one = Unwritten.of(ledger, "ev-1", _records(1))
+    with pytest.raises(Unavailable):
+        await one.publish(FailingPublisher(), ledger)
+    assert not ledger.delivered("ev-1") and ledger.written("ev-1", 1) == 0
+    await one.publish(RecordingPublisher(), ledger)
+    assert ledger.delivered("ev-1")

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.decode import MAX_DEPTH, DecodeFailure, decode
-from bridge.errors import AuthenticationError, BadRequest
+from bridge.decode import MAX_DEPTH, decode
+from bridge.errors import AuthenticationError, BadRequest, DeadLetterCause
 from bridge.inbound import InboundEvent, read_inbound
 from bridge.normalize import Topics, dead_letter, normalize
 from bridge.samples import SAMPLE_TYPES, sample
@@ -54,7 +54,7 @@ def test_unreadable_plaintext_inside_a_valid_signature_is_one_dead_letter_per_pa
         req = platform.request(None, raw_plaintext=plaintext)
         event = Verifier(TOKEN, (KEY,), max_age_s=3600).verify(req.body, req.headers, now=platform.clock())
         assert isinstance(event, InboundEvent) and event.payload == plaintext
-        with pytest.raises(DecodeFailure) as info:
+        with pytest.raises(DeadLetterCause) as info:
             decode(event)
         assert info.value.reason == "invalid_event"
         record = dead_letter(event, info.value, received_ms=0, topics=TOPICS)
@@ -84,7 +84,7 @@ def room_with(**extra: object) -> bytes:
 def test_authenticated_unreadable_payload_is_one_dead_letter_without_the_payload(payload: bytes) -> None:
     inbound = read_inbound(payload)
     assert isinstance(inbound, InboundEvent) and inbound.delivery_id
-    with pytest.raises(DecodeFailure) as info:
+    with pytest.raises(DeadLetterCause) as info:
         normalize(decode(inbound), TOPICS)
     assert info.value.reason == "invalid_event" and info.value.path == "$"
     rec = dead_letter(inbound, info.value, received_ms=1, topics=TOPICS)
@@ -97,7 +97,7 @@ def test_authenticated_unreadable_payload_is_one_dead_letter_without_the_payload
 def test_invalid_utf8_in_a_modelled_string_is_an_invalid_event_at_event() -> None:
     raw = compact(sample("vc.room.created_v1")).replace(b'"name":"', b'"name":"\xff', 1)
     inbound = read_inbound(raw)
-    with pytest.raises(DecodeFailure) as info:
+    with pytest.raises(DeadLetterCause) as info:
         decode(inbound)
     assert (info.value.reason, info.value.path) == ("invalid_event", "$.event")
     env = json.loads(dead_letter(inbound, info.value, received_ms=1, topics=TOPICS).value)
@@ -151,7 +151,7 @@ def outcome_of(verifier: Verifier, body: bytes, headers: dict[str, str], now: fl
         token = b"\x00never-in-a-record"
     try:
         records = normalize(decode(verified), TOPICS)
-    except DecodeFailure as failure:
+    except DeadLetterCause as failure:
         rec = dead_letter(verified, failure, received_ms=1_700_000_000_000, topics=TOPICS)
         DLQ.validate(json.loads(rec.value))
         assert token not in rec.value

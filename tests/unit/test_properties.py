@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.decode import DecodeFailure, decode
+from bridge.decode import decode
+from bridge.errors import DeadLetterCause
 from bridge.inbound import read_inbound
 from bridge.normalize import Topics, dead_letter, normalize
 from bridge.samples import SAMPLE_TYPES, sample
@@ -81,7 +82,7 @@ def test_mutated_samples_become_valid_envelopes_or_one_dead_letter(body: dict[st
     auth = read_inbound(raw)
     try:
         records = normalize(decode(auth), TOPICS)
-    except DecodeFailure as failure:
+    except DeadLetterCause as failure:
         reason = failure.reason
         rec = dead_letter(auth, failure, received_ms=1_700_000_000_000, topics=TOPICS)
         DLQ.validate(json.loads(rec.value))

@@ -11,7 +11,8 @@ import pytest
 
 from bridge import envelope as ev
 from bridge import schemas
-from bridge.decode import DecodeFailure, decode
+from bridge.decode import decode
+from bridge.errors import DeadLetterCause
 from bridge.inbound import read_inbound
 from bridge.normalize import Topics, dead_letter, normalize
 from bridge.samples import SAMPLE_TYPES, sample
@@ -79,6 +80,6 @@ def test_dead_letter_records_validate() -> None:
     body = sample("vc.room.created_v1")
     body["header"]["event_type"] = "im.message.receive_v1"
     auth = read_inbound(compact(body))
-    with pytest.raises(DecodeFailure) as info:
+    with pytest.raises(DeadLetterCause) as info:
         decode(auth)
     v.validate(json.loads(dead_letter(auth, info.value, received_ms=1, topics=TOPICS).value))

@@ -1,0 +1,202 @@
+"""The Kafka adapter: everything that speaks aiokafka's client API, and nothing else does.
+
+The rest of the bridge sees a few intention-revealing functions: the client options from
+settings, the bridge's producer and group-less consumers, topic creation, the partitions of a set
+of topics once each has a leader, a metadata refresh, and the size the producer gives a record.
+Public aiokafka APIs are used wherever they exist (``AIOKafkaAdminClient.describe_cluster``,
+``describe_configs``, ``create_topics``; ``AIOKafkaConsumer.partitions_for_topic``). Three
+needs have no public API in aiokafka 0.14, and their private calls live here alone, each with its
+reason:
+
+* a consumer's view of a partition's **leader** (``consumer._client.cluster.leader_for_partition``)
+  and a **metadata refresh** on demand (``consumer._client.force_metadata_update``): a consumer
+  assigned a partition created a moment ago logs ``NotLeaderForPartition`` until its own
+  metadata names a leader, and only its own metadata matters for that;
+* the **record size** the producer compares with ``max_request_size``
+  (``DefaultRecordBatchBuilder.estimate_size_in_bytes``, in ``aiokafka.record``, not exported):
+  the delivery refuses a record the producer would refuse, by the producer's own measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from bridge.normalize import Record
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.kafka")
+
+#: How long the producer keeps retrying a batch, in ms (aiokafka's request timeout doubles as the
+#: batch expiry). Far longer than the answer deadline on purpose: the request is answered 503
+#: after that, but the idempotent producer keeps resending the *same* batch (the broker drops
+#: duplicates by sequence number) and, once acked, the event id counts as delivered. Expiring it
+#: early instead would make the platform's retry publish a second copy of a batch that the broker
+#: may already have written before an outage.
+PRODUCER_REQUEST_TIMEOUT_MS: Final = 30_000
+#: An admin request's timeout (topic creation, cluster and config descriptions), in ms.
+ADMIN_REQUEST_TIMEOUT_MS: Final = 5_000
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka's connection keyword arguments from settings.
+
+    Args:
+        settings: ``BRIDGE_KAFKA_BOOTSTRAP_SERVERS``, ``_CLIENT_ID``, ``_SECURITY_PROTOCOL``,
+            ``_SSL_CAFILE``, ``_SASL_MECHANISM``, ``_SASL_USERNAME``, ``_SASL_PASSWORD``.
+
+    Returns:
+        ``bootstrap_servers``, ``client_id``, ``security_protocol`` and, as the protocol needs
+        them, ``ssl_context`` and the ``sasl_*`` arguments (the password in clear: never log
+        this mapping).
+    """
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": settings.kafka_client_id,
+        "security_protocol": settings.kafka_security_protocol.value,
+    }
+    if settings.kafka_security_protocol.endswith("SSL"):
+        opts["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_mechanism is not None
+        assert settings.kafka_sasl_password is not None
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism.value
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return opts
+
+
+def build_producer(settings: Settings) -> AIOKafkaProducer:
+    """The bridge's producer: idempotent (``acks=all``), compression, linger and the largest
+    request from settings, :data:`PRODUCER_REQUEST_TIMEOUT_MS`.
+
+    Must be called with a running event loop (aiokafka binds it at construction).
+    """
+    compression = None if settings.kafka_compression.value == "none" else settings.kafka_compression.value
+    return AIOKafkaProducer(
+        **client_options(settings),
+        enable_idempotence=True,
+        acks="all",
+        compression_type=compression,
+        linger_ms=settings.kafka_linger_ms,
+        max_request_size=settings.kafka_max_record_bytes,
+        request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
+        retry_backoff_ms=100,
+    )
+
+
+def build_consumer(settings: Settings, *, purpose: str, **options: Any) -> AIOKafkaConsumer:
+    """A consumer of the bridge's own: no group, no commits, from the earliest offset, with the
+    producer's connection and security settings.
+
+    Args:
+        settings: the Kafka connection settings (:func:`client_options`).
+        purpose: appended to the client id (``<BRIDGE_KAFKA_CLIENT_ID>-<purpose>``), so that
+            the broker's logs and quotas tell the consumers apart.
+        **options: further ``AIOKafkaConsumer`` arguments (fetch sizes and waits).
+
+    Must be called with a running event loop (aiokafka binds it at construction).
+    """
+    opts = client_options(settings)
+    opts["client_id"] = f"{settings.kafka_client_id}-{purpose}"
+    return AIOKafkaConsumer(**opts, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **options)
+
+
+def record_bytes(record: Record) -> int:
+    """The size the producer gives ``record`` in bytes (key + value + headers in a batch of its
+    own): what aiokafka compares with ``max_request_size`` before refusing a send."""
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, list(record.headers))
+    return size
+
+
+async def topic_names(producer: AIOKafkaProducer) -> set[str]:
+    """The topics the cluster has, from a metadata request on the producer's connection.
+
+    Raises:
+        aiokafka.errors.KafkaError, OSError: the broker could not be asked.
+    """
+    metadata = await producer.client.fetch_all_metadata()
+    return set(metadata.topics())
+
+
+@contextlib.asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client (:data:`ADMIN_REQUEST_TIMEOUT_MS`), closed on exit."""
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MS)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def default_replication(admin: AIOKafkaAdminClient) -> int:
+    """The cluster's ``default.replication.factor``, capped by the number of brokers (aiokafka's
+    ``NewTopic`` cannot ask for the broker default with -1); 1 when the broker does not say."""
+    cluster = await admin.describe_cluster()
+    brokers = [b["node_id"] for b in cluster.get("brokers", ())]
+    node = min(brokers) if brokers else 1
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(node))])
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == "default.replication.factor" and entry["config_value"]:
+                    return max(1, min(int(entry["config_value"]), len(brokers) or 1))
+    return 1
+
+
+async def create_topics(settings: Settings, names: Sequence[str]) -> None:
+    """Create ``names`` with ``BRIDGE_KAFKA_TOPIC_PARTITIONS`` partitions and
+    ``BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR`` replicas (0: the cluster's default, see
+    :func:`default_replication`). A topic created meanwhile by someone else is not an error.
+
+    Raises:
+        aiokafka.errors.KafkaError, OSError: the broker refused or could not be reached.
+    """
+    async with admin_client(settings) as admin:
+        replication = settings.kafka_topic_replication_factor or await default_replication(admin)
+        new = [
+            NewTopic(name, num_partitions=settings.kafka_topic_partitions, replication_factor=replication)
+            for name in names
+        ]
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
+    log.info("created topics %s", ",".join(names))
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Ask the broker for the consumer's metadata now (private in aiokafka: module docstring)."""
+    await consumer._client.force_metadata_update()
+
+
+def _has_leader(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    """The consumer's metadata names a leader of ``tp``: not None (unknown) nor -1 (none elected
+    yet). Private in aiokafka (module docstring)."""
+    node_id = consumer._client.cluster.leader_for_partition(tp)
+    return node_id is not None and node_id >= 0
+
+
+async def partitions_with_leaders(
+    consumer: AIOKafkaConsumer, topics: Iterable[str], *, poll_s: float = 0.2
+) -> list[TopicPartition]:
+    """Every partition of ``topics`` (in topic order, then by number) once each topic exists and
+    each partition has a leader in the consumer's metadata, refreshing it every ``poll_s``
+    seconds until then — for topics being created a moment ago. No timeout of its own."""
+    names = tuple(topics)
+    while True:
+        tps = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
+        complete = all(consumer.partitions_for_topic(t) for t in names)
+        if complete and all(_has_leader(consumer, tp) for tp in tps):
+            return tps
+        await refresh_metadata(consumer)
+        await asyncio.sleep(poll_s)
