@@ -1,4 +1,4 @@
-"""Command line: ``python -m bridge {serve,schemas,dead-letters,config-reference}``.
+"""Command line: ``python -m bridge {serve,schemas,dead-letters,config-reference,metrics-reference}``.
 
 ``serve`` runs the bridge with the configuration from ``BRIDGE_*`` environment variables (exit
 code 2 and a message naming the variable when one is bad). ``schemas write|check`` generates or
@@ -8,8 +8,9 @@ codes: :data:`EXIT_OK`, :data:`EXIT_REFUSED`, :data:`EXIT_CONFIG`, :data:`EXIT_R
 ``dead-letters list|replay`` lists the dead-letter topic's records or replays them through
 today's decode and normalize (:mod:`bridge.dead_letters`; exit codes :data:`EXIT_OK` all
 replayed or already delivered, :data:`EXIT_REFUSED` some still fail, :data:`EXIT_CONFIG`,
-:data:`EXIT_REGISTRY` the broker is unreachable). ``config-reference`` prints README's settings table. (The demo and the
-local broker are development tools outside the package: ``bridge_devtools``.)
+:data:`EXIT_REGISTRY` the broker is unreachable). ``config-reference`` and ``metrics-reference`` print
+the generated tables of ``docs/configuration.md`` and ``docs/metrics.md``. (The demo and the local
+broker are development tools outside the package: ``bridge_devtools``.)
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     dead.add_argument("--json", action="store_true", help="one JSON object a line instead of a table")
     dead.add_argument("--dry-run", action="store_true", help="replay: say what would happen, publish nothing")
-    sub.add_parser("config-reference", help="print the settings table of README (markdown)")
+    sub.add_parser("config-reference", help="print the settings table of docs/configuration.md (markdown)")
+    sub.add_parser("metrics-reference", help="print the metrics table of docs/metrics.md (markdown)")
     return parser
 
 
@@ -137,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         from bridge.settings import settings_markdown
 
         print(settings_markdown())
+        return 0
+    if args.command == "metrics-reference":
+        from bridge.metrics import metrics_markdown
+
+        print(metrics_markdown())
         return 0
     return 2
 

@@ -2,14 +2,23 @@
 
 Histogram buckets resolve the platform's deadlines: 1 s for the URL-verification handshake and
 3 s for an event (docs/protocol.md §5, §7). Labels are fixed identifiers (outcomes, reasons, Lark types,
-topic names) — never a token, key, body or delivery id.
+topic names) — never a token, key, body or delivery id. Every label's values are declared in
+:func:`label_values` (a test fails for a label without one), and :func:`metrics_markdown` — the
+table of ``docs/metrics.md``, ``python -m bridge metrics-reference`` — is generated from the
+metrics of :class:`Metrics` and those declarations.
 """
 
 from __future__ import annotations
 
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.utils import floatToGoString
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -202,3 +211,211 @@ class Metrics:
         self.duplicates_by: Children[Counter] = Children(self.duplicates)
         self.long_connection_frames_by: Children[Counter] = Children(self.long_connection_frames)
         self.long_connection_acks_by: Children[Counter] = Children(self.long_connection_acks)
+
+
+# ---- the metrics reference (docs/metrics.md) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LabelValues:
+    """The values one metric label can take — each distinct value is a new series, so every label
+    is bounded. ``values``: the closed set; ``families``: values made of a fixed part and a bounded
+    one, written ``prefix_<what>`` (e.g. ``connect_<exception class>``); ``note``: where the set
+    comes from, as the reference shows it (instead of the list when that is longer than
+    :data:`MAX_LISTED`)."""
+
+    values: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+    note: str = ""
+
+    def admits(self, value: str) -> bool:
+        """``value`` is one of :attr:`values` or fits one of :attr:`families`."""
+        return value in self.values or any(_family_pattern(f).fullmatch(value) for f in self.families)
+
+    def markdown(self) -> str:
+        """The set as the reference table shows it."""
+        parts: list[str] = []
+        if len(self.values) <= MAX_LISTED:
+            parts.append(", ".join(f"`{v}`" for v in self.values))
+        parts.extend(f"`{f}`" for f in self.families)
+        text = ", ".join(p for p in parts if p)
+        if len(self.values) > MAX_LISTED:
+            text = f"{self.note} ({len(self.values)} values)" + (f"; {text}" if text else "")
+        elif self.note:
+            text = f"{text} ({self.note})" if text else self.note
+        return text
+
+
+#: Longest value set the reference lists in full; a longer one is shown by its note and size.
+MAX_LISTED: Final = 16
+
+
+def _family_pattern(family: str) -> re.Pattern[str]:
+    """``"connect_<exception class>"`` → ``connect_[A-Za-z0-9_]+``."""
+    return re.compile(r"[A-Za-z0-9_]+".join(re.escape(part) for part in re.split(r"<[^>]+>", family)))
+
+
+def _class_names(base: type) -> tuple[str, ...]:
+    """``base`` and every subclass of it, by name."""
+    seen: set[type] = set()
+    todo = [base]
+    while todo:
+        cls = todo.pop()
+        if cls not in seen:
+            seen.add(cls)
+            todo.extend(cls.__subclasses__())
+    return tuple(sorted(c.__name__ for c in seen))
+
+
+def label_values() -> dict[str, dict[str, LabelValues]]:
+    """The values of every label of every metric of :class:`Metrics`, by the metric's name on
+    ``/metrics`` and the label's name: the code's own constants where it has them. (A function,
+    not a constant: the modules it reads import this one.)"""
+    from aiokafka.errors import KafkaError
+
+    from bridge.dedup import LOCAL, LOG
+    from bridge.envelope import LARK_TYPES, DeadLetterReason
+    from bridge.errors import AUTH_REASONS
+    from bridge.ingress.long_connection import FRAME_KINDS, RETRYABLE_CODES
+    from bridge.settings import Settings
+
+    topic_settings = (
+        "topic_room_created",
+        "topic_reserve_config_updated",
+        "topic_third_party_meeting_room_event",
+        "topic_dead_letter",
+    )
+    topics = LabelValues(
+        tuple(str(Settings.model_fields[name].default) for name in topic_settings),
+        note="the `BRIDGE_TOPIC_*` settings; defaults shown",
+    )
+    return {
+        "bridge_requests_total": {
+            "outcome": LabelValues(
+                (
+                    *("published", "duplicate", "dead_lettered", "handshake"),
+                    *("bad_request", "unauthorized", "timeout", "too_large", "unsupported_encoding"),
+                    *("client_disconnected", "unavailable", "http_error", "cancelled", "error"),
+                )
+            ),
+            "status": LabelValues(
+                ("200", "400", "401", "405", "408", "413", "415", "499", "500", "503"),
+                note="`405` with `http_error`: a method other than POST; `499`: the client hung up, or shutdown "
+                "cut the request short",
+            ),
+        },
+        "bridge_events_published_total": {
+            "lark_type": LabelValues((*LARK_TYPES, "other"), note="`other`: any type the bridge does not forward"),
+            "topic": topics,
+        },
+        "bridge_dead_letters_total": {"reason": LabelValues(typing.get_args(DeadLetterReason))},
+        "bridge_duplicates_suppressed_total": {"source": LabelValues((LOCAL, LOG))},
+        "bridge_auth_failures_total": {"reason": LabelValues(tuple(sorted(AUTH_REASONS)))},
+        "bridge_request_duration_seconds": {"kind": LabelValues(("handshake", "event"))},
+        "bridge_publish_failures_total": {
+            "reason": LabelValues(
+                _class_names(KafkaError),
+                note="the class name of the `aiokafka.errors.KafkaError` raised, e.g. `KafkaTimeoutError`, "
+                "`NotEnoughReplicasError`",
+            )
+        },
+        "bridge_producer_replacements_total": {
+            "reason": LabelValues(
+                (
+                    "OutOfOrderSequenceNumber",
+                    "DuplicateSequenceNumber",
+                    "InvalidProducerEpoch",
+                    "InvalidProducerIdMapping",
+                    "ProducerFenced",
+                    "UnknownProducerId",
+                ),
+                note="the fatal idempotence error",
+            )
+        },
+        "bridge_schema_registry_failures_total": {
+            "reason": LabelValues(
+                (
+                    "registry_unreachable",
+                    "registry_unauthorized",
+                    "schema_incompatible",
+                    "schema_invalid",
+                    "schema_not_registered",
+                    "registry_error",
+                )
+            )
+        },
+        "bridge_long_connection_connects_total": {
+            "outcome": LabelValues(
+                (
+                    "connected",
+                    "endpoint_bad_answer",
+                    "endpoint_no_url",
+                    *(f"endpoint_code_{code}" for code in sorted(RETRYABLE_CODES)),
+                    "handshake_other",
+                ),
+                families=(
+                    "endpoint_http_<d>xx",
+                    "endpoint_<exception class>",
+                    "handshake_<HTTP status>",
+                    "connect_<exception class>",
+                ),
+                note="`<d>xx`: the endpoint's HTTP status class; `<exception class>`: the aiohttp, timeout, "
+                "JSON or OS error's class name; `<HTTP status>`: the handshake's three-digit status",
+            )
+        },
+        "bridge_long_connection_disconnects_total": {
+            "reason": LabelValues(("read_deadline", "heartbeat", "server_closed", "error"))
+        },
+        "bridge_long_connection_frames_total": {"kind": LabelValues(FRAME_KINDS)},
+        "bridge_long_connection_acks_total": {"code": LabelValues(("200", "500"), note="200 handled, 500 re-push")},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDoc:
+    """One metric as ``/metrics`` exposes it: ``name`` (a counter's with its ``_total``), ``type``,
+    ``labels`` (in order), ``help``, and a histogram's bucket bounds (``le``, as exposed)."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+    buckets: tuple[str, ...] = ()
+
+
+def metric_docs() -> list[MetricDoc]:
+    """Every metric of a fresh :class:`Metrics`, in registration order: what its registry collects,
+    with the label names and buckets of the metric objects behind it."""
+    metrics = Metrics()
+    objects = {m._name: m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+    docs = []
+    for family in metrics.registry.collect():
+        obj = objects[family.name]
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        buckets = tuple(_le(b) for b in getattr(obj, "_upper_bounds", ()))
+        docs.append(MetricDoc(name, family.type, tuple(obj._labelnames), family.documentation, buckets))
+    return docs
+
+
+#: A bucket bound as the exposition writes it in ``le`` (prometheus_client's own formatting).
+_le: Final = typing.cast(Callable[[float], str], floatToGoString)
+
+
+def metrics_markdown() -> str:
+    """The metrics table of ``docs/metrics.md``: name, type, labels with their values, help.
+    Raises ValueError for a label without declared values (see :func:`label_values`)."""
+    declared = label_values()
+    lines = ["| Metric | Type | Labels: values | Description |", "|---|---|---|---|"]
+    for d in metric_docs():
+        labels = []
+        for label in d.labels:
+            values = declared.get(d.name, {}).get(label)
+            if values is None:
+                raise ValueError(f"{d.name}: label {label!r} has no declared values (bridge.metrics.label_values)")
+            labels.append(f"`{label}`: {values.markdown()}")
+        if d.buckets:
+            labels.append(f"`le` (of `{d.name}_bucket`): " + ", ".join(f"`{b}`" for b in d.buckets))
+        kind = d.type + (" (`_bucket`, `_sum`, `_count`)" if d.type == "histogram" else "")
+        cells = [f"`{d.name}`", kind, "<br>".join(labels) or "—", d.help]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)

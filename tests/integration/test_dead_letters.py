@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,12 +18,12 @@ import pytest
 from bridge import envelope as ev
 from bridge.settings import Settings
 from bridge_devtools.broker import free_port
+from tests.support.docs import shell_commands
 from tests.support.kafka import read_topic
 from tests.support.processes import bridge_env
 from tests.support.samples import fresh_id, sample_event
 
 pytestmark = pytest.mark.integration
-README_TEXT = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
@@ -108,8 +106,11 @@ async def test_an_unmodelled_type_once_modelled_is_replayed_to_its_topic_exactly
     # The dead letters themselves are left where they were.
     assert len(await read_topic(broker.bootstrap_servers, s.topic_dead_letter, expect=2)) == 2
 
-    # README's commands run as shown (their --json twins above checked the outcomes).
-    commands = re.findall(r"^python -m bridge dead-letters (.+)$", README_TEXT, flags=re.M)
+    # The commands the docs show (docs/operations.md) run as shown (their --json twins above
+    # checked the outcomes).
+    commands = [
+        c.removeprefix("python -m bridge dead-letters ") for c in shell_commands(r"python -m bridge dead-letters ")
+    ]
     assert len(commands) >= 3
     for command in commands:
         proc = await asyncio.create_subprocess_exec(
