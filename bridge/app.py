@@ -19,9 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge.dedup import DeliveryLedger
 from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink, KafkaDelivery
+from bridge.ingress.http import json_answer as _answer
 from bridge.ingress.long_connection import LongConnection
 from bridge.ingress.webhook import error_middleware, handle_event
-from bridge.ingress.webhook import json_answer as _answer
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import Publisher

@@ -51,7 +51,7 @@ from bridge.delivery import EventSink
 from bridge.errors import Unavailable
 from bridge.inbound import UnreadableJSON, read_inbound
 from bridge.ingress import frames as fr
-from bridge.ingress.webhook import capped
+from bridge.logs import capped
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.tracing import Tracing, set_lark, set_outcome

@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
 import structlog
 from aiohttp import hdrs, web
 from opentelemetry.trace import SpanKind
@@ -49,7 +48,8 @@ from bridge.errors import (
     Unavailable,
     UnsupportedEncoding,
 )
-from bridge.logs import REQUEST_ID
+from bridge.ingress.http import json_answer
+from bridge.logs import REQUEST_ID, capped
 from bridge.state import STATE
 from bridge.tracing import set_lark, set_outcome
 from bridge.verify import Handshake
@@ -58,7 +58,6 @@ log = structlog.get_logger("bridge.request")
 #: The standard-library logger behind ``log``: its level (cached by ``logging``) decides whether
 #: the request's line is built at all.
 _log_level_of = logging.getLogger("bridge.request").isEnabledFor
-_json = msgspec.json.Encoder()
 
 
 @dataclass(slots=True)
@@ -77,13 +76,6 @@ class RequestLog:
 REQUEST_LOG = web.RequestKey("bridge_request_log", RequestLog)
 
 
-def json_answer(body: dict[str, str], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON response (UTF-8) with ``status`` and optional extra ``headers``."""
-    return web.Response(
-        body=_json.encode(body), status=status, content_type="application/json", charset="utf-8", headers=headers
-    )
-
-
 _OUTCOME_OF_STATUS = {
     400: "bad_request",
     401: "unauthorized",
@@ -93,16 +85,6 @@ _OUTCOME_OF_STATUS = {
     499: "client_disconnected",
     503: "unavailable",
 }
-#: Longest value of a payload-derived log field (Lark type, delivery id, tenant), in characters.
-MAX_LOG_FIELD_CHARS = 128
-
-
-def capped(value: str | None) -> str | None:
-    """``value`` cut to :data:`MAX_LOG_FIELD_CHARS` (marked with ``…``): payload-derived log
-    fields stay bounded whatever a signed payload holds."""
-    if value is None or len(value) <= MAX_LOG_FIELD_CHARS:
-        return value
-    return value[: MAX_LOG_FIELD_CHARS - 1] + "…"
 
 
 @web.middleware
