@@ -21,7 +21,7 @@ from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink, KafkaDelivery
 from bridge.ingress.http import json_answer as _answer
 from bridge.ingress.long_connection import LongConnection
-from bridge.ingress.webhook import error_middleware, handle_event
+from bridge.ingress.webhook import handle_event, request_context_middleware
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import Publisher
@@ -169,7 +169,7 @@ def create_app(
             session_factory=long_connection_session_factory,
             tracing=tracing,
         )
-    app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[request_context_middleware])
     state = app[STATE] = AppState(
         settings,
         verifier,

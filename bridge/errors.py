@@ -1,4 +1,4 @@
-"""The ingress error tree, mapped to HTTP in exactly one place (``bridge.app.error_middleware``).
+"""The ingress error tree, mapped to HTTP in exactly one place (``bridge.ingress.webhook.map_error``).
 
 ::
 
