@@ -57,7 +57,7 @@ def not_ready_reason(state: AppState) -> str | None:
     open (docs/long_connection.md §9.4; with ``both`` the webhook keeps its traffic meanwhile)."""
     reason = delivery_not_ready_reason(state)
     if reason is None and state.long_connection is not None and not state.settings.webhook_enabled:
-        return state.long_connection.not_ready_reason or None
+        return state.long_connection.not_ready_reason()
     return reason
 
 
