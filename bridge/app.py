@@ -9,7 +9,6 @@ life is the app's cleanup context.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -20,9 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge.dedup import DeliveryLedger
 from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink, KafkaDelivery
+from bridge.ingress.http import json_answer as _answer
 from bridge.ingress.long_connection import LongConnection
-from bridge.ingress.webhook import error_middleware, handle_event
-from bridge.ingress.webhook import json_answer as _answer
+from bridge.ingress.webhook import handle_event, request_context_middleware
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import Publisher
@@ -48,7 +47,7 @@ def not_ready_reason(state: AppState) -> str | None:
     open (docs/long_connection.md §9.4; with ``both`` the webhook keeps its traffic meanwhile)."""
     reason = delivery_not_ready_reason(state)
     if reason is None and state.long_connection is not None and not state.settings.webhook_enabled:
-        return state.long_connection.not_ready_reason or None
+        return state.long_connection.not_ready_reason()
     return reason
 
 
@@ -160,7 +159,7 @@ def create_app(
             session_factory=long_connection_session_factory,
             tracing=tracing,
         )
-    app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[request_context_middleware])
     state = app[STATE] = AppState(
         settings,
         verifier,
@@ -180,7 +179,6 @@ def create_app(
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
 
-    lc = long_connection
     services: list[Service] = [
         s
         for s in (
@@ -192,7 +190,7 @@ def create_app(
             feed,
             # started last, once the delivery can take its events; closed first (acks of the
             # events in flight written before the producer goes)
-            _LongConnectionService(lc, settings.kafka_publish_timeout_s) if lc is not None else None,
+            long_connection,
         )
         if s is not None
     ]
@@ -217,18 +215,3 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _LongConnectionService:
-    """The long connection in the cleanup context: closed with the answer deadline as the bound
-    for the acks of events in flight."""
-
-    lc: LongConnection
-    ack_timeout_s: float
-
-    async def start(self) -> None:
-        await self.lc.start()
-
-    async def close(self) -> None:
-        await self.lc.close(timeout_s=self.ack_timeout_s)

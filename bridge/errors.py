@@ -1,5 +1,5 @@
 """The bridge's errors: the ingress error tree, mapped to HTTP in exactly one place
-(``bridge.ingress.webhook``), and :class:`DeadLetterCause`, which never reaches HTTP.
+(``bridge.ingress.webhook.map_error``), and :class:`DeadLetterCause`, which never reaches HTTP.
 
 ::
 

@@ -26,6 +26,24 @@ from bridge.settings import LogFormat, unknown_variables
 #: a dict of variables per request).
 REQUEST_ID: ContextVar[str | None] = ContextVar("bridge_request_id", default=None)
 
+#: Longest value of a payload-derived log field (Lark type, delivery id, tenant), in characters.
+MAX_LOG_FIELD_CHARS = 128
+
+
+def capped(value: str | None) -> str | None:
+    """A payload-derived log field, bounded whatever a payload holds.
+
+    Args:
+        value: the field (a Lark type, delivery id, tenant key, a platform's error text), or None.
+
+    Returns:
+        ``value`` unchanged when it has at most :data:`MAX_LOG_FIELD_CHARS` characters, else its
+        first ``MAX_LOG_FIELD_CHARS - 1`` characters followed by ``…``; None stays None.
+    """
+    if value is None or len(value) <= MAX_LOG_FIELD_CHARS:
+        return value
+    return value[: MAX_LOG_FIELD_CHARS - 1] + "…"
+
 
 def add_request_id(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: ``request_id`` from :data:`REQUEST_ID` when a request is being handled."""

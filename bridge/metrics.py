@@ -276,7 +276,8 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
     from bridge.dedup import LOCAL, LOG
     from bridge.envelope import LARK_TYPES, DeadLetterReason
     from bridge.errors import AUTH_REASONS
-    from bridge.ingress.long_connection import FRAME_KINDS, RETRYABLE_CODES
+    from bridge.ingress.connect import RETRYABLE_CODES
+    from bridge.ingress.long_connection import FRAME_KINDS
     from bridge.settings import Settings
 
     topic_settings = (

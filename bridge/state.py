@@ -7,13 +7,13 @@ factory that registers them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from bridge.dedup import DeliveryLedger
 from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink
+from bridge.ingress.long_connection import LongConnection
 from bridge.logs import RequestIds
 from bridge.metrics import Metrics
 from bridge.publish import Publisher
@@ -21,9 +21,6 @@ from bridge.registry import SchemaIds
 from bridge.settings import Settings
 from bridge.tracing import Tracing
 from bridge.verify import Verifier
-
-if TYPE_CHECKING:  # it imports the webhook ingress, which imports this module
-    from bridge.ingress.long_connection import LongConnection
 
 
 @dataclass(slots=True)

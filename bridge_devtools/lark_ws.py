@@ -210,7 +210,8 @@ class EndpointRequest:
 class ConnectionRecord:
     """One accepted WebSocket: ``device_id`` / ``service_id`` from its URL, ``headers`` of the
     upgrade request, ``opened_at`` / ``closed_at`` on the loop clock (seconds), ``close_code``
-    (aiohttp's view once closed)."""
+    (aiohttp's view once closed), ``client_close_code`` (the code of the client's close frame,
+    None when the client sent none)."""
 
     index: int
     device_id: str
@@ -220,6 +221,7 @@ class ConnectionRecord:
     ws: web.WebSocketResponse = field(repr=False)
     closed_at: float | None = None
     close_code: int | None = None
+    client_close_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +427,8 @@ class FakeLongConnectionPlatform:
                 elif msg.type is WSMsgType.PONG:
                     continue
                 else:  # CLOSE, CLOSING, CLOSED, ERROR
+                    if msg.type is WSMsgType.CLOSE:
+                        conn.client_close_code = int(msg.data)
                     break
         finally:
             if not ws.closed:

@@ -21,9 +21,10 @@ Every answer comes within ``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S`` (under the platform
 request's arrival: reading the body and waiting for the broker share that one deadline. A
 client that hangs up mid-body is logged and counted with status 499 ``client_disconnected``.
 
-:func:`error_middleware` is the one place where :class:`~bridge.errors.BridgeError` becomes an
-HTTP answer, and it writes the request's one log line with ``request_id`` set for the whole
-request (:data:`bridge.logs.REQUEST_ID`: every line logged while it runs carries it).
+:func:`map_error` is the one place where an error (a :class:`~bridge.errors.BridgeError` or any
+other exception) becomes an HTTP answer, a pure function; :func:`request_context_middleware` sets
+``request_id`` for the whole request (:data:`bridge.logs.REQUEST_ID`: every line logged while it
+runs carries it), opens the request's span, counts it and writes its one log line.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
 import structlog
 from aiohttp import hdrs, web
 from opentelemetry.trace import SpanKind
@@ -49,7 +49,8 @@ from bridge.errors import (
     Unavailable,
     UnsupportedEncoding,
 )
-from bridge.logs import REQUEST_ID
+from bridge.ingress.http import json_answer
+from bridge.logs import REQUEST_ID, capped
 from bridge.state import STATE
 from bridge.tracing import set_lark, set_outcome
 from bridge.verify import Handshake
@@ -58,7 +59,6 @@ log = structlog.get_logger("bridge.request")
 #: The standard-library logger behind ``log``: its level (cached by ``logging``) decides whether
 #: the request's line is built at all.
 _log_level_of = logging.getLogger("bridge.request").isEnabledFor
-_json = msgspec.json.Encoder()
 
 
 @dataclass(slots=True)
@@ -77,13 +77,6 @@ class RequestLog:
 REQUEST_LOG = web.RequestKey("bridge_request_log", RequestLog)
 
 
-def json_answer(body: dict[str, str], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON response (UTF-8) with ``status`` and optional extra ``headers``."""
-    return web.Response(
-        body=_json.encode(body), status=status, content_type="application/json", charset="utf-8", headers=headers
-    )
-
-
 _OUTCOME_OF_STATUS = {
     400: "bad_request",
     401: "unauthorized",
@@ -93,23 +86,69 @@ _OUTCOME_OF_STATUS = {
     499: "client_disconnected",
     503: "unavailable",
 }
-#: Longest value of a payload-derived log field (Lark type, delivery id, tenant), in characters.
-MAX_LOG_FIELD_CHARS = 128
 
 
-def capped(value: str | None) -> str | None:
-    """``value`` cut to :data:`MAX_LOG_FIELD_CHARS` (marked with ``…``): payload-derived log
-    fields stay bounded whatever a signed payload holds."""
-    if value is None or len(value) <= MAX_LOG_FIELD_CHARS:
-        return value
-    return value[: MAX_LOG_FIELD_CHARS - 1] + "…"
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    """What an error becomes: the HTTP ``status``, the request's ``outcome`` (log line and the
+    ``bridge_requests_total`` label), the JSON ``body`` (a fixed text, never the error's own) and
+    extra ``headers`` (``Retry-After`` for :class:`~bridge.errors.Unavailable`), or None."""
+
+    status: int
+    outcome: str
+    body: dict[str, str]
+    headers: dict[str, str] | None = None
+
+
+#: The answer to any exception that is no :class:`~bridge.errors.BridgeError`.
+INTERNAL_ERROR: Final = ErrorAnswer(500, "error", {"msg": "internal error"})
+
+
+def map_error(exc: Exception) -> ErrorAnswer:
+    """The one place where an error becomes an HTTP answer (docs/architecture.md, "Errors, and
+    where they become HTTP").
+
+    Args:
+        exc: what the handler raised (aiohttp's own ``HTTPException`` and cancellation are not
+            errors of the bridge: the middleware lets them through unmapped).
+
+    Returns:
+        For a :class:`~bridge.errors.BridgeError`: its class's status and fixed ``{"msg": …}``,
+        the outcome of that status (``bad_request``, ``unauthorized``, ``timeout``, ``too_large``,
+        ``unsupported_encoding``, ``client_disconnected``, ``unavailable``; else ``error``) and,
+        for :class:`~bridge.errors.Unavailable`, ``Retry-After`` in whole seconds. For anything
+        else: :data:`INTERNAL_ERROR` (500 ``internal error``).
+    """
+    if not isinstance(exc, BridgeError):
+        return INTERNAL_ERROR
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
+    return ErrorAnswer(exc.status, _OUTCOME_OF_STATUS.get(exc.status, "error"), {"msg": exc.message}, headers)
 
 
 @web.middleware
-async def error_middleware(
+async def request_context_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """The one place that maps :class:`BridgeError` to HTTP, and writes the request's log line."""
+    """The context of one webhook request: its id, log line, span and metrics.
+
+    Other paths (health, readiness, metrics) pass through untouched. For ``BRIDGE_HTTP_PATH``:
+    the request id (``X-Request-Id``, capped, or a new one) is set in
+    :data:`bridge.logs.REQUEST_ID` for the whole request; a :class:`RequestLog` goes under
+    :data:`REQUEST_LOG`; with tracing on, a SERVER span wraps it. Errors become answers through
+    :func:`map_error`; then ``bridge_requests_total`` / ``bridge_request_duration_seconds`` and
+    the one ``request`` log line are written.
+
+    Args:
+        request: the aiohttp request.
+        handler: the rest of the chain.
+
+    Returns:
+        The handler's response, or the mapped error's JSON answer.
+
+    Raises:
+        web.HTTPException: aiohttp's own (405 and the like), counted with outcome ``http_error``.
+        asyncio.CancelledError: the server cancelled the handler (outcome ``cancelled``, 499).
+    """
     state = request.app[STATE]
     webhook = request.path == state.settings.http_path
     if not webhook:
@@ -140,24 +179,22 @@ async def _handle_logged(
     try:
         try:
             response = await handler(request)
-        except BridgeError as exc:
-            rl.status = exc.status
-            rl.outcome = _OUTCOME_OF_STATUS.get(exc.status, "error")
-            rl.fields["reason"] = exc.reason
-            if isinstance(exc, AuthenticationError):
-                metrics.auth_failures.labels(reason=exc.reason).inc()
-            headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
-            return json_answer({"msg": exc.message}, exc.status, headers)
         except web.HTTPException as exc:  # 405 and the like from aiohttp itself
             rl.status, rl.outcome = exc.status, "http_error"
             raise
         except asyncio.CancelledError:  # the server cancelled the handler (shutdown past its budget)
             rl.status, rl.outcome = 499, "cancelled"
             raise
-        except Exception:
-            rl.status, rl.outcome = 500, "error"
-            log.exception("unhandled error")
-            return json_answer({"msg": "internal error"}, 500)
+        except Exception as exc:
+            answer = map_error(exc)
+            rl.status, rl.outcome = answer.status, answer.outcome
+            if isinstance(exc, BridgeError):
+                rl.fields["reason"] = exc.reason
+                if isinstance(exc, AuthenticationError):
+                    metrics.auth_failures.labels(reason=exc.reason).inc()
+            else:
+                log.exception("unhandled error")
+            return json_answer(answer.body, answer.status, answer.headers)
         else:
             rl.status = response.status
             return response

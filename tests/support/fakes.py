@@ -10,6 +10,9 @@ Publishers:
   (``PublishFailed`` with the acked indices), as a broker losing one partition does.
 * :class:`GatedPublisher` holds every publish until the test releases or fails it (or for a
   fixed delay): a publish that outlives the request's timeout.
+
+Sink: :class:`RecordingSink` records events and answers a chosen ``Outcome``, raises, or holds
+deliveries until released (an ingress's tests without any delivery behind it).
 """
 
 from __future__ import annotations
@@ -152,19 +155,59 @@ class GatedPublisher(RecordingPublisher):
 
 
 class RecordingSink:
-    """An ``EventSink`` that records what reaches the next stage; can be told to fail or to hang."""
+    """An ``EventSink`` that records what reaches the next stage; can be told what to answer, to
+    fail, or to hold deliveries until the test releases them.
 
-    def __init__(self) -> None:
+    * ``outcome``: what a delivery returns (default ``published`` with one record);
+    * ``fail``: raised instead (e.g. ``Unavailable("broker_unavailable")``);
+    * ``delay_s``: every delivery first waits that long;
+    * ``held``: while true, a delivery that starts waits until :meth:`release` (one released
+      later returns what ``fail`` / ``outcome`` say then); ``entered`` is set when one starts
+      waiting, ``waiting`` counts them.
+
+    ``received``: events delivered (not failed); ``deadlines`` / ``received_ms``: of every call;
+    ``returned``: ``(delivery_id, loop time)`` as each call returned or raised, in that order.
+    """
+
+    def __init__(self, outcome: Outcome | None = None) -> None:
         self.received: list[InboundEvent] = []
         self.deadlines: list[float | None] = []  # the deadline_s of each call
+        self.received_ms: list[int] = []
         self.fail: Exception | None = None
         self.delay_s = 0.0
+        self.outcome = outcome or Outcome("published", records=[("t", 0, 1)])
+        self.held = False
+        self.entered = asyncio.Event()
+        self.returned: list[tuple[str | None, float]] = []
+        self._held: list[asyncio.Future[None]] = []
+
+    @property
+    def waiting(self) -> int:
+        return len(self._held)
 
     async def deliver(self, event: InboundEvent, *, received_ms: int, deadline_s: float | None = None) -> Outcome:
         self.deadlines.append(deadline_s)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if self.fail is not None:
-            raise self.fail
-        self.received.append(event)
-        return Outcome("published", records=[("t", 0, 1)])
+        self.received_ms.append(received_ms)
+        loop = asyncio.get_running_loop()
+        try:
+            if self.held:
+                gate = loop.create_future()
+                self._held.append(gate)
+                self.entered.set()
+                await gate
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.fail is not None:
+                raise self.fail
+            self.received.append(event)
+            return self.outcome
+        finally:
+            self.returned.append((event.delivery_id, loop.time()))
+
+    def release(self) -> None:
+        """Let every delivery held now go on (``held`` itself is left as it is)."""
+        for gate in self._held:
+            if not gate.done():
+                gate.set_result(None)
+        self._held.clear()
+        self.entered.clear()

@@ -13,7 +13,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from bridge import publish
 from bridge.ingress import webhook
-from bridge.ingress.long_connection import RETRYABLE_CODES
+from bridge.ingress.connect import RETRYABLE_CODES
 from bridge.metrics import LabelValues, Metrics, label_values, metric_docs, metrics_markdown
 
 BRIDGE = Path(__file__).resolve().parents[2] / "bridge"
@@ -67,8 +67,10 @@ def test_request_outcomes_and_statuses_are_those_the_webhook_and_delivery_set() 
     assigned = re.findall(r'rl\.(?:status, rl\.)?outcome = (?:[\w.]+, )?"(\w+)"', src)
     kinds = re.findall(r'Outcome\("(\w+)"', source("delivery.py"))
     outcomes = {*webhook._OUTCOME_OF_STATUS.values(), *assigned, *kinds, webhook.RequestLog("", 0.0).outcome}
+    outcomes.add(webhook.INTERNAL_ERROR.outcome)
     assert set(declared("bridge_requests_total", "outcome").values) == outcomes
     statuses = {*webhook._OUTCOME_OF_STATUS, *map(int, re.findall(r"rl\.status, rl\.outcome = (\d+)", src))}
+    statuses |= {webhook.INTERNAL_ERROR.status, webhook.RequestLog("", 0.0).status}
     statuses |= {200, 405}  # every answer that is not an error; aiohttp's own for a GET to the webhook
     assert set(declared("bridge_requests_total", "status").values) == {str(s) for s in statuses}
 
@@ -91,7 +93,7 @@ def test_long_connection_reasons_are_those_it_sets() -> None:
     lost = {v for line in re.findall(r"lost = (.+)", src) for v in re.findall(r'"(\w+)"', line)}
     assert set(declared("bridge_long_connection_disconnects_total", "reason").values) == lost | {"error"}
     outcome = declared("bridge_long_connection_connects_total", "outcome")
-    templates = re.findall(r'RetryableError\(f?"([^"]+)"\)', src)
+    templates = re.findall(r'RetryableError\(f?"([^"]+)"\)', src + source("ingress/connect.py"))
     assert len(templates) >= 6
     for template in templates:
         assert outcome.admits(re.sub(r"\{[^}]+\}", "503", template)), template
