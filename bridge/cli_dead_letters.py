@@ -3,7 +3,8 @@
 Output: a table (or ``--json``, one object a line) on stdout, a summary and errors on stderr, a
 progress bar on stderr during a replay when stderr is a terminal (tqdm). Exit codes: 0 every
 selected dead letter was replayed (or already delivered; ``list``: always), 1 some still fail, 2
-bad settings or arguments, 3 the broker is unreachable.
+bad settings or arguments, 3 the broker is unreachable. Usage and examples: docs/operations.md,
+"Dead letters".
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from typing import Any, TextIO
 from bridge.dead_letters import BrokerUnavailable, DeadLetter, ReplayOutcome, Selection, read, replay
 from bridge.settings import Settings
 
+#: Exit code: every selected dead letter was replayed or already delivered (``list``: always).
 EXIT_OK = 0
+#: Exit code: some selected dead letters still fail.
 EXIT_STILL_FAILING = 1
+#: Exit code: bad settings or arguments.
 EXIT_USAGE = 2
+#: Exit code: the broker is unreachable (:class:`bridge.dead_letters.BrokerUnavailable`).
 EXIT_BROKER = 3
 #: Longest value shown in a table cell (a hostile delivery id must not break the layout).
 MAX_CELL_CHARS = 48
@@ -33,7 +38,18 @@ class UsageError(ValueError):
 
 
 def parse_time_ms(value: str, flag: str) -> int:
-    """ISO 8601 (``Z`` or an offset; a time without one is UTC) → unix ms. Raises :class:`UsageError`."""
+    """Parse an ISO 8601 time into unix ms.
+
+    Args:
+        value: The time, with ``Z`` or an offset; a time without one is UTC.
+        flag: The option it came from (``--since``), for the error message.
+
+    Returns:
+        The time, unix milliseconds.
+
+    Raises:
+        UsageError: ``value`` is not an ISO 8601 time.
+    """
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -44,7 +60,17 @@ def parse_time_ms(value: str, flag: str) -> int:
 
 
 def parse_offsets(values: Sequence[str]) -> dict[int, tuple[int, int | None]]:
-    """``["0:10-20", "3:5"]`` → ``{0: (10, 20), 3: (5, None)}``. Raises :class:`UsageError`."""
+    """Parse ``--offsets`` values into per-partition offset ranges.
+
+    Args:
+        values: ``PARTITION:START[-END]`` each, ``END`` exclusive: ``["0:10-20", "3:5"]``.
+
+    Returns:
+        ``{partition: (start, end or None)}``: ``{0: (10, 20), 3: (5, None)}``.
+
+    Raises:
+        UsageError: A value does not parse, or its range is empty or negative.
+    """
     out: dict[int, tuple[int, int | None]] = {}
     for value in values:
         partition, sep, span = value.partition(":")
@@ -62,7 +88,18 @@ def parse_offsets(values: Sequence[str]) -> dict[int, tuple[int, int | None]]:
 
 
 def selection_of(args: argparse.Namespace) -> Selection:
-    """The :class:`Selection` of the command's filters. Raises :class:`UsageError`."""
+    """Build the :class:`~bridge.dead_letters.Selection` of the command's filters.
+
+    Args:
+        args: The parsed command line (``reason``, ``types``, ``since``, ``until``,
+            ``offsets``).
+
+    Returns:
+        The selection.
+
+    Raises:
+        UsageError: A time or an offset range does not parse.
+    """
     return Selection(
         reasons=frozenset(args.reason),
         types=frozenset(args.types),
@@ -79,13 +116,23 @@ def _cell(value: Any) -> str:
 
 
 def table(rows: Iterable[Sequence[Any]], head: Sequence[str], out: TextIO) -> None:
-    """``rows`` as a plain-text table with ``head``, columns as wide as their widest cell."""
+    """Print rows as a plain-text table, columns as wide as their widest cell.
+
+    A cell shows at most :data:`MAX_CELL_CHARS` characters (then ``…``), unprintable ones as
+    ``?``; None is an empty cell.
+
+    Args:
+        rows: The rows, one value per column.
+        head: The column titles; a line of dashes follows them.
+        out: Where to print.
+    """
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(head)]
     for row in [list(head), ["-" * w for w in widths], *cells]:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
+#: The columns of ``dead-letters list``.
 LIST_HEAD = ("received_at", "reason", "lark_type", "delivery_id", "tenant_key", "path", "where")
 
 
@@ -94,7 +141,20 @@ def _list_row(dl: DeadLetter) -> list[Any]:
 
 
 async def list_command(settings: Settings, selection: Selection, *, as_json: bool, out: TextIO) -> int:
-    """Print the selected dead letters; returns :data:`EXIT_OK`."""
+    """Print the selected dead letters to ``out``, and their count to stderr.
+
+    Args:
+        settings: The bridge's settings.
+        selection: Which dead letters to print.
+        as_json: One JSON object a line instead of a table.
+        out: Where to print them.
+
+    Returns:
+        :data:`EXIT_OK`.
+
+    Raises:
+        BrokerUnavailable: As :func:`bridge.dead_letters.read`.
+    """
     letters = [dl async for dl in read(settings, selection)]
     if as_json:
         for dl in letters:
@@ -115,8 +175,24 @@ def _progress(items: Iterable[DeadLetter], total: int) -> Iterable[DeadLetter]:
 
 
 async def replay_command(settings: Settings, selection: Selection, *, dry_run: bool, as_json: bool, out: TextIO) -> int:
-    """Replay (or, with ``dry_run``, judge) the selected dead letters; print one line each and a
-    summary; returns :data:`EXIT_OK` or :data:`EXIT_STILL_FAILING`."""
+    """Replay (or judge) the selected dead letters; print one line each and a summary.
+
+    Lines go to ``out``, the summary (counts per outcome) and a progress bar (when stderr is a
+    terminal) to stderr.
+
+    Args:
+        settings: The bridge's settings.
+        selection: Which dead letters to replay.
+        dry_run: Publish nothing; only judge what would be replayed.
+        as_json: One JSON object a line instead of a table.
+        out: Where to print the lines.
+
+    Returns:
+        :data:`EXIT_OK`, or :data:`EXIT_STILL_FAILING` when some still fail.
+
+    Raises:
+        BrokerUnavailable: As :func:`bridge.dead_letters.replay`.
+    """
     outcomes: list[ReplayOutcome] = await replay(settings, selection, dry_run=dry_run, progress=_progress)
     if as_json:
         for o in outcomes:
@@ -134,7 +210,17 @@ async def replay_command(settings: Settings, selection: Selection, *, dry_run: b
 
 
 def run_dead_letters(settings: Settings, args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Run ``dead-letters list|replay`` with parsed ``args``; returns the exit code."""
+    """Run ``dead-letters list|replay``; errors go to stderr as one ``bridge: …`` line.
+
+    Args:
+        settings: The bridge's settings.
+        args: The parsed command line (``action``, ``json``, ``dry_run`` and the filters).
+        out: Where the lines go. Default stdout.
+
+    Returns:
+        The exit code: :data:`EXIT_OK`, :data:`EXIT_STILL_FAILING`, :data:`EXIT_USAGE` (an
+        argument that does not parse) or :data:`EXIT_BROKER`.
+    """
     out = out or sys.stdout
     try:
         selection = selection_of(args)

@@ -1,6 +1,6 @@
 """Dead letters: read them back, and replay them through today's decode and normalize.
 
-``python -m bridge dead-letters list|replay`` (README "Dead letters"). A dead-letter record
+``python -m bridge dead-letters list|replay`` (docs/operations.md, "Dead letters"). A dead-letter record
 (``bridge.envelope.DeadLetterEnvelope``) carries the authenticated payload with its token fields
 redacted; when a newer bridge can decode what an older one could not (a newly modelled event
 type, a relaxed field), :func:`replay` runs each stored payload through the same
@@ -51,14 +51,34 @@ _POLL_MS: Final = 500
 
 
 class BrokerUnavailable(Exception):
-    """The broker could not be reached, or did not answer within :data:`BROKER_TIMEOUT_S`."""
+    """The broker could not be reached, refused a publish, or did not answer within :data:`BROKER_TIMEOUT_S`.
+
+    The message says what was being done (connecting, reading, rebuilding the ledger, publishing).
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One dead-letter record as read back: where it is (``topic``, ``partition``, ``offset``,
-    ``timestamp_ms`` — the record's timestamp, unix ms) and what it says (``data`` of the
-    envelope; ``payload`` is ``{}`` when it was not carried: too large, or unreadable)."""
+    """One dead-letter record as read back: where it is and what it says.
+
+    What it says is the envelope's ``data`` (:class:`bridge.envelope.DeadLetterData`) and its
+    ``tenantkey``.
+
+    Attributes:
+        topic: The dead-letter topic.
+        partition: The record's partition.
+        offset: The record's offset.
+        timestamp_ms: The record's timestamp, unix ms.
+        reason: Why it is a dead letter (:data:`bridge.envelope.DeadLetterReason`).
+        error: What failed, with its JSON path.
+        path: The JSON path of the failing field, when known.
+        lark_type: The Lark event type, when known.
+        delivery_id: Lark's delivery id (``data.lark_event_id``), when known.
+        tenant_key: The tenant (the envelope's ``tenantkey``), when known.
+        received_at: When the bridge received the event (RFC 3339, UTC, ms).
+        payload: The Lark payload, token fields redacted; ``{}`` when it was not carried (too
+            large, or unreadable).
+    """
 
     topic: str
     partition: int
@@ -75,11 +95,15 @@ class DeadLetter:
 
     @property
     def where(self) -> str:
-        """``<topic>/<partition>/<offset>``: the value of :data:`REPLAYED_HEADER`."""
+        """Say where the record is: ``<topic>/<partition>/<offset>``, the value of :data:`REPLAYED_HEADER`."""
         return f"{self.topic}/{self.partition}/{self.offset}"
 
     def as_json(self) -> dict[str, Any]:
-        """A JSON object of the fields (``payload`` left out: it may be large)."""
+        """Render the fields as a JSON object, for ``dead-letters list``.
+
+        Returns:
+            Every field but ``payload`` (it may be large), plus ``payload_carried`` (bool).
+        """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "payload"}
         out["payload_carried"] = bool(self.payload)
         return out
@@ -87,10 +111,18 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which dead letters to read: reasons and Lark types (empty: any), a time range of the
-    records' timestamps (unix ms, ``until_ms`` exclusive), and per partition an offset range
-    (``{partition: (start, end exclusive or None)}``; partitions not named are read whole when
-    ``offsets`` is empty, skipped otherwise)."""
+    """Which dead letters to read.
+
+    Attributes:
+        reasons: The reasons admitted; empty (the default): any.
+        types: The Lark types admitted; empty (the default): any.
+        since_ms: The earliest record timestamp admitted, unix ms; None (the default): no bound.
+        until_ms: The record timestamp admitted up to, unix ms, exclusive; None (the default):
+            no bound.
+        offsets: Per partition an offset range, ``{partition: (start, end exclusive or None)}``;
+            partitions not named are read whole when ``offsets`` is empty (the default), skipped
+            otherwise.
+    """
 
     reasons: frozenset[str] = frozenset()
     types: frozenset[str] = frozenset()
@@ -99,7 +131,14 @@ class Selection:
     offsets: dict[int, tuple[int, int | None]] = field(default_factory=dict)
 
     def admits(self, dl: DeadLetter) -> bool:
-        """True when ``dl`` passes the reason, type and time filters."""
+        """Tell whether a dead letter passes the reason, type and time filters.
+
+        Args:
+            dl: The dead letter read back.
+
+        Returns:
+            True when it passes all three (the offsets are applied while reading).
+        """
         return (
             (not self.reasons or dl.reason in self.reasons)
             and (not self.types or (dl.lark_type or "") in self.types)
@@ -117,9 +156,24 @@ async def read(
     *,
     consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
 ) -> AsyncIterator[DeadLetter]:
-    """The dead letters of ``BRIDGE_TOPIC_DEAD_LETTER`` that ``selection`` admits, up to the end
-    offsets at the call, in partition order. A record that is not a dead-letter envelope is
-    skipped. Raises :class:`BrokerUnavailable`."""
+    """Read back the dead letters of ``BRIDGE_TOPIC_DEAD_LETTER`` that a selection admits.
+
+    Reads up to the end offsets at the call, in partition order. A record that is not a
+    dead-letter envelope is skipped.
+
+    Args:
+        settings: The Kafka connection and ``topic_dead_letter``.
+        selection: Which dead letters to yield.
+        consumer_factory: Builds the consumer (tests). Default: a consumer without a group
+            (:func:`bridge.kafka.build_consumer`, purpose ``dead-letters``).
+
+    Yields:
+        Each admitted :class:`DeadLetter`.
+
+    Raises:
+        BrokerUnavailable: The broker could not be reached within :data:`BROKER_TIMEOUT_S`, or
+            no record arrived for that long while reading.
+    """
     topic = settings.topic_dead_letter
     consumer = (consumer_factory or (lambda: kafka.build_consumer(settings, purpose="dead-letters")))()
     try:
@@ -192,11 +246,27 @@ def _dead_letter(topic: str, m: Any) -> DeadLetter | None:
 
 
 def records_of(dl: DeadLetter, topics: Topics, max_record_bytes: int) -> list[Record]:
-    """The records today's bridge makes of ``dl``'s payload, each with :data:`REPLAYED_HEADER`.
-    Raises :class:`~bridge.decode.DeadLetterCause` when it still cannot be decoded or normalized
-    (``payload_not_carried`` when the dead letter holds no payload; ``record_too_large`` when a
-    record would pass ``max_record_bytes`` — the limit of the live bridge,
-    ``BRIDGE_KAFKA_MAX_RECORD_BYTES``)."""
+    """Make the records today's bridge makes of a dead letter's payload.
+
+    The payload runs through the same :func:`bridge.inbound.read_inbound`,
+    :func:`bridge.decode.decode` and :func:`bridge.normalize.normalize` as a live event.
+
+    Args:
+        dl: The dead letter read back.
+        topics: The topic map.
+        max_record_bytes: The largest record allowed, in bytes as the producer measures them
+            (:func:`bridge.kafka.record_bytes`): the limit of the live bridge,
+            ``BRIDGE_KAFKA_MAX_RECORD_BYTES``.
+
+    Returns:
+        The records, each with :data:`REPLAYED_HEADER` added.
+
+    Raises:
+        DeadLetterCause: It still cannot be decoded or normalized: ``invalid_event`` ("payload
+            not carried by the dead letter") when the dead letter holds no payload;
+            ``record_too_large`` when a record would pass ``max_record_bytes``; otherwise what
+            decode and normalize raise.
+    """
     if not dl.payload:
         raise DeadLetterCause("invalid_event", "payload not carried by the dead letter", "$")
     try:
@@ -213,9 +283,17 @@ def records_of(dl: DeadLetter, topics: Topics, max_record_bytes: int) -> list[Re
 
 @dataclass
 class ReplayOutcome:
-    """What :func:`replay` did with one dead letter: ``kind`` is ``replayed``, ``would_replay``
-    (``--dry-run``), ``already_delivered`` or ``still_failing``; ``records``: records published
-    (or that would be); ``reason`` / ``error``: today's failure when still failing."""
+    """What :func:`replay` did with one dead letter.
+
+    Attributes:
+        dead_letter: The dead letter.
+        kind: ``replayed``, ``would_replay`` (``--dry-run``), ``already_delivered`` or
+            ``still_failing``.
+        records: How many records were published (or would be): those of the event not already
+            written. Default 0.
+        reason: Today's failure reason when still failing, else None.
+        error: Today's failure when still failing, else None.
+    """
 
     dead_letter: DeadLetter
     kind: str
@@ -224,7 +302,12 @@ class ReplayOutcome:
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """One JSON object: the dead letter's fields and the outcome."""
+        """Render the outcome as one JSON object, for ``dead-letters replay``.
+
+        Returns:
+            The dead letter's fields (:meth:`DeadLetter.as_json`) plus ``outcome``, ``records``,
+            ``failure_reason`` and ``failure``.
+        """
         return {
             **self.dead_letter.as_json(),
             "outcome": self.kind,
@@ -242,9 +325,24 @@ async def replay(
     progress: Callable[[Iterable[DeadLetter], int], Iterable[DeadLetter]] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> list[ReplayOutcome]:
-    """Replay the dead letters ``selection`` admits (module docstring); one :class:`ReplayOutcome`
-    each, in the order read. ``progress(items, total)`` wraps the loop (a progress bar).
-    Raises :class:`BrokerUnavailable` when the broker cannot be reached or refuses a publish."""
+    """Replay the dead letters a selection admits (the module docstring says how).
+
+    Args:
+        settings: The bridge's settings (Kafka, topics, schema registry, record size limit).
+        selection: Which dead letters to replay.
+        dry_run: Publish nothing; report ``would_replay`` instead. Default False.
+        progress: ``progress(items, total)`` wraps the loop (a progress bar). Default: none.
+        clock: Returns the current time, unix seconds; sets the ledger's window (from the oldest
+            selected dead letter on). Default :func:`time.time`.
+
+    Returns:
+        One :class:`ReplayOutcome` per dead letter, in the order read; empty when none is
+        selected.
+
+    Raises:
+        BrokerUnavailable: The broker cannot be reached, refuses a publish, or rebuilding the
+            ledger or connecting the producer takes longer than :data:`BROKER_TIMEOUT_S`.
+    """
     letters = [dl async for dl in read(settings, selection)]
     if not letters:
         return []

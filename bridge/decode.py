@@ -27,6 +27,7 @@ from bridge.errors import DeadLetterCause
 from bridge.inbound import InboundEvent, UnreadableJSON, read_json
 from bridge.validation import Invalid, locate
 
+#: What replaces the value of a token field carried in ``_unmodelled`` or a dead letter.
 REDACTED: Final = "[REDACTED]"
 #: Deepest nesting of JSON objects and arrays the bridge carries (in ``_unmodelled`` and in dead
 #: letters). The platform's payloads nest six levels at most (docs/protocol.md §9); a payload
@@ -35,15 +36,20 @@ MAX_DEPTH: Final = 64
 
 
 class TooDeep(ValueError):
-    """A JSON value nested deeper than :data:`MAX_DEPTH`."""
+    """A JSON value nested deeper than :data:`MAX_DEPTH`; the message says so."""
 
 
 class DecodedEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One authenticated, typed Lark event.
 
-    ``lark_type``: the Lark event type; ``delivery_id``: ``header.event_id`` (2.0) or ``uuid``
-    (1.0), the dedup key; ``time_ms``: event time, unix milliseconds; ``data``: the typed event
-    object with ``_unmodelled`` filled in.
+    Attributes:
+        lark_type: The Lark event type.
+        delivery_id: ``header.event_id`` (2.0) or ``uuid`` (1.0), the dedup key.
+        app_id: The app the event is for (2.0 ``header.app_id``, 1.0 ``event.app_id``).
+        tenant_key: The tenant it is from (2.0 ``header.tenant_key``, 1.0 ``event.tenant_key``).
+        time_ms: The event time, unix milliseconds.
+        data: The typed event object (:data:`bridge.envelope.EventData`) with ``_unmodelled``
+            filled in.
     """
 
     lark_type: str
@@ -109,10 +115,18 @@ def _is_token_key(key: str) -> bool:
 
 
 def redact_tokens(value: Any, depth: int = 0) -> Any:
-    """A copy of a decoded JSON value with every key containing ``token`` (any case) redacted.
+    """Copy a decoded JSON value with every key containing ``token`` (any case) redacted.
 
-    ``depth``: how deep ``value`` already sits. Raises :class:`TooDeep` past :data:`MAX_DEPTH`
-    (so that no hostile payload can exhaust the interpreter's recursion limit).
+    Args:
+        value: Decoded JSON: dicts, lists, scalars.
+        depth: How deep ``value`` already sits (levels of objects and arrays). Default 0.
+
+    Returns:
+        The copy, each such key's value replaced by :data:`REDACTED`.
+
+    Raises:
+        TooDeep: ``value`` nests past :data:`MAX_DEPTH` (so that no hostile payload can exhaust
+            the interpreter's recursion limit).
     """
     if isinstance(value, dict):
         if depth >= MAX_DEPTH:
@@ -126,12 +140,22 @@ def redact_tokens(value: Any, depth: int = 0) -> Any:
 
 
 def unmodelled_fields(payload: Any, tree: _Tree) -> dict[str, Any]:
-    """``{JSON pointer: value}`` of the fields of ``payload`` (decoded JSON) that ``tree`` lacks.
+    """Collect the fields of a payload that its model does not know.
 
     Token fields are dropped, not carried (the verification token never enters an envelope).
-    Raises :class:`TooDeep` when a carried value nests deeper than :data:`MAX_DEPTH` in all.
     Hot path: known keys are found with one C-level set difference per object, and only
     children that have structure of their own are descended into.
+
+    Args:
+        payload: The whole decoded payload (dicts, lists, scalars).
+        tree: The model's field tree (built once per event type from the envelope models).
+
+    Returns:
+        ``{JSON pointer (RFC 6901): value}`` of each field ``tree`` lacks, keys sorted within
+        each object; empty when there is none.
+
+    Raises:
+        TooDeep: A carried value nests deeper than :data:`MAX_DEPTH` in all.
     """
     out: dict[str, Any] = {}
 
@@ -162,9 +186,18 @@ _MAX_MS: Final = 4_102_444_800_000  # 2100-01-01
 
 
 def parse_create_time(value: str) -> int:
-    """Schema 2.0 ``header.create_time`` → unix ms: 13 digits are ms, 16 digits µs (docs/protocol.md §2).
+    """Parse schema 2.0 ``header.create_time`` into unix ms.
 
-    Raises ValueError for anything else or a time outside 2000–2100.
+    Source: docs/protocol.md §2.
+
+    Args:
+        value: The header's string: 13 digits are ms, 16 digits µs.
+
+    Returns:
+        The time, unix milliseconds.
+
+    Raises:
+        ValueError: For anything else, or a time outside 2000–2100.
     """
     if not (value.isascii() and value.isdigit()) or len(value) not in (13, 16):
         raise ValueError(f"create_time {value!r} is neither 13-digit ms nor 16-digit µs")
@@ -173,7 +206,20 @@ def parse_create_time(value: str) -> int:
 
 
 def parse_ts_seconds(value: Any) -> int:
-    """Schema 1.0 top-level ``ts`` (``"1502199207.7171419"``, seconds) → unix ms. Raises ValueError."""
+    """Parse schema 1.0 top-level ``ts`` into unix ms.
+
+    Source: docs/protocol.md §2.
+
+    Args:
+        value: Unix seconds as a string, with an optional decimal fraction
+            (``"1502199207.7171419"``).
+
+    Returns:
+        The time, unix milliseconds (the fraction truncated to ms).
+
+    Raises:
+        ValueError: ``value`` is not such a string, or the time is outside 2000–2100.
+    """
     if not isinstance(value, str) or not re.fullmatch(r"\d{9,11}(\.\d+)?", value):
         raise ValueError(f"ts {value!r} is not unix seconds")
     whole, _, frac = value.partition(".")
@@ -215,11 +261,20 @@ def _decode_data(inbound: InboundEvent, lark_type: str) -> Any:
 def decode(inbound: InboundEvent) -> DecodedEvent:
     """Decode a non-handshake inbound event into a :class:`DecodedEvent`.
 
-    Raises :class:`DeadLetterCause` for anything that cannot become an envelope, checked in this
-    order: a defect of the top level (``invalid_event``); a Lark type the bridge does not forward
-    (``unknown_event_type``, also for a 1.0 type under 2.0 or the reverse); a field of ``event``
-    that does not fit its model, no app or tenant, an unparsable time (``invalid_event``).
     Rules: docs/protocol.md §2 (shapes), §9 (the event types).
+
+    Args:
+        inbound: The event, as read by :func:`bridge.inbound.read_inbound`.
+
+    Returns:
+        The typed event, its unmodelled fields carried in ``data``.
+
+    Raises:
+        DeadLetterCause: For anything that cannot become an envelope, checked in this order: a
+            defect of the top level (``invalid_event``); a Lark type the bridge does not forward
+            (``unknown_event_type``, also for a 1.0 type under 2.0 or the reverse); a field of
+            ``event`` that does not fit its model, no app or tenant, an unparsable time, a
+            payload nested deeper than :data:`MAX_DEPTH` (``invalid_event``).
     """
     if inbound.defect is not None:
         raise DeadLetterCause("invalid_event", inbound.defect.detail, inbound.defect.path)

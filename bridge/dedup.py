@@ -9,9 +9,9 @@ Memory: an id is kept as one 64-bit fingerprint (Python's per-process randomized
 its lowest bit replaced by who marked it) in a flat open-addressing table (``array('Q')``, linear
 probing, at most half full, backward-shift deletion: no tombstones) plus once more in a FIFO of
 marking order that expiry and the bound walk from the oldest end — 16–32 bytes of table and 8 of
-FIFO per id, ≈ 24 MB for the default 1,000,000 (``benchmarks/dedup_memory.py`` measures it), where
-a dict of ints with per-bucket lists took ≈ 90 MB. Two different ids collide with probability
-≈ n/2⁶³ per lookup (≈ 10⁻¹³ at 10⁶ ids), the price of not storing the ids themselves.
+FIFO per id, no object per id (``benchmarks/dedup_memory.py`` measures the default 1,000,000;
+BENCHMARKS.md). Two different ids collide with probability ≈ n/2⁶³ per lookup (≈ 10⁻¹³ at 10⁶
+ids), the price of not storing the ids themselves.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ _BUCKETS: Final = 64
 MAX_PARTIAL: Final = 10_000
 
 
+#: Who marked an id: this process published its records.
 LOCAL: Final = "local"
+#: Who marked an id: its records were read back from the bridge's topics (another replica, or
+#: this one before a restart).
 LOG: Final = "log"
 
 _MASK64: Final = (1 << 64) - 1
@@ -41,10 +44,11 @@ class FingerprintSet:
 
     A stored value is ``fingerprint | source bit``: bit 0 holds who marked it (1: :data:`LOG`);
     two fingerprints that differ only in bit 0 are the same entry. 0 marks an empty slot. The
-    table (``array('Q')``, a power of two of slots, kept at most half full, doubled when it
-    would not be) uses linear probing from ``(value >> 1) & mask``; removal shifts the rest of the
-    probe run back (Knuth 6.4, Algorithm R), so no tombstones accumulate. ``order`` holds the live
-    values oldest first from index ``head``; :meth:`pop_oldest` removes from that end.
+    table (``array('Q')``, a power of two of slots — 1,024 at first —, kept at most half full,
+    doubled when it would not be) uses linear probing from ``(value >> 1) & mask``; removal
+    shifts the rest of the probe run back (Knuth 6.4, Algorithm R), so no tombstones accumulate.
+    ``order`` holds the live values oldest first from index ``head``; :meth:`pop_oldest` removes
+    from that end. Takes no constructor arguments; ``len()`` is the number of live values.
     """
 
     __slots__ = ("_head", "_live", "_mask", "_order", "_table")
@@ -61,12 +65,28 @@ class FingerprintSet:
 
     @staticmethod
     def value_of(key: str, log_source: bool) -> int:
-        """The stored value of ``key``: its fingerprint with bit 0 = ``log_source``; never 0."""
+        """Compute the value stored for a key.
+
+        Args:
+            key: The delivery id (or dedup key).
+            log_source: Whether :data:`LOG` marked it (bit 0).
+
+        Returns:
+            Its fingerprint (``hash(key)``, 64 bits, per process) with bit 0 = ``log_source``;
+            never 0.
+        """
         v = hash(key) & _MASK64 & ~1
         return (v or 2) | log_source
 
     def find(self, value: int) -> int:
-        """The stored value equal to ``value`` but for bit 0, or 0 when absent."""
+        """Look a value up, ignoring bit 0.
+
+        Args:
+            value: A value from :meth:`value_of`.
+
+        Returns:
+            The stored value equal to ``value`` but for bit 0, or 0 when absent.
+        """
         table, mask = self._table, self._mask
         f = value >> 1
         i = f & mask
@@ -77,7 +97,14 @@ class FingerprintSet:
         return 0
 
     def add(self, value: int) -> bool:
-        """Insert ``value`` (the newest); False (nothing changed) when its fingerprint is in."""
+        """Insert a value as the newest.
+
+        Args:
+            value: A value from :meth:`value_of`.
+
+        Returns:
+            True when inserted; False (nothing changed) when its fingerprint is already in.
+        """
         if self.find(value):
             return False
         if 2 * (self._live + 1) > len(self._table):
@@ -108,13 +135,21 @@ class FingerprintSet:
             self._head = 0
 
     def oldest(self) -> int:
-        """The oldest value; raises IndexError when empty."""
+        """Return the oldest value.
+
+        Raises:
+            IndexError: The set is empty.
+        """
         if self._head >= len(self._order):
             raise IndexError("empty")
         return self._order[self._head]
 
     def pop_oldest(self) -> None:
-        """Remove the oldest value; raises IndexError when empty."""
+        """Remove the oldest value.
+
+        Raises:
+            IndexError: The set is empty.
+        """
         value = self.oldest()
         self._head += 1
         self._remove(value)
@@ -143,19 +178,26 @@ class FingerprintSet:
 
 
 class DeliveryLedger:
-    """Delivered ids within ``ttl_s`` seconds (at most ``max_entries``, oldest evicted first), and
-    the futures of deliveries still in flight.
+    """Delivered ids within a window, and the futures of deliveries still in flight.
 
-    ``clock`` returns seconds (monotonic). Entries expire in buckets of ``ttl_s / 64``: an id is
-    remembered for at least ``ttl_s`` and at most ``ttl_s · (1 + 1/64)`` seconds after it was
-    marked. Each entry remembers who marked it first: :data:`LOCAL` (this process published it)
-    or :data:`LOG` (read back from the bridge's topics: another replica, or this one before a
-    restart).
+    Entries expire in buckets of ``ttl_s / 64``: an id is remembered for at least ``ttl_s`` and
+    at most ``ttl_s · (1 + 1/64)`` seconds after it was marked. Each entry remembers who marked it
+    first: :data:`LOCAL` (this process published it) or :data:`LOG` (read back from the bridge's
+    topics: another replica, or this one before a restart). Source of the rule: docs/protocol.md
+    §7; semantics: docs/delivery.md.
 
     An event that fans out to ``count`` records is delivered only once all of them are written
     (:meth:`mark_written`); until then the ledger remembers which indices are (:meth:`written`,
     at most :data:`MAX_PARTIAL` events, each for ``ttl_s``), so that a retry after a partial
-    failure publishes only the missing records.
+    failure publishes only the missing records. ``len()`` is the number of ids marked delivered.
+
+    Args:
+        ttl_s: How long an id is remembered, in seconds; > 0.
+        max_entries: Most ids remembered; the oldest is evicted first; ≥ 1.
+        clock: Returns the current time in seconds, monotonic. Default :func:`time.monotonic`.
+
+    Raises:
+        ValueError: ``ttl_s`` ≤ 0 or ``max_entries`` < 1.
     """
 
     __slots__ = ("_buckets", "_clock", "_in_flight", "_max", "_partial", "_set", "_span", "_ttl_s")
@@ -184,12 +226,26 @@ class DeliveryLedger:
                 ids.pop_oldest()
 
     def delivered(self, delivery_id: str) -> bool:
-        """True when ``delivery_id`` was marked delivered within the window."""
+        """Tell whether an id was marked delivered within the window.
+
+        Args:
+            delivery_id: The event's dedup key (:meth:`bridge.inbound.InboundEvent.dedup_key`).
+
+        Returns:
+            True when marked delivered and not expired.
+        """
         self._expire(self._clock())
         return self._set.find(FingerprintSet.value_of(delivery_id, False)) != 0
 
     def marked_by(self, delivery_id: str) -> str | None:
-        """Who marked ``delivery_id`` first — :data:`LOCAL` or :data:`LOG` — or None if unmarked."""
+        """Tell who marked an id first.
+
+        Args:
+            delivery_id: The event's dedup key.
+
+        Returns:
+            :data:`LOCAL` or :data:`LOG`, or None if unmarked (or expired).
+        """
         self._expire(self._clock())
         value = self._set.find(FingerprintSet.value_of(delivery_id, False))
         if value == 0:
@@ -197,8 +253,14 @@ class DeliveryLedger:
         return LOG if value & 1 else LOCAL
 
     def mark_delivered(self, delivery_id: str, *, source: str = LOCAL) -> None:
-        """Remember ``delivery_id`` as delivered (idempotent: the first mark's source stays),
-        evicting the oldest past the bound. ``source``: :data:`LOCAL` or :data:`LOG`."""
+        """Remember an id as delivered, evicting the oldest past the bound.
+
+        Idempotent: the first mark's source stays. Forgets the id's partly-written indices.
+
+        Args:
+            delivery_id: The event's dedup key.
+            source: :data:`LOCAL` or :data:`LOG`. Default :data:`LOCAL`.
+        """
         now = self._clock()
         self._expire(now)
         ids = self._set
@@ -218,19 +280,37 @@ class DeliveryLedger:
                 buckets.popleft()
 
     def written(self, delivery_id: str, count: int) -> int:
-        """Bit mask of the indices of ``delivery_id``'s ``count`` records known written while the
-        event is only partly written (bit ``i`` set: record ``i`` is in the topics); 0 when none
-        is known, when the parts seen were of another count, or when the event is delivered
-        (then :meth:`delivered` says so)."""
+        """Tell which records of a partly written event are in the topics.
+
+        Args:
+            delivery_id: The event's dedup key.
+            count: How many records the event has.
+
+        Returns:
+            A bit mask of the indices known written (bit ``i`` set: record ``i`` is in the
+            topics); 0 when none is known, when the parts seen were of another count, when they
+            were first seen more than ``ttl_s`` ago, or when the event is delivered (then
+            :meth:`delivered` says so).
+        """
         entry = self._partial.get(hash(delivery_id))
         if entry is None or entry[0] != count or entry[2] + self._ttl_s <= self._clock():
             return 0
         return entry[1]
 
     def mark_written(self, delivery_id: str, indices: Iterable[int], count: int, *, source: str = LOCAL) -> None:
-        """Record that records ``indices`` (each ``0 <= i < count``) of ``delivery_id``'s
-        ``count`` records are written; once all ``count`` are (over any number of calls), the id
-        is marked delivered by ``source``. Indices out of range are ignored."""
+        """Record that some of an event's records are written.
+
+        Once all ``count`` are (over any number of calls), the id is marked delivered by
+        ``source``. At most :data:`MAX_PARTIAL` partly written events are remembered, each for
+        ``ttl_s``; the oldest is forgotten first.
+
+        Args:
+            delivery_id: The event's dedup key.
+            indices: The indices written, each ``0 <= i < count``; indices out of range are
+                ignored.
+            count: How many records the event has.
+            source: :data:`LOCAL` or :data:`LOG`. Default :data:`LOCAL`.
+        """
         if count <= 1:
             if any(i == 0 for i in indices):
                 self.mark_delivered(delivery_id, source=source)
@@ -261,12 +341,30 @@ class DeliveryLedger:
             del partial[oldest]
 
     def in_flight(self, delivery_id: str) -> asyncio.Future[bool] | None:
-        """The future of a delivery of ``delivery_id`` still running (result: delivered?), or None."""
+        """Return the future of a delivery still running.
+
+        Args:
+            delivery_id: The event's dedup key.
+
+        Returns:
+            The future (its result: delivered?), or None when none is in flight.
+        """
         return self._in_flight.get(delivery_id)
 
     def begin(self, delivery_id: str) -> asyncio.Future[bool]:
-        """Register a delivery in flight; finish it with :meth:`finish`. Raises RuntimeError if
-        one is already in flight for the id."""
+        """Register a delivery in flight; finish it with :meth:`finish`.
+
+        Must be called from a running event loop.
+
+        Args:
+            delivery_id: The event's dedup key.
+
+        Returns:
+            The future that :meth:`finish` resolves; waiters await it.
+
+        Raises:
+            RuntimeError: A delivery is already in flight for the id (or no loop is running).
+        """
         if delivery_id in self._in_flight:
             raise RuntimeError("delivery already in flight")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -274,9 +372,16 @@ class DeliveryLedger:
         return fut
 
     def finish(self, delivery_id: str, delivered: bool) -> None:
-        """End the in-flight delivery and wake its waiters with ``delivered`` (a waiter that gets
-        False looks again). It marks nothing: the publish that delivered it marked the id
-        (:meth:`bridge.delivery.Unwritten.publish`) before this is called."""
+        """End the in-flight delivery and wake its waiters.
+
+        It marks nothing: the publish that delivered it marked the id
+        (:meth:`bridge.delivery.Unwritten.publish`) before this is called. Does nothing when no
+        delivery is in flight for the id.
+
+        Args:
+            delivery_id: The event's dedup key.
+            delivered: The waiters' result; a waiter that gets False looks again.
+        """
         fut = self._in_flight.pop(delivery_id, None)
         if fut is not None and not fut.done():
             fut.set_result(delivered)

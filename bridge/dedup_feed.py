@@ -17,9 +17,9 @@ delivery id is known carries it in the Kafka header ``lark_event_id``
   replicas (or by this one before a restart) enter the ledger as soon as the broker hands them
   out; ``bridge_dedup_tail_lag_seconds`` measures the delay from each record's timestamp. The
   broker is asked to hold each fetch until :data:`FETCH_MIN_BYTES` are there or
-  :data:`FETCH_MAX_WAIT_MS` passed: without that, a fetch came back with every single new record
-  and the tail alone kept a core busy under steady traffic (benchmark profile); with it, the tail
-  costs a fetch per 64 KiB or per 100 ms, and an id reaches the ledger ≤ 100 ms later.
+  :data:`FETCH_MAX_WAIT_MS` passed, so that under steady traffic the tail does not fetch once per
+  new record (the profiles are in BENCHMARKS.md): it costs a fetch per 64 KiB or per 100 ms, and
+  an id reaches the ledger ≤ 100 ms later.
 
 An event that fans out to several records (header ``lark_record_part: <index>/<count>``) counts
 as delivered once all its records are read; until then the ledger keeps which are, so that a
@@ -52,25 +52,38 @@ from bridge.settings import Settings
 
 log = logging.getLogger("bridge.dedup")
 
+#: Longest wait for the consumer to start (connect and fetch metadata), in seconds.
 START_TIMEOUT_S: Final = 10.0
+#: Longest one poll of the consumer waits for records, in ms.
 POLL_MS: Final = 200
 #: The broker answers a fetch once this many bytes are there (64 KiB: ~50 events of the platform's
 #: size) ...
 FETCH_MIN_BYTES: Final = 65_536
 #: ... or after this many ms: the longest an id published elsewhere waits to reach the ledger.
 FETCH_MAX_WAIT_MS: Final = 100
-#: Bytes one fetch may bring back, in all and per partition (aiokafka's defaults: 50 MiB and 1 MiB).
-#: The replay reads every partition at once; these bound what it buffers ahead of the ledger.
+#: Bytes one fetch may bring back in all (8 MiB; aiokafka's default: 50 MiB). The replay reads
+#: every partition at once; this and the next bound what it buffers ahead of the ledger.
 FETCH_MAX_BYTES: Final = 8 << 20
+#: Bytes one fetch may bring back per partition (256 KiB; aiokafka's default: 1 MiB).
 MAX_PARTITION_FETCH_BYTES: Final = 256 << 10
+#: Most records one poll returns.
 MAX_POLL_RECORDS: Final = 5000
 #: Backoff between attempts to (re)connect the consumer, seconds: the first wait, and the longest.
 CONNECT_BACKOFF_S: Final = (0.2, 5.0)
 
 
 def build_consumer(settings: Settings) -> AIOKafkaConsumer:
-    """The feed's consumer (:func:`bridge.kafka.build_consumer`, client id ``…-dedup``) with the
-    fetch bounds above. Must be called with a running event loop."""
+    """Build the feed's consumer, with the fetch bounds above.
+
+    Must be called with a running event loop.
+
+    Args:
+        settings: The Kafka connection settings.
+
+    Returns:
+        A consumer without a group, not started (:func:`bridge.kafka.build_consumer`, client id
+        ``…-dedup``).
+    """
     return kafka.build_consumer(
         settings,
         purpose="dedup",
@@ -83,13 +96,27 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
 
 
 class LedgerFeed:
-    """Replays the bridge's topics into ``ledger`` at start, then tails them (module docstring).
+    """Replays the bridge's topics into a ledger at start, then tails them (module docstring).
 
-    ``settings``: ``dedup_ttl_s`` (replay window, s), ``dedup_replay_timeout_s`` (s), and the
-    Kafka connection. ``consumer_factory`` builds the consumer (tests inject faults); ``clock``
-    returns unix seconds. ``include_dead_letters=False`` reads the event topics only (the dead-letter
-    replay, for which a dead letter is not a delivery). :meth:`start` never raises; connection failures are retried with
-    backoff, resuming from the offsets already read.
+    A background service: :meth:`start`, :meth:`close`, :meth:`not_ready_reason`. :meth:`start`
+    never raises; connection failures are retried with backoff (:data:`CONNECT_BACKOFF_S`),
+    resuming from the offsets already read. Dedup semantics: docs/delivery.md.
+
+    Args:
+        settings: ``dedup_ttl_s`` (the replay window, seconds), ``dedup_replay_timeout_s``
+            (seconds), and the Kafka connection.
+        topics: The topic map; every topic of it is read.
+        ledger: The ledger the ids are marked in (source :data:`bridge.dedup.LOG`).
+        metrics: Where the replay's duration and ids, the give-ups and the tail lag go.
+        consumer_factory: Builds the consumer (tests inject faults). Default:
+            :func:`build_consumer` of ``settings``.
+        clock: Returns the current time, unix seconds. Default :func:`time.time`.
+        include_dead_letters: ``False`` reads the event topics only (the dead-letter replay, for
+            which a dead letter is not a delivery). Default ``True``.
+
+    Attributes:
+        replayed: The replay reached the end offsets seen at start.
+        ready: Replayed, or gave up waiting for it after ``BRIDGE_DEDUP_REPLAY_TIMEOUT_S``.
     """
 
     def __init__(
@@ -119,15 +146,22 @@ class LedgerFeed:
         self.ready = False  # replayed, or gave up waiting for it after the bound
 
     def not_ready_reason(self) -> str | None:
-        """``dedup_replay`` until :attr:`ready`, then None."""
+        """Say why the bridge may not serve yet.
+
+        Returns:
+            ``"dedup_replay"`` until :attr:`ready`, then None.
+        """
         return None if self.ready else "dedup_replay"
 
     async def start(self) -> None:
-        """Start reading in the background. Never raises."""
+        """Start reading in the background; the replay's bound starts at the first connection.
+
+        Never raises.
+        """
         self._task.spawn(self._run())
 
     async def close(self) -> None:
-        """Stop reading (the consumer is stopped; nothing is committed anywhere)."""
+        """Stop reading: the consumer is stopped; nothing is committed anywhere."""
         if self._give_up is not None:
             self._give_up.cancel()
         await self._task.cancel()

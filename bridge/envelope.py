@@ -7,7 +7,8 @@ type=RoomCreatedEnvelope)``). JSON Schemas in ``schemas/`` are generated from th
 
 Record value: a CloudEvents 1.0 event in structured JSON mode (UTF-8), Kafka header
 ``content-type: application/cloudevents+json; charset=utf-8``; the Kafka key is ``partitionkey``
-(UTF-8). See README "Envelope v1" for the attribute table and the versioning policy.
+(UTF-8). See docs/envelope.md ("Envelope v1", "Schemas and versioning") for the attribute
+table and the versioning policy.
 
 ``data`` keeps Lark's field names and nesting, with types normalized: numeric strings become
 integers (units in each field's description), ids stay strings. Fields the bridge does not model
@@ -24,18 +25,26 @@ from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
+#: The envelope's ``envelopeversion`` attribute.
 ENVELOPE_VERSION: Final = 1
+#: The Kafka ``content-type`` header of every record (CloudEvents 1.0 Kafka binding, structured mode).
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
+#: The envelope's ``datacontenttype`` attribute: ``data`` is JSON.
 DATA_CONTENT_TYPE: Final = "application/json"
+#: The prefix of every ``dataschema`` value (:func:`dataschema_id`, :func:`dead_letter_schema_id`).
 SCHEMA_ID_BASE: Final = "urn:lark-bridge:schema"
 
+#: The Lark event types the bridge forwards (docs/protocol.md §9), verbatim.
 ROOM_CREATED: Final = "vc.room.created_v1"
 RESERVE_CONFIG_UPDATED: Final = "vc.reserve_config.updated_v1"
 THIRD_PARTY_CREATED: Final = "third_party_meeting_room_event_created"
 THIRD_PARTY_UPDATED: Final = "third_party_meeting_room_event_updated"
 THIRD_PARTY_DELETED: Final = "third_party_meeting_room_event_deleted"
+#: The three third-party types (schema 1.0, docs/protocol.md §9.1); they share one topic.
 THIRD_PARTY_TYPES: Final = (THIRD_PARTY_CREATED, THIRD_PARTY_UPDATED, THIRD_PARTY_DELETED)
+#: Every Lark type the bridge forwards.
 LARK_TYPES: Final = (ROOM_CREATED, RESERVE_CONFIG_UPDATED, *THIRD_PARTY_TYPES)
+#: The CloudEvents ``type`` of a dead-letter record.
 DEAD_LETTER_TYPE: Final = "lark.bridge.dead_letter"
 #: Kafka header of every record the bridge writes whose delivery id is known: the platform's
 #: delivery id (UTF-8), so that the bridge's dedup ledger is rebuilt from its topics without
@@ -44,7 +53,7 @@ DELIVERY_ID_HEADER: Final = "lark_event_id"
 #: Kafka header of each record of an event that fans out to more than one record:
 #: ``<index>/<count>`` (ASCII; index from 0, in publish order). An event counts as delivered once
 #: all its ``count`` records are in the topics; after a partial failure only the missing ones are
-#: published again (README "Delivery semantics").
+#: published again (docs/delivery.md).
 RECORD_PART_HEADER: Final = "lark_record_part"
 #: Kafka header of a record published by ``python -m bridge dead-letters replay``: the dead letter
 #: it was made from, ``<dead-letter topic>/<partition>/<offset>``.
@@ -52,13 +61,28 @@ REPLAYED_HEADER: Final = "lark_replayed_from"
 
 
 def part_header(index: int, count: int) -> tuple[str, bytes]:
-    """The :data:`RECORD_PART_HEADER` header of record ``index`` (from 0) of ``count``."""
+    """Build the :data:`RECORD_PART_HEADER` header of one record of a fan-out.
+
+    Args:
+        index: The record's index, from 0, in publish order.
+        count: How many records the event has.
+
+    Returns:
+        ``(RECORD_PART_HEADER, b"<index>/<count>")``, the value ASCII.
+    """
     return (RECORD_PART_HEADER, f"{index}/{count}".encode("ascii"))
 
 
 def parse_part(value: bytes) -> tuple[int, int] | None:
-    """``(index, count)`` from a :data:`RECORD_PART_HEADER` value, or None if it is not
-    ``<index>/<count>`` with ``0 <= index < count``."""
+    """Parse a :data:`RECORD_PART_HEADER` value.
+
+    Args:
+        value: The header's value, bytes.
+
+    Returns:
+        ``(index, count)``, or None if it is not ``<index>/<count>`` (decimal, at most 9 digits
+        each) with ``0 <= index < count``.
+    """
     index, sep, count = value.partition(b"/")
     if not sep or not index.isdigit() or not count.isdigit() or len(index) > 9 or len(count) > 9:
         return None
@@ -67,15 +91,34 @@ def parse_part(value: bytes) -> tuple[int, int] | None:
 
 
 def dataschema_id(lark_type: str, version: int = ENVELOPE_VERSION) -> str:
-    """The envelope's ``dataschema`` attribute: names the schema of ``lark_type``'s records (the
-    constant ``dataschema`` in ``schemas/envelope/v<version>/<lark type>.schema.json``)."""
+    """Build the envelope's ``dataschema`` attribute, which names the schema of a type's records.
+
+    Args:
+        lark_type: The Lark event type.
+        version: The envelope version. Default :data:`ENVELOPE_VERSION`.
+
+    Returns:
+        ``urn:lark-bridge:schema:envelope:v<version>:<lark type>``: the constant ``dataschema``
+        in ``schemas/envelope/v<version>/<lark type>.schema.json``.
+    """
     return f"{SCHEMA_ID_BASE}:envelope:v{version}:{lark_type}"
 
 
 def dead_letter_schema_id(version: int = 1) -> str:
-    """The dead-letter records' ``dataschema`` attribute (names their schema)."""
+    """Build the dead-letter records' ``dataschema`` attribute, which names their schema.
+
+    Args:
+        version: The dead-letter record version. Default 1.
+
+    Returns:
+        ``urn:lark-bridge:schema:dead_letter:v<version>``.
+    """
     return f"{SCHEMA_ID_BASE}:dead_letter:v{version}"
 
+
+# The docstrings of the models below, and the descriptions in their ``Meta``, are the published
+# schemas' descriptions (msgspec puts them there; schemas/PUBLISHED.sha256 pins the files): they
+# stay as they are, prose rather than Args/Attributes sections, until a new schema version.
 
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
 UnixSeconds = Annotated[int, Meta(ge=0, description="Unix time in seconds; 0 means permanent.")]
@@ -326,6 +369,8 @@ ENVELOPE_TYPES: Final[dict[str, type[Any]]] = {
 
 # ---- dead letters ---------------------------------------------------------------------------
 
+#: Why an event became a dead letter: a type the bridge does not forward, an event that does not
+#: fit its model, or records over ``BRIDGE_KAFKA_MAX_RECORD_BYTES``.
 DeadLetterReason = Literal["unknown_event_type", "invalid_event", "record_too_large"]
 
 

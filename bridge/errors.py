@@ -4,7 +4,8 @@
 ::
 
     BridgeError                       base; ``status``, fixed public ``message``, ``reason`` label
-    ├── BadRequest          400       body is not a JSON object (``not_json``)
+    ├── BadRequest          400       body is not a JSON object (``not_json``), or a handshake's
+    │                                 challenge is not a string (``challenge_not_string``)
     ├── RequestTimeout      408       the body did not arrive before the deadline (``body_timeout``)
     ├── BodyTooLarge        413       body over BRIDGE_HTTP_MAX_BODY_BYTES (``body_too_large``)
     ├── UnsupportedEncoding 415       a Content-Encoding the platform never sends (``content_encoding``)
@@ -14,7 +15,9 @@
     │                                 ``reason`` is one of :data:`AUTH_REASONS`
     └── Unavailable         503       the event could not be delivered now; the platform retries
         │                             (``publish_timeout``, ``broker_unavailable``,
-        │                             ``shutting_down``); carries ``retry_after_s``
+        │                             ``publish_failed``, ``shutting_down``, ``bodies_in_flight``,
+        │                             ``dedup_replay``, ``schema_ids_unknown``); carries
+        │                             ``retry_after_s``
         └── PublishFailed     503     the broker refused or lost some of an event's records
                                       (``broker_unavailable``); carries ``acked``, the indices of
                                       those it did acknowledge
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from bridge.envelope import DeadLetterReason
     from bridge.validation import Invalid
 
+#: The reasons an :class:`AuthenticationError` may carry (the checks: docs/protocol.md §3–§6).
 AUTH_REASONS: Final = frozenset(
     {
         "signature_missing",  # encrypted event without X-Lark-* headers
@@ -57,8 +61,17 @@ AUTH_REASONS: Final = frozenset(
 class BridgeError(Exception):
     """Base of every error the ingress turns into an HTTP answer.
 
-    ``status`` (int) and ``message`` (str) are fixed per class; ``reason`` is a short identifier
-    for logs and metrics. Never put request data or secrets in ``reason``.
+    The caller sees only ``{"msg": message}``; ``reason`` goes to the log line and metric labels.
+    The HTTP interface: docs/http.md.
+
+    Args:
+        reason: A short fixed identifier for logs and metrics; also ``str()``. Never put request
+            data or secrets in it.
+
+    Attributes:
+        status: The HTTP status (int), fixed per class (class attribute; 500 here).
+        message: The public answer text (str), fixed per class (class attribute).
+        reason: As given.
     """
 
     status: ClassVar[int] = 500
@@ -70,14 +83,22 @@ class BridgeError(Exception):
 
 
 class BadRequest(BridgeError):
-    """400: the body is not a JSON object."""
+    """400: the body is not a JSON object.
+
+    Args:
+        reason: ``not_json`` (the body is not a JSON object), or ``challenge_not_string`` (an
+            authentic handshake whose ``challenge`` is not a string).
+    """
 
     status = 400
     message = "bad request"
 
 
 class RequestTimeout(BridgeError):
-    """408: the request body did not arrive in time (a slow or stalled client)."""
+    """408: the request body did not arrive in time (a slow or stalled client).
+
+    Takes no arguments; ``reason`` is ``body_timeout``.
+    """
 
     status = 408
     message = "request timeout"
@@ -87,8 +108,11 @@ class RequestTimeout(BridgeError):
 
 
 class UnsupportedEncoding(BridgeError):
-    """415: a ``Content-Encoding`` other than identity. The platform sends plain bodies
-    (docs/protocol.md §1); inflating what a stranger compressed is a cost nobody needs to pay."""
+    """415: a ``Content-Encoding`` other than identity.
+
+    The platform sends plain bodies (docs/protocol.md §1); inflating what a stranger compressed
+    is a cost nobody needs to pay. Takes no arguments; ``reason`` is ``content_encoding``.
+    """
 
     status = 415
     message = "unsupported content encoding"
@@ -98,8 +122,11 @@ class UnsupportedEncoding(BridgeError):
 
 
 class ClientDisconnected(BridgeError):
-    """499: the client closed the connection before its body arrived. Nobody reads the answer;
-    the status is recorded in the log line and metrics (nginx's "client closed request")."""
+    """499: the client closed the connection before its body arrived.
+
+    Nobody reads the answer; the status is recorded in the log line and metrics (nginx's "client
+    closed request"). Takes no arguments; ``reason`` is ``client_disconnected``.
+    """
 
     status = 499
     message = "client closed request"
@@ -109,7 +136,10 @@ class ClientDisconnected(BridgeError):
 
 
 class BodyTooLarge(BridgeError):
-    """413: the body is larger than ``BRIDGE_HTTP_MAX_BODY_BYTES``."""
+    """413: the body is larger than ``BRIDGE_HTTP_MAX_BODY_BYTES`` (bytes).
+
+    Takes no arguments; ``reason`` is ``body_too_large``.
+    """
 
     status = 413
     message = "request body too large"
@@ -119,7 +149,17 @@ class BodyTooLarge(BridgeError):
 
 
 class AuthenticationError(BridgeError):
-    """401: the request is not proven to come from the platform. ``reason`` ∈ :data:`AUTH_REASONS`."""
+    """401: the request is not proven to come from the platform.
+
+    Raised by :class:`bridge.verify.Verifier` (docs/protocol.md §3–§6, §10).
+
+    Args:
+        reason: One of :data:`AUTH_REASONS`.
+
+    Raises:
+        ValueError: ``reason`` is not in :data:`AUTH_REASONS` (a programming error, not a
+            request error).
+    """
 
     status = 401
     message = "unauthorized"
@@ -133,7 +173,10 @@ class AuthenticationError(BridgeError):
 class Unavailable(BridgeError):
     """503 with ``Retry-After``: the event was not delivered now and must be retried.
 
-    ``retry_after_s`` (int, seconds) is sent as the ``Retry-After`` header.
+    Args:
+        reason: Why (``publish_timeout``, ``broker_unavailable``, ``publish_failed``,
+            ``shutting_down``, ``bodies_in_flight``, ``dedup_replay``, ``schema_ids_unknown``).
+        retry_after_s: Sent as the ``Retry-After`` header, in seconds (int). Default 15.
     """
 
     status = 503
@@ -145,9 +188,13 @@ class Unavailable(BridgeError):
 
 
 class PublishFailed(Unavailable):
-    """503 ``broker_unavailable``: a publish failed. ``acked`` (tuple of int): the indices, in the
-    published sequence, of the records the broker acknowledged all the same — those are in the
-    topics, and a retry need not publish them again."""
+    """503 ``broker_unavailable``: a publish failed; ``Retry-After`` 15 s.
+
+    Args:
+        acked: The indices, in the published sequence, of the records the broker acknowledged
+            all the same — those are in the topics, and a retry need not publish them again.
+            Default ``()``.
+    """
 
     def __init__(self, acked: tuple[int, ...] = ()) -> None:
         super().__init__("broker_unavailable")
@@ -155,19 +202,23 @@ class PublishFailed(Unavailable):
 
 
 class DeadLetterCause(Exception):
-    """Why an authenticated event becomes one dead letter instead of its records. Never an HTTP
-    answer: the platform gets 200 once the dead letter is acknowledged (docs/protocol.md §9).
+    """Why an authenticated event becomes one dead letter instead of its records.
 
-    Raised by decode (``unknown_event_type``, ``invalid_event``), normalize (``invalid_event``:
-    a fan-out over its bound) and the delivery's size check (``record_too_large``).
+    Never an HTTP answer: the platform gets 200 once the dead letter is acknowledged
+    (docs/protocol.md §9). Raised by decode (``unknown_event_type``, ``invalid_event``),
+    normalize (``invalid_event``: a fan-out over its bound) and the delivery's size check
+    (``record_too_large``). What the event's top level told (type, event id, tenant) is on the
+    :class:`~bridge.inbound.InboundEvent`, not here.
+
+    Args:
+        reason: The dead letter's ``reason`` (:data:`bridge.envelope.DeadLetterReason`).
+        detail: What failed, without the path.
+        path: The JSON path of what failed (``$.event.room.room_id``; ``$`` for the whole).
 
     Attributes:
-        reason: the dead letter's ``reason`` (:data:`bridge.envelope.DeadLetterReason`).
-        path: the JSON path of what failed (``$.event.room.room_id``; ``$`` for the whole).
-        error: what failed, ending in ``- at `{path}``` (also ``str()``).
-
-    What the event's top level told (type, event id, tenant) is on the
-    :class:`~bridge.inbound.InboundEvent`, not here.
+        reason: As given.
+        path: As given.
+        error: What failed, ``{detail} - at `{path}``` (also ``str()``).
     """
 
     def __init__(self, reason: DeadLetterReason, detail: str, path: str) -> None:
@@ -178,5 +229,12 @@ class DeadLetterCause(Exception):
 
     @classmethod
     def invalid(cls, exc: Invalid) -> DeadLetterCause:
-        """The ``invalid_event`` cause of a validation error."""
+        """Build the ``invalid_event`` cause of a validation error.
+
+        Args:
+            exc: The validation error (its ``detail`` and ``path``).
+
+        Returns:
+            The cause, reason ``invalid_event``.
+        """
         return cls("invalid_event", exc.detail, exc.path)

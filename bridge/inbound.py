@@ -34,8 +34,11 @@ import msgspec
 
 from bridge.validation import Invalid, convert
 
+#: A string of at least one character.
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+#: The handshake's top-level ``type`` (docs/protocol.md §5).
 URL_VERIFICATION: Final = "url_verification"
+#: A schema 1.0 event's top-level ``type`` (docs/protocol.md §2).
 EVENT_CALLBACK: Final = "event_callback"
 
 
@@ -43,7 +46,19 @@ class Outer(msgspec.Struct):
     """The top level of a (decrypted) push, loosely typed, with ``event`` left raw.
 
     Fields are ``Any`` on purpose: a wrong type here makes an invalid *event* (a dead letter),
-    not an unreadable request. Only :func:`read_inbound` and the verify stage look at it.
+    not an unreadable request. Only :func:`read_inbound` and the verify stage look at it. Each
+    attribute is the top-level member of the same name, None when absent.
+
+    Attributes:
+        encrypt: The ``encrypt`` value of an encrypted push (docs/protocol.md §3).
+        schema: ``"2.0"`` on a schema 2.0 event; absent on schema 1.0 and the handshake.
+        header: A schema 2.0 event's ``header`` (any JSON value; an object when well-formed).
+        token: The top-level verification token (schema 1.0 and the handshake, §6).
+        type: ``"event_callback"`` (schema 1.0) or ``"url_verification"`` (the handshake, §5).
+        challenge: The handshake's challenge.
+        uuid: A schema 1.0 event's delivery id.
+        ts: A schema 1.0 event's create time.
+        event: The raw ``event`` JSON; empty when absent.
     """
 
     encrypt: Any = None
@@ -58,31 +73,54 @@ class Outer(msgspec.Struct):
 
     @property
     def is_handshake(self) -> bool:
-        """The URL-verification handshake: ``type == "url_verification"`` and no ``schema`` (§5)."""
+        """Whether this is the URL-verification handshake: ``type == "url_verification"`` and no
+        ``schema`` (docs/protocol.md §5)."""
         return self.type == URL_VERIFICATION and self.schema is None
 
     @property
     def verification_token(self) -> Any:
-        """Where the verification token sits (docs/protocol.md §6): schema 2.0 ``header.token``,
-        schema 1.0 and the handshake top-level ``token``. Any JSON value, or None when absent."""
+        """The verification token, from where the schema puts it (docs/protocol.md §6).
+
+        Schema 2.0: ``header.token``; schema 1.0 and the handshake: the top-level ``token``.
+
+        Returns:
+            Any JSON value, or None when absent (or when a schema 2.0 ``header`` is not an
+            object).
+        """
         if self.schema is not None:
             return self.header.get("token") if isinstance(self.header, dict) else None
         return self.token
 
 
+#: The decoder of :class:`Outer`, built once.
 OUTER_DECODER: Final = msgspec.json.Decoder(Outer)
 
 
 class UnreadableJSON(ValueError):
-    """Bytes that are not one JSON object this bridge can read: malformed JSON, not an object,
-    invalid UTF-8, or nested deeper than the decoder's recursion limit."""
+    """Bytes that are not one JSON object this bridge can read.
+
+    Malformed JSON, not an object, invalid UTF-8, or nested deeper than the decoder's recursion
+    limit. The message is the name of the underlying exception (``DecodeError``,
+    ``RecursionError``, ``UnicodeDecodeError``).
+    """
 
 
 _ANY_DECODER: Final = msgspec.json.Decoder()
 
 
 def read_json(data: bytes) -> Any:
-    """``data`` decoded as generic JSON (dicts, lists, scalars). Raises :class:`UnreadableJSON`."""
+    """Decode bytes as generic JSON.
+
+    Args:
+        data: UTF-8 JSON text (bytes).
+
+    Returns:
+        The value as dicts, lists and scalars.
+
+    Raises:
+        UnreadableJSON: ``data`` is not readable JSON (malformed, invalid UTF-8, nested too
+            deep).
+    """
     try:
         return _ANY_DECODER.decode(data)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
@@ -90,9 +128,19 @@ def read_json(data: bytes) -> Any:
 
 
 def decode_outer(payload: bytes) -> Outer:
-    """The top level of ``payload``. Raises :class:`UnreadableJSON` for anything unreadable —
-    never ``RecursionError`` or ``UnicodeDecodeError``, which msgspec raises for hostile bodies
-    (a thousand nested arrays; a ``\xff`` inside a string) besides its own ``DecodeError``."""
+    """Decode the top level of a push.
+
+    Args:
+        payload: The body or decrypted plaintext (bytes).
+
+    Returns:
+        The :class:`Outer`, with ``event`` left raw.
+
+    Raises:
+        UnreadableJSON: For anything unreadable — never ``RecursionError`` or
+            ``UnicodeDecodeError``, which msgspec raises for hostile bodies (a thousand nested
+            arrays; a ``\xff`` inside a string) besides its own ``DecodeError``.
+    """
     try:
         return OUTER_DECODER.decode(payload)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
@@ -100,7 +148,16 @@ def decode_outer(payload: bytes) -> Outer:
 
 
 class HeaderV2(msgspec.Struct, kw_only=True):
-    """Schema 2.0 ``header`` (docs/protocol.md §2): what a well-formed one must hold."""
+    """Schema 2.0 ``header``: what a well-formed one must hold (docs/protocol.md §2).
+
+    Attributes:
+        event_id: The delivery id; not empty.
+        event_type: The Lark event type; not empty.
+        create_time: The create time as a string of 13-digit ms or 16-digit µs.
+        app_id: The app the event is for.
+        tenant_key: The tenant the event is from.
+        token: The verification token (docs/protocol.md §6); optional.
+    """
 
     event_id: NonEmptyStr
     event_type: NonEmptyStr
@@ -122,7 +179,12 @@ _peek_v1: Final = msgspec.json.Decoder(_EventV1Peek)
 
 
 class Defect(msgspec.Struct, frozen=True):
-    """What is wrong with a push's top level: ``detail`` (msgspec's wording) at ``path`` (``$.header``)."""
+    """What is wrong with a push's top level.
+
+    Attributes:
+        detail: What is wrong, in msgspec's wording.
+        path: The JSON path where it is wrong (``$.header``; ``$`` for the whole).
+    """
 
     detail: str
     path: str
@@ -131,14 +193,22 @@ class Defect(msgspec.Struct, frozen=True):
 class InboundEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event the platform pushed to us, authenticated and in plaintext.
 
-    ``schema``: the top level's shape, ``"2.0"`` (a ``schema`` field; any value other than
-    ``"2.0"`` is a defect) or ``"1.0"`` (``type: "event_callback"`` or a ``uuid``), None when it
-    is neither. ``delivery_id``: ``header.event_id`` / ``uuid``, the dedup key (None when absent
-    or empty). ``lark_type``, ``app_id``, ``tenant_key``: as in the module table, None when not a
-    string. ``create_time``: as sent, unparsed (2.0: 13-digit ms or 16-digit µs; 1.0: unix seconds
-    with a fraction). ``event``: the raw ``event`` JSON (empty when absent). ``payload``: the whole
-    plaintext JSON object as received (decrypted when it came encrypted). ``defect``: None for a
-    well-formed top level.
+    Built by :func:`read_inbound` or :func:`unreadable`; where each fact sits in the payload is
+    the module's table (docs/protocol.md §2, §6).
+
+    Attributes:
+        schema: The top level's shape: ``"2.0"`` (a ``schema`` field; any value other than
+            ``"2.0"`` is a defect) or ``"1.0"`` (``type: "event_callback"`` or a ``uuid``); None
+            when it is neither.
+        delivery_id: ``header.event_id`` / ``uuid``, the dedup key; None when absent or empty.
+        lark_type: The Lark event type; None when not a string.
+        app_id: The app; None when not a string.
+        tenant_key: The tenant; None when not a string.
+        create_time: As sent, unparsed (2.0: 13-digit ms or 16-digit µs; 1.0: unix seconds with
+            a fraction); None when not a string.
+        event: The raw ``event`` JSON; empty when absent.
+        payload: The whole plaintext JSON object as received (decrypted when it came encrypted).
+        defect: What is wrong with the top level; None for a well-formed one.
     """
 
     schema: Literal["1.0", "2.0"] | None
@@ -152,19 +222,35 @@ class InboundEvent(msgspec.Struct, frozen=True, kw_only=True):
     defect: Defect | None = None
 
     def dedup_key(self) -> str:
-        """The ledger's key for this event: its delivery id, or — for an event without one (a
-        malformed top level, an unreadable payload: always a dead letter) — ``sha256:<hex>`` of
-        its payload, so that the platform's retries of it still make one dead letter."""
+        """The delivery ledger's key for this event (docs/protocol.md §7).
+
+        An event without a delivery id (a malformed top level, an unreadable payload: always a
+        dead letter) is keyed by its payload, so that the platform's retries of it still make one
+        dead letter.
+
+        Returns:
+            The delivery id, or ``"sha256:<hex>"`` of :attr:`payload` when there is none.
+        """
         if self.delivery_id is not None:
             return self.delivery_id
         return "sha256:" + hashlib.sha256(self.payload).hexdigest()
 
 
 def unreadable(payload: bytes, detail: str) -> InboundEvent:
-    """The inbound event of an authentic push whose payload cannot be read: a signed ``encrypt``
-    value that does not decrypt, or a decrypted plaintext that is not a JSON object. The
-    signature proves the platform sent it, and no retry can make it readable: it becomes a dead
-    letter (``payload``: the bytes that could not be read; ``detail`` says why)."""
+    """Build the inbound event of an authentic push whose payload cannot be read.
+
+    That is a signed ``encrypt`` value that does not decrypt, or a decrypted plaintext that is
+    not a JSON object. The signature proves the platform sent it, and no retry can make it
+    readable: it becomes a dead letter.
+
+    Args:
+        payload: The bytes that could not be read.
+        detail: Why they could not be read.
+
+    Returns:
+        An :class:`InboundEvent` with every fact None and a :class:`Defect` of ``detail`` at
+        ``$``.
+    """
     return InboundEvent(
         schema=None,
         delivery_id=None,
@@ -187,11 +273,21 @@ def _nonempty(value: Any) -> str | None:
 
 
 def read_inbound(payload: bytes, outer: Outer | None = None) -> InboundEvent:
-    """The :class:`InboundEvent` of an authentic plaintext ``payload`` (a JSON object's bytes).
+    """Read the top level of an authentic plaintext payload into an :class:`InboundEvent`.
 
-    ``outer``: the payload's top level when the caller already decoded it (the verify stage
-    does), else it is decoded here. Raises :class:`UnreadableJSON` only when ``outer`` is not
-    given and ``payload`` is not a readable JSON object; every other problem is a ``defect``.
+    Sources: docs/protocol.md §2 (the two schemas), §6 (the token).
+
+    Args:
+        payload: A JSON object's bytes, authenticated and decrypted.
+        outer: The payload's top level when the caller already decoded it (the verify stage
+            does). Default: decoded here.
+
+    Returns:
+        The event; every problem of its top level is its ``defect``.
+
+    Raises:
+        UnreadableJSON: Only when ``outer`` is not given and ``payload`` is not a readable JSON
+            object.
     """
     if outer is None:
         outer = decode_outer(payload)

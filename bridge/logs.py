@@ -1,8 +1,9 @@
 """Logging: stdlib ``logging`` rendered by structlog, JSON lines by default (``BRIDGE_LOG_FORMAT``).
 
-One "canonical" line per webhook request is written by ``bridge.app`` (event ``request``); other
-libraries' records (aiokafka, aiohttp) go through the same formatter. Nothing here ever receives a
-body, a header, a token or a key (structlog docs, "Logging Best Practices").
+One "canonical" line per webhook request is written by ``bridge.ingress.webhook`` (event
+``request``); other libraries' records (aiokafka, aiohttp) go through the same formatter. Nothing
+here ever receives a body, a header, a token or a key (structlog docs, "Logging Best Practices").
+The lines and their fields: docs/operations.md, "Logs".
 """
 
 from __future__ import annotations
@@ -46,7 +47,18 @@ def capped(value: str | None) -> str | None:
 
 
 def add_request_id(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: ``request_id`` from :data:`REQUEST_ID` when a request is being handled."""
+    """structlog processor: add ``request_id`` from :data:`REQUEST_ID` when a request is being handled.
+
+    A ``request_id`` the line already has is kept.
+
+    Args:
+        logger: The wrapped logger (unused).
+        method: The name of the log method called (unused).
+        event_dict: The event being logged.
+
+    Returns:
+        ``event_dict``, with ``request_id`` set when a request is being handled.
+    """
     request_id = REQUEST_ID.get()
     if request_id is not None:
         event_dict.setdefault("request_id", request_id)
@@ -54,9 +66,17 @@ def add_request_id(logger: Any, method: str, event_dict: MutableMapping[str, Any
 
 
 def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) -> None:
-    """Route all logging to ``stream`` (default stderr) as JSON or console lines at ``level``.
+    """Route all logging to one stream as JSON or console lines.
 
-    Process-wide by nature (the logging module is); call once at start.
+    Process-wide by nature (the logging module is); call once at start. Every line carries the
+    level, the logger's name, an ISO 8601 UTC timestamp, structlog's context variables and
+    ``request_id`` (:func:`add_request_id`). aiokafka logs at WARNING or above, aiohttp's access
+    log at WARNING.
+
+    Args:
+        level: The root level, any case (``info``, ``WARNING``, …).
+        fmt: JSON lines or console lines (``BRIDGE_LOG_FORMAT``).
+        stream: Where lines go. Default stderr.
     """
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -86,7 +106,7 @@ def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) 
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     structlog.configure(
         # filter_by_level first: a request line below the configured level (e.g. at WARNING in
-        # production) costs one level check, not a rendered event (benchmark profile: 2-3 % CPU).
+        # production) costs one level check, not a rendered event (BENCHMARKS.md).
         processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
@@ -95,9 +115,16 @@ def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) 
 
 
 def warn_unknown_variables(environ: Mapping[str, str]) -> int:
-    """Log one warning per ``BRIDGE_*`` variable of ``environ`` that is no setting, naming the
-    closest setting (:func:`bridge.settings.unknown_variables`); names only, never values.
-    Returns how many were found. The bridge still starts: an unknown variable may be legitimate."""
+    """Log one warning per ``BRIDGE_*`` variable that is no setting, naming the closest setting.
+
+    Names only, never values. The bridge still starts: an unknown variable may be legitimate.
+
+    Args:
+        environ: The process environment (or a stand-in).
+
+    Returns:
+        How many unknown variables were found (:func:`bridge.settings.unknown_variables`).
+    """
     found = unknown_variables(environ)
     log = structlog.get_logger("bridge.settings")
     for name, closest in found:
@@ -106,9 +133,16 @@ def warn_unknown_variables(environ: Mapping[str, str]) -> int:
 
 
 class Throttle:
-    """Bounds a log line that a client or an outage can repeat at will: :meth:`admit` says
-    whether to write it — at most once per ``interval_s`` seconds — and how many were held back
-    since the last one written (put that count in the line). ``clock``: monotonic seconds."""
+    """Bounds a log line that a client or an outage can repeat at will.
+
+    :meth:`admit` says whether to write it — at most once per ``interval_s`` seconds — and how
+    many were held back since the last one written (put that count in the line). The first call
+    always admits.
+
+    Args:
+        interval_s: Least time between two lines written, in seconds.
+        clock: Returns monotonic seconds. Default :func:`time.monotonic`.
+    """
 
     __slots__ = ("_clock", "_interval_s", "_last", "_suppressed")
 
@@ -119,7 +153,12 @@ class Throttle:
         self._suppressed = 0
 
     def admit(self) -> int | None:
-        """None: do not write the line (it is counted); else the count held back since the last."""
+        """Decide whether to write the line now.
+
+        Returns:
+            None: do not write it (it is counted); else how many were held back since the last
+            line written.
+        """
         now = self._clock()
         if now - self._last < self._interval_s:
             self._suppressed += 1
@@ -129,9 +168,12 @@ class Throttle:
 
 
 class RequestIds:
-    """Request ids for requests that bring no ``X-Request-Id``: a random 64-bit prefix per
-    process (``os.urandom``) and a counter, ``<16 hex>-<hex>`` — unique across replicas and
-    restarts like a UUID4, at the cost of a counter step instead of 16 random bytes each."""
+    """Request ids for requests that bring no ``X-Request-Id``; call it for the next one.
+
+    An id is a random 64-bit prefix per process (``os.urandom``) and a counter from 1,
+    ``<16 hex>-<hex>`` — unique across replicas and restarts like a UUID4, at the cost of a
+    counter step instead of 16 random bytes each. Takes no constructor arguments.
+    """
 
     __slots__ = ("_counter", "_prefix")
 

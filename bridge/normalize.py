@@ -2,8 +2,8 @@
 or an inbound event that failed to decode → its one dead-letter record.
 
 Pure functions. One record per event, except the third-party room events, which fan out to one
-record per room so that each room's history stays ordered in its own partition (README "Topics
-and keys").
+record per room so that each room's history stays ordered in its own partition (docs/envelope.md,
+"Topics and keys").
 """
 
 from __future__ import annotations
@@ -48,8 +48,21 @@ _encoder: Final = msgspec.json.Encoder()
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One Kafka record to publish: ``topic``, ``key`` (UTF-8 bytes), ``value`` (envelope JSON),
-    ``headers`` (Kafka headers), and for logs/metrics the Lark type and delivery id."""
+    """One Kafka record to publish.
+
+    Attributes:
+        topic: The topic it goes to.
+        key: The record key, UTF-8 bytes; None for an unkeyed record (a dead letter without a
+            delivery id).
+        value: The envelope, JSON bytes (CloudEvents 1.0 structured mode; docs/envelope.md).
+        headers: The Kafka headers, ``(name, value bytes)`` pairs: ``content-type``, and
+            :data:`bridge.envelope.DELIVERY_ID_HEADER` when the delivery id is known (plus
+            :data:`bridge.envelope.RECORD_PART_HEADER` when the event has several records).
+        lark_type: The Lark type, for logs and metrics (``"unknown"`` on a dead letter of an
+            event without one).
+        delivery_id: The delivery id, for logs and metrics (a dead letter's is the event's dedup
+            key); None when unknown.
+    """
 
     topic: str
     key: bytes | None
@@ -64,7 +77,11 @@ class Topics:
     """The topic map: topic names by Lark type, and the dead-letter topic (``BRIDGE_TOPIC_*``).
 
     Build it with :meth:`from_settings` (the one place the settings become a map) or, in tests,
-    :meth:`from_names`.
+    :meth:`from_names`. Topics and keys: docs/envelope.md.
+
+    Attributes:
+        by_type: ``{Lark type: topic name}``; the three third-party kinds map to one topic.
+        dead_letter: The dead-letter topic's name.
     """
 
     by_type: Mapping[str, str]
@@ -72,7 +89,14 @@ class Topics:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topics:
-        """The map ``BRIDGE_TOPIC_*`` configures."""
+        """Build the map the ``BRIDGE_TOPIC_*`` settings configure.
+
+        Args:
+            settings: The bridge's settings.
+
+        Returns:
+            The topic map.
+        """
         return cls.from_names(
             room_created=settings.topic_room_created,
             reserve_config_updated=settings.topic_reserve_config_updated,
@@ -84,18 +108,36 @@ class Topics:
     def from_names(
         cls, *, room_created: str, reserve_config_updated: str, third_party: str, dead_letter: str
     ) -> Topics:
-        """Topics from the four configured names; all three third-party kinds share one topic."""
+        """Build the map from the four configured names.
+
+        Args:
+            room_created: The topic of ``vc.room.created_v1`` events.
+            reserve_config_updated: The topic of ``vc.reserve_config.updated_v1`` events.
+            third_party: The one topic all three third-party kinds share.
+            dead_letter: The dead-letter topic.
+
+        Returns:
+            The topic map.
+        """
         by_type = {ev.ROOM_CREATED: room_created, ev.RESERVE_CONFIG_UPDATED: reserve_config_updated}
         by_type.update(dict.fromkeys(ev.THIRD_PARTY_TYPES, third_party))
         return cls(by_type=by_type, dead_letter=dead_letter)
 
     def all(self) -> tuple[str, ...]:
-        """Every distinct topic name, sorted."""
+        """List every distinct topic name.
+
+        Returns:
+            The names, sorted, the dead-letter topic included.
+        """
         return tuple(sorted({*self.by_type.values(), self.dead_letter}))
 
     def one_kind_per_topic(self) -> bool:
-        """True when no topic carries two kinds of event (the three third-party changes are one
-        kind), nor events and dead letters: what one schema per topic needs."""
+        """Tell whether each topic carries one kind of record: what one schema per topic needs.
+
+        Returns:
+            True when no topic carries two kinds of event (the three third-party changes are one
+            kind), nor events and dead letters.
+        """
         kinds: dict[str, set[str]] = {}
         for lark_type, topic in self.by_type.items():
             kinds.setdefault(topic, set()).add("third_party" if lark_type in ev.THIRD_PARTY_TYPES else lark_type)
@@ -103,7 +145,14 @@ class Topics:
 
 
 def rfc3339_ms(ms: int) -> str:
-    """Unix milliseconds → ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC)."""
+    """Format unix milliseconds as an RFC 3339 timestamp.
+
+    Args:
+        ms: The time, unix milliseconds.
+
+    Returns:
+        ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC).
+    """
     secs, frac = divmod(ms, 1000)
     return f"{_rfc3339_second(secs)}.{frac:03d}Z"
 
@@ -124,16 +173,27 @@ def _source(app_id: str, tenant_key: str) -> str:
 
 
 def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
-    """Envelope records of one event, in the order they must be published. When there is more
-    than one, record ``i`` of ``n`` carries the Kafka header ``lark_record_part: i/n``
-    (:data:`bridge.envelope.RECORD_PART_HEADER`); the order is a function of the event alone, so
-    a redelivery gives the same records at the same indices.
+    """Build the envelope v1 records of one event, in the order they must be published.
+
+    When there is more than one, record ``i`` of ``n`` carries the Kafka header
+    ``lark_record_part: i/n`` (:data:`bridge.envelope.RECORD_PART_HEADER`); the order is a
+    function of the event alone, so a redelivery gives the same records at the same indices.
 
     Keys: ``room.room_id`` (room created), ``scope_id`` (reserve config), each
     ``meeting_rooms[i].open_id`` (third-party; a room listed twice gives one record; the list
     itself is carried only up to :data:`MAX_LISTED_ROOMS` rooms), or ``uid`` when no room is
-    listed. Raises :class:`DeadLetterCause` (``invalid_event``) for a third-party event listing more
-    than :data:`MAX_FANOUT_ROOMS` distinct rooms.
+    listed. Source: docs/envelope.md ("Topics and keys", "Envelope v1"; CloudEvents 1.0).
+
+    Args:
+        event: The decoded event.
+        topics: The topic map.
+
+    Returns:
+        The records: one, or one per distinct room of a third-party event.
+
+    Raises:
+        DeadLetterCause: ``invalid_event`` for a third-party event listing more than
+            :data:`MAX_FANOUT_ROOMS` distinct rooms.
     """
     data = event.data
     topic = topics.by_type[event.lark_type]
@@ -190,16 +250,25 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
 def dead_letter(
     inbound: InboundEvent, failure: DeadLetterCause, *, received_ms: int, topics: Topics, carry_payload: bool = True
 ) -> Record:
-    """The dead-letter record of an authenticated ``inbound`` event that failed to decode.
+    """Build the dead-letter record of an authenticated event that failed to decode.
 
     Its payload is carried with every token field redacted; a payload that cannot be read back
     (invalid UTF-8 in a field the top level skipped, nesting past ``decode.MAX_DEPTH``), or one
-    the caller says not to carry (``carry_payload=False``: it would not fit in a record), is not
-    carried at all — ``error`` then gives its size and SHA-256. Type, delivery id, app and tenant
-    come from the inbound event where it has them.
-    ``received_ms``: receive time, unix ms. Keyed by the delivery id when known, else unkeyed;
-    its ``id`` and its ``lark_event_id`` header are the event's dedup key (the delivery id, or
-    ``sha256:<hex>`` of the payload: :meth:`InboundEvent.dedup_key`). Raises nothing.
+    the caller says not to carry, is not carried at all — ``error`` then gives its size and
+    SHA-256. Type, delivery id, app and tenant come from the inbound event where it has them.
+    Raises nothing. Dead letters: docs/operations.md; the envelope: docs/envelope.md.
+
+    Args:
+        inbound: The authenticated event.
+        failure: Why it becomes a dead letter (reason, error, path).
+        received_ms: When it was received, unix ms (the envelope's ``time`` and ``received_at``).
+        topics: The topic map (its ``dead_letter`` topic).
+        carry_payload: ``False`` when the payload would not fit in a record. Default ``True``.
+
+    Returns:
+        One record, keyed by the delivery id when known, else unkeyed. Its ``id`` and its
+        ``lark_event_id`` header are the event's dedup key (the delivery id, or
+        ``sha256:<hex>`` of the payload: :meth:`InboundEvent.dedup_key`).
     """
     payload = inbound.payload
     delivery_id = inbound.delivery_id

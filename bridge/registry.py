@@ -19,6 +19,8 @@ so its ``JSONDeserializer``, Kafka Connect's ``JsonSchemaConverter`` and Apicuri
 
 A small aiohttp client rather than confluent-kafka's: the bridge needs three calls, already
 depends on aiohttp, and confluent-kafka would add librdkafka and an HTTP stack to every image.
+
+Configuring and operating it: docs/registry.md.
 """
 
 from __future__ import annotations
@@ -40,10 +42,13 @@ from bridge.settings import Settings
 
 log = logging.getLogger("bridge.registry")
 
+#: The first byte of a framed value (Confluent wire format).
 MAGIC_BYTE: Final = b"\x00"
 #: Bytes the wire format puts before each value: the magic byte and a 4-byte schema id.
 WIRE_PREFIX_BYTES: Final = 5
+#: ``Accept`` and ``Content-Type`` of every registry call.
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
+#: Default longest time of one registry call, in seconds.
 REQUEST_TIMEOUT_S: Final = 10.0
 #: Longest text of a registry's answer kept in an error (it goes to a log line).
 MAX_MESSAGE_CHARS: Final = 300
@@ -52,19 +57,48 @@ RESOLVE_BACKOFF_S: Final = (0.5, 30.0)
 
 
 def subject_of(topic: str) -> str:
-    """The subject of ``topic``'s record values (Confluent's default ``TopicNameStrategy``)."""
+    """Name the subject of a topic's record values (Confluent's default ``TopicNameStrategy``).
+
+    Args:
+        topic: The topic's name.
+
+    Returns:
+        ``<topic>-value``.
+    """
     return f"{topic}-value"
 
 
 def wire_prefix(schema_id: int) -> bytes:
-    """The 5 bytes framing a value of schema ``schema_id``: magic byte 0, id as big-endian uint32."""
+    """Build the bytes that frame a value of one schema (Confluent wire format).
+
+    Args:
+        schema_id: The registry's global schema id, ``0 <= id < 2**32``.
+
+    Returns:
+        :data:`WIRE_PREFIX_BYTES` (5) bytes: magic byte 0, then the id as a big-endian uint32.
+
+    Raises:
+        OverflowError: ``schema_id`` does not fit in 4 unsigned bytes.
+    """
     return MAGIC_BYTE + schema_id.to_bytes(4, "big")
 
 
 def schema_texts(topics: Topics) -> dict[str, str]:
-    """``{topic: schema JSON text}`` for every topic of ``topics`` — the text registered (compact,
-    keys in the generated order; the same text every time, so a restart finds the same id).
-    Raises ValueError when one topic carries kinds no single schema covers."""
+    """Render the schema text registered for each topic.
+
+    The text is compact JSON with keys in the generated order: the same text every time, so a
+    restart finds the same id.
+
+    Args:
+        topics: The topic map.
+
+    Returns:
+        ``{topic: schema JSON text}`` for every topic of ``topics``.
+
+    Raises:
+        ValueError: One topic carries kinds no single schema covers, or the dead-letter topic also
+            carries events.
+    """
     kinds: dict[str, set[str]] = {}
     for lark_type, topic in topics.by_type.items():
         kinds.setdefault(topic, set()).add(lark_type)
@@ -80,12 +114,17 @@ def _text(schema: Mapping[str, Any]) -> str:
 
 
 class RegistryError(Exception):
-    """A registry call that did not give what was asked. ``reason``: ``registry_unreachable``
-    (connection, timeout, 5xx), ``registry_unauthorized`` (401/403), ``schema_incompatible``
-    (409: the subject refuses the schema under its compatibility rule), ``schema_not_registered``
-    (a look-up found no identical schema), ``schema_invalid`` (422), ``registry_error`` (any other
-    answer). ``message``: the registry's own words, capped (never a credential: the URL and
-    headers are not included). ``subject``: the subject concerned, when known."""
+    """A registry call that did not give what was asked.
+
+    Args:
+        reason: ``registry_unreachable`` (connection, timeout, 5xx), ``registry_unauthorized``
+            (401/403), ``schema_incompatible`` (409: the subject refuses the schema under its
+            compatibility rule), ``schema_not_registered`` (a look-up found no identical
+            schema), ``schema_invalid`` (422), ``registry_error`` (any other answer).
+        message: The registry's own words, capped at :data:`MAX_MESSAGE_CHARS` characters (never
+            a credential: the URL and headers are not included). Default: empty.
+        subject: The subject concerned, when known. Default: empty.
+    """
 
     def __init__(self, reason: str, message: str = "", subject: str = "") -> None:
         super().__init__(f"{reason}: {message}" if message else reason)
@@ -97,9 +136,16 @@ class RegistryError(Exception):
 class RegistryClient:
     """The three calls of the Confluent-compatible API the bridge makes (module docstring).
 
-    ``url``: base URL (no trailing slash); ``username``/``password``: basic auth or None;
-    ``cafile``: PEM bundle for https or None (system CAs); ``timeout_s``: per call, seconds. Use
-    as ``async with RegistryClient(...) as client``. Every method raises :class:`RegistryError`.
+    Use as ``async with RegistryClient(...) as client``. Every call raises :class:`RegistryError`
+    (and ``RuntimeError`` outside the ``async with``).
+
+    Args:
+        url: The registry's base URL; a trailing slash is dropped.
+        username: The basic-auth user, or None for no authentication. Default None.
+        password: The basic-auth password (empty when None). Default None.
+        cafile: A PEM bundle of CAs for https, or None for the system CAs. Default None.
+        timeout_s: Longest time of each call, in seconds. Default :data:`REQUEST_TIMEOUT_S`
+            (10 s).
     """
 
     def __init__(
@@ -122,7 +168,17 @@ class RegistryClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryClient:
-        """A client for ``BRIDGE_SCHEMA_REGISTRY_*``. Raises ValueError when no URL is set."""
+        """Build a client from the ``BRIDGE_SCHEMA_REGISTRY_*`` settings.
+
+        Args:
+            settings: The bridge's settings.
+
+        Returns:
+            The client, not yet entered.
+
+        Raises:
+            ValueError: ``BRIDGE_SCHEMA_REGISTRY_URL`` is not set.
+        """
         if settings.schema_registry_url is None:
             raise ValueError("BRIDGE_SCHEMA_REGISTRY_URL is not set")
         password = settings.schema_registry_password
@@ -143,20 +199,59 @@ class RegistryClient:
             self._session = None
 
     async def register(self, subject: str, schema: str) -> int:
-        """Register ``schema`` (JSON Schema text) under ``subject`` — or find it, when an identical
-        one is already registered — and return its global id."""
+        """Register a schema under a subject, or find it when an identical one is registered.
+
+        ``POST /subjects/{subject}/versions``.
+
+        Args:
+            subject: The subject (:func:`subject_of`).
+            schema: The JSON Schema text.
+
+        Returns:
+            The schema's global id.
+
+        Raises:
+            RegistryError: The call failed (``reason`` as in :class:`RegistryError`; a 409 is
+                ``schema_incompatible``).
+        """
         body = await self._post(f"/subjects/{quote(subject, safe='')}/versions", schema)
         return _id_of(body)
 
     async def lookup(self, subject: str, schema: str) -> int:
-        """The id of ``schema`` if ``subject`` already has an identical one; else
-        :class:`RegistryError` ``schema_not_registered``."""
+        """Look up the id of a schema a subject already has, without registering it.
+
+        ``POST /subjects/{subject}`` (``BRIDGE_SCHEMA_REGISTRY_AUTO_REGISTER=false``).
+
+        Args:
+            subject: The subject (:func:`subject_of`).
+            schema: The JSON Schema text.
+
+        Returns:
+            The global id of the identical schema.
+
+        Raises:
+            RegistryError: ``schema_not_registered`` when the subject has no identical schema;
+                otherwise as in :class:`RegistryError`.
+        """
         body = await self._post(f"/subjects/{quote(subject, safe='')}", schema, not_found="schema_not_registered")
         return _id_of(body)
 
     async def is_compatible(self, subject: str, schema: str) -> tuple[bool, list[str]]:
-        """Would ``subject`` accept ``schema`` under its compatibility rule? ``(answer, the
-        registry's messages)``; a subject with no version yet accepts anything."""
+        """Ask whether a subject would accept a schema under its compatibility rule.
+
+        ``POST /compatibility/subjects/{subject}/versions/latest?verbose=true``.
+
+        Args:
+            subject: The subject (:func:`subject_of`).
+            schema: The JSON Schema text.
+
+        Returns:
+            ``(answer, the registry's messages)``; a subject with no version yet accepts
+            anything (``(True, [])``).
+
+        Raises:
+            RegistryError: The call failed (``reason`` as in :class:`RegistryError`).
+        """
         path = f"/compatibility/subjects/{quote(subject, safe='')}/versions/latest?verbose=true"
         try:
             body = await self._post(path, schema, not_found="subject_not_found")
@@ -214,8 +309,20 @@ def _message_of(text: str) -> str:
 
 
 async def resolve_ids(client: RegistryClient, texts: Mapping[str, str], *, register: bool) -> dict[str, int]:
-    """``{topic: schema id}`` for ``texts`` (:func:`schema_texts`), registering each schema
-    (``register``) or looking it up. Raises :class:`RegistryError` on the first failure."""
+    """Resolve the schema id of each topic, registering each schema or looking it up.
+
+    Args:
+        client: An entered :class:`RegistryClient`.
+        texts: ``{topic: schema JSON text}`` (:func:`schema_texts`).
+        register: Register each schema (:meth:`RegistryClient.register`) when True; only look
+            it up (:meth:`RegistryClient.lookup`) when False.
+
+    Returns:
+        ``{topic: schema id}``.
+
+    Raises:
+        RegistryError: On the first failure, its ``subject`` set.
+    """
     ids = {}
     for topic, text in texts.items():
         subject = subject_of(topic)
@@ -230,19 +337,27 @@ async def resolve_ids(client: RegistryClient, texts: Mapping[str, str], *, regis
 class SchemaIds:
     """The schema id of each topic, resolved at start in the background and kept in memory.
 
-    A background service (:class:`bridge.lifecycle.BackgroundService`). :attr:`prefixes` is
-    ``{topic: 5-byte wire prefix}`` once every id is known, None before; :meth:`not_ready_reason`
-    says why not (a :class:`RegistryError` reason, or ``schema_ids`` while the first attempt
-    runs). A failed attempt is retried with backoff (:data:`RESOLVE_BACKOFF_S`), so a registry
-    that is down at start heals without a restart; the log gets one line each time the reason
-    changes (an incompatible schema is an ERROR naming the subject and the registry's message).
+    A background service (:class:`bridge.lifecycle.BackgroundService`). :meth:`not_ready_reason`
+    says why :attr:`prefixes` is not known yet (a :class:`RegistryError` reason, or
+    ``schema_ids`` while the first attempt runs). A failed attempt is retried with backoff
+    (:data:`RESOLVE_BACKOFF_S`), so a registry that is down at start heals without a restart;
+    the log gets one line each time the reason changes (an incompatible or invalid schema is an ERROR
+    naming the subject and the registry's message).
 
     Args:
-        settings: ``BRIDGE_SCHEMA_REGISTRY_*``.
-        topics: the topics whose subjects are resolved (:func:`schema_texts`).
-        metrics: ``bridge_schema_registry_failures_total``.
-        client_factory: makes the client of each attempt (tests); default
+        settings: ``BRIDGE_SCHEMA_REGISTRY_*`` (``schema_registry_auto_register``: register or
+            only look up).
+        topics: The topics whose subjects are resolved (:func:`schema_texts`).
+        metrics: Where ``bridge_schema_registry_failures_total`` is counted.
+        client_factory: Makes the client of each attempt (tests). Default
             :meth:`RegistryClient.from_settings`.
+
+    Attributes:
+        prefixes: ``{topic: 5-byte wire prefix}`` once every id is known, None before.
+        ids: ``{topic: schema id}`` once every id is known, empty before.
+
+    Raises:
+        ValueError: As :func:`schema_texts`, at construction.
     """
 
     def __init__(
@@ -264,8 +379,12 @@ class SchemaIds:
         self.ids: dict[str, int] = {}
 
     def not_ready_reason(self) -> str | None:
-        """None once every topic's id is known; else ``schema_ids`` (first attempt running) or
-        the latest :class:`RegistryError` reason."""
+        """Say why the ids are not known yet.
+
+        Returns:
+            None once every topic's id is known; else ``schema_ids`` (first attempt running) or
+            the latest :class:`RegistryError` reason.
+        """
         return None if self.prefixes is not None else self._reason
 
     async def start(self) -> None:

@@ -6,7 +6,7 @@ versions: the draft-07 dialect (Apicurio's checker knows drafts 4/6/7 only and a
 names the schema instead), ``definitions`` for the nested models, and a **closed content model**
 (``additionalProperties: false`` on every modelled object): under a registry's BACKWARD rule a
 new optional field is then a compatible change and a removed or retyped one is not — the
-versioning policy of README. Free-form objects (``data._unmodelled``, a dead letter's
+versioning policy of docs/envelope.md. Free-form objects (``data._unmodelled``, a dead letter's
 ``payload``) stay open.
 
 ``python -m bridge schemas write`` writes them (and the examples) under ``schemas/``;
@@ -21,7 +21,7 @@ generate. Layout::
     schemas/dead_letter/v1/examples/dead_letter.json
     schemas/PUBLISHED.sha256                         hashes of released files (never change)
 
-Versioning policy: README "Schemas and versioning".
+Versioning policy: docs/envelope.md, "Schemas and versioning"; the registry: docs/registry.md.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import msgspec
 
 from bridge import envelope as ev
 
+#: The ``$schema`` of every generated schema: JSON Schema draft-07.
 DRAFT: Final = "http://json-schema.org/draft-07/schema#"
 
 
@@ -68,7 +69,17 @@ def _inline_root(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def envelope_schema(lark_type: str) -> dict[str, Any]:
-    """The schema of envelope v1 records of ``lark_type`` (a key of ``envelope.DATA_TYPES``)."""
+    """Generate the schema of the envelope v1 records of one Lark type.
+
+    Args:
+        lark_type: A key of :data:`bridge.envelope.DATA_TYPES`.
+
+    Returns:
+        The JSON Schema (draft-07) as a dict, ``type`` and ``dataschema`` pinned to constants.
+
+    Raises:
+        KeyError: ``lark_type`` is not a key of :data:`bridge.envelope.DATA_TYPES`.
+    """
     data_type = ev.DATA_TYPES[lark_type]
     root = _inline_root(msgspec.json.schema(ev.CloudEvent[data_type]))  # type: ignore[valid-type]
     props = root["properties"]
@@ -86,9 +97,15 @@ THIRD_PARTY_TOPIC: Final = "third_party_meeting_room_event"
 
 
 def third_party_topic_schema() -> dict[str, Any]:
-    """The schema of the third-party topic's records, which carry the three change types
+    """Generate the schema of the third-party topic's records.
+
+    The topic carries the three change types
     (``third_party_meeting_room_event_{created,updated,deleted}``): one schema per topic, as a
-    schema registry's default subject naming (``<topic>-value``) wants."""
+    schema registry's default subject naming (``<topic>-value``) wants.
+
+    Returns:
+        The JSON Schema (draft-07) as a dict, ``type`` and ``dataschema`` an enum of the three.
+    """
     root = _inline_root(msgspec.json.schema(ev.CloudEvent[ev.ThirdPartyMeetingRoomEventData]))
     props = root["properties"]
     props["type"] = {"enum": list(ev.THIRD_PARTY_TYPES), "description": "The Lark event type, verbatim."}
@@ -104,9 +121,19 @@ def third_party_topic_schema() -> dict[str, Any]:
 
 
 def topic_schema(lark_types: frozenset[str] | None) -> dict[str, Any]:
-    """The one schema of a topic that carries ``lark_types`` (None: the dead-letter topic).
-    Raises ValueError for a mix no single envelope schema covers (e.g. room and reserve-config
-    events on one topic)."""
+    """Pick the one schema of a topic.
+
+    Args:
+        lark_types: The Lark types the topic carries; None for the dead-letter topic.
+
+    Returns:
+        The JSON Schema (draft-07) as a dict: :func:`dead_letter_schema`,
+        :func:`envelope_schema` of the one type, or :func:`third_party_topic_schema`.
+
+    Raises:
+        ValueError: A mix no single envelope schema covers (e.g. room and reserve-config events
+            on one topic).
+    """
     if lark_types is None:
         return dead_letter_schema()
     if len(lark_types) == 1:
@@ -117,7 +144,11 @@ def topic_schema(lark_types: frozenset[str] | None) -> dict[str, Any]:
 
 
 def dead_letter_schema() -> dict[str, Any]:
-    """The schema of dead-letter records v1."""
+    """Generate the schema of dead-letter records v1.
+
+    Returns:
+        The JSON Schema (draft-07) as a dict.
+    """
     root = _inline_root(msgspec.json.schema(ev.DeadLetterEnvelope))
     root["properties"]["dataschema"] = {"const": ev.dead_letter_schema_id()}
     return {
@@ -131,13 +162,22 @@ def _dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
 
 
-EXAMPLE_RECEIVED_MS: Final = 1_608_725_990_000  # fixed, so that examples are reproducible
+#: The receive time of the example dead letter, unix ms: fixed, so that examples are
+#: reproducible.
+EXAMPLE_RECEIVED_MS: Final = 1_608_725_990_000
 
 
 def examples() -> dict[str, list[Any]]:
-    """``{schema file stem: [example records]}``: the documented samples, normalized, and one
-    dead letter (the room sample without ``room_id``). Third-party types other than ``_created``
-    reuse its sample with the type swapped (no documented sample exists, docs/protocol.md §9.1)."""
+    """Build the example records: the documented samples, normalized, and one dead letter.
+
+    The dead letter is the room sample without ``room_id``. Third-party types other than
+    ``_created`` reuse its sample with the type swapped (no documented sample exists,
+    docs/protocol.md §9.1).
+
+    Returns:
+        ``{schema file stem: [example records as decoded JSON]}``; the dead letter's stem is
+        ``"dead_letter"``.
+    """
     from bridge.decode import decode
     from bridge.errors import DeadLetterCause
     from bridge.inbound import read_inbound
@@ -168,7 +208,11 @@ def examples() -> dict[str, list[Any]]:
 
 
 def generated_files() -> dict[str, str]:
-    """``{path relative to schemas/: content}`` of every generated file: schemas and examples."""
+    """Generate every file under ``schemas/``: schemas and examples.
+
+    Returns:
+        ``{path relative to schemas/: content}``, each content indented JSON ending in a newline.
+    """
     files = {f"envelope/v1/{t}.schema.json": _dump(envelope_schema(t)) for t in ev.LARK_TYPES}
     files[f"envelope/v1/{THIRD_PARTY_TOPIC}.schema.json"] = _dump(third_party_topic_schema())
     files["dead_letter/v1/dead_letter.schema.json"] = _dump(dead_letter_schema())
@@ -179,7 +223,14 @@ def generated_files() -> dict[str, str]:
 
 
 def write(root: Path) -> list[Path]:
-    """Write the generated schemas under ``root``; returns the paths written."""
+    """Write the generated schemas and examples under a folder (``python -m bridge schemas write``).
+
+    Args:
+        root: The ``schemas/`` folder; missing folders are created.
+
+    Returns:
+        The paths written: those that were missing or differed; the others are left alone.
+    """
     written = []
     for rel, content in generated_files().items():
         path = root / rel
@@ -191,7 +242,15 @@ def write(root: Path) -> list[Path]:
 
 
 def check(root: Path) -> list[str]:
-    """Relative paths under ``root`` whose content differs from the generated one (empty = ok)."""
+    """Compare the files under a folder with what the models generate (``python -m bridge schemas check``).
+
+    Args:
+        root: The ``schemas/`` folder.
+
+    Returns:
+        The paths, relative to ``root``, that are missing or whose content differs; empty when
+        all match.
+    """
     stale = []
     for rel, content in generated_files().items():
         path = root / rel

@@ -1,8 +1,10 @@
 """Run the app: bind, serve until SIGTERM/SIGINT, then shut down gracefully.
 
-Shutdown (README "Operations"): on the signal, readiness turns 503 and new events get 503 at
-once; the listening socket closes; requests in flight finish; the producer flushes and closes; the
-whole takes at most ``BRIDGE_SHUTDOWN_TIMEOUT_S`` seconds, then the process exits 0.
+Shutdown (docs/operations.md, "Shutdown"; the budget step by step: docs/architecture.md): on the
+signal, readiness turns 503 and new events get 503 at once; the listening socket closes; requests
+in flight finish; the producer flushes and closes; the whole takes at most
+``BRIDGE_SHUTDOWN_TIMEOUT_S`` seconds, then the process exits 0 (1 when the long connection had
+stopped for good).
 
 Connections (hostile clients are normal clients): a connection that has not sent a whole request
 within :data:`IDLE_TIMEOUT_S` is closed (aiohttp's keep-alive timer, armed from the connection's
@@ -39,18 +41,21 @@ LINGER_S: Final = 2.0
 #: Connections the kernel queues for ``accept()`` (``listen()`` backlog; capped by
 #: ``net.core.somaxconn``). aiohttp's default of 128 overflows when a burst of new connections
 #: meets a busy loop: the kernel then drops the SYNs and the clients retry after 1, 3, 7 s —
-#: answers late past the platform's 3 s deadline (benchmark: thousands of ListenOverflows and
-#: 10 s client timeouts at rates the bridge otherwise sustains).
+#: answers late past the platform's 3 s deadline (BENCHMARKS.md).
 LISTEN_BACKLOG: Final = 1024
 #: At most one "out of system resource" accept error is logged per this many seconds.
 ACCEPT_ERROR_LOG_S: Final = 10.0
 
 
 def raise_open_file_limit() -> tuple[int, int]:
-    """Raise ``RLIMIT_NOFILE``'s soft limit to its hard limit; returns ``(before, after)``.
+    """Raise ``RLIMIT_NOFILE``'s soft limit to its hard limit.
 
     Each connection holds a file descriptor: the common soft limit of 1,024 is exhausted by a
-    thousand idle clients, while the hard limit is usually far higher. Never raises.
+    thousand idle clients, while the hard limit is usually far higher. An unlimited hard limit
+    raises the soft one to 2²⁰ (or leaves it, if higher). Never raises.
+
+    Returns:
+        ``(before, after)``: the soft limit before and after; equal when it could not be raised.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
@@ -62,10 +67,17 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 
 class AcceptErrorThrottle:
-    """An event-loop exception handler that logs "socket.accept() out of system resource" (file
-    descriptors exhausted: asyncio retries the accept every second, and logs each time) at most
-    once per ``interval_s`` seconds with the count since the last line; every other context goes to
-    the loop's default handler. ``clock`` returns monotonic seconds."""
+    """An event-loop exception handler that throttles the accept error's log.
+
+    It logs "socket.accept() out of system resource" (file descriptors exhausted: asyncio retries
+    the accept every second, and logs each time) at most once per ``interval_s`` seconds, with the
+    count since the last line; every other context goes to the loop's default handler.
+
+    Args:
+        interval_s: Least time between two such lines, in seconds. Default
+            :data:`ACCEPT_ERROR_LOG_S` (10 s).
+        clock: Returns monotonic seconds. Default :func:`time.monotonic`.
+    """
 
     def __init__(self, interval_s: float = ACCEPT_ERROR_LOG_S, clock: Any = time.monotonic) -> None:
         self._throttle = Throttle(interval_s, clock)
@@ -86,8 +98,15 @@ class AcceptErrorThrottle:
 
 
 def loop_factory(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The constructor of the event loop ``BRIDGE_EVENT_LOOP`` names: uvloop's, or asyncio's own
-    (also when uvloop is not installed, with a warning)."""
+    """Pick the constructor of the event loop ``BRIDGE_EVENT_LOOP`` names.
+
+    Args:
+        kind: The configured loop.
+
+    Returns:
+        uvloop's ``new_event_loop``, or asyncio's own (also when uvloop is not installed, with a
+        warning).
+    """
     if kind == EventLoop.UVLOOP:
         try:
             import uvloop
@@ -100,10 +119,21 @@ def loop_factory(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run(settings: Settings, *, app: web.Application | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Run :func:`serve` (with ``app``, default ``create_app(settings)`` with the tracer provider
-    the ``OTEL_*`` variables of ``environ`` ask for, :func:`bridge.tracing.configure_from_environment`)
-    on the event loop of ``BRIDGE_EVENT_LOOP``; returns its exit code. The provider is shut down
-    (its last spans flushed) after serving."""
+    """Run :func:`serve` on the event loop of ``BRIDGE_EVENT_LOOP``.
+
+    The tracer provider (when one was built) is shut down, its last spans flushed, after serving.
+
+    Args:
+        settings: The bridge's settings.
+        app: The app to serve. Default: ``create_app(settings)`` with the tracer provider the
+            ``OTEL_*`` variables of ``environ`` ask for
+            (:func:`bridge.tracing.configure_from_environment`).
+        environ: Where the ``OTEL_*`` variables are read, only when ``app`` is not given.
+            Default :data:`os.environ`.
+
+    Returns:
+        :func:`serve`'s exit code.
+    """
     provider = configure_from_environment(os.environ if environ is None else environ) if app is None else None
     if app is None:
         app = create_app(settings, tracer_provider=provider)
@@ -116,14 +146,24 @@ def run(settings: Settings, *, app: web.Application | None = None, environ: Mapp
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments of the ``web.AppRunner`` that serves the app (tests serve it the same way).
+    """Build the keyword arguments of the ``web.AppRunner`` that serves the app.
 
-    The runner's wait for in-flight handlers gets most of the shutdown budget (``0.6 × S``), the
-    producer's close (cleanup context) the rest; both are bounded again by :func:`serve`.
-    ``auto_decompress`` is off: the platform never compresses (docs/protocol.md §1), the webhook
-    answers 415 to a Content-Encoding, and no byte a stranger sends is inflated, read or not.
-    Handlers are not cancelled when a client leaves (aiohttp's default): the webhook sees the
-    hang-up as ``ConnectionResetError`` and a publish under way still completes.
+    Tests serve it the same way. The runner's wait for in-flight handlers gets most of the
+    shutdown budget (``0.6 × S``, ``S`` = ``BRIDGE_SHUTDOWN_TIMEOUT_S``), the producer's close
+    (cleanup context) the rest; both are bounded again by :func:`serve`. ``auto_decompress`` is
+    off: the platform never compresses (docs/protocol.md §1), the webhook answers 415 to a
+    Content-Encoding, and no byte a stranger sends is inflated, read or not. Handlers are not
+    cancelled when a client leaves (aiohttp's default): the webhook sees the hang-up as
+    ``ConnectionResetError`` and a publish under way still completes. Signals are left to
+    :func:`serve`, and aiohttp's access log is off (the bridge writes one log line per request
+    itself, :class:`bridge.ingress.webhook.RequestLog`).
+
+    Args:
+        settings: The bridge's settings (``shutdown_timeout_s``, seconds).
+
+    Returns:
+        ``{name: value}`` for ``web.AppRunner``: ``shutdown_timeout`` in seconds,
+        ``keepalive_timeout`` :data:`IDLE_TIMEOUT_S`, ``lingering_time`` :data:`LINGER_S`, …
     """
     return {
         "handle_signals": False,
@@ -137,13 +177,24 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None, app: web.Application | None = None) -> int:
-    """Serve ``settings.http_host:http_port`` until SIGTERM/SIGINT; returns the exit code after a
-    clean shutdown: 0, or 1 when the long connection stopped for good (a refusal no retry can
-    mend, docs/long_connection.md §7), which also ends serving.
+    """Serve ``settings.http_host:http_port`` until SIGTERM/SIGINT, then shut down gracefully.
 
-    ``ready`` (optional) is set once the socket listens; ``app`` is the app to serve (default
-    ``create_app(settings)``; the benchmarks pass one with a pre-filled dedup ledger). Raises
-    OSError if the port can't be bound.
+    The long connection stopping for good (a refusal no retry can mend, docs/long_connection.md
+    §7) also ends serving. Once started, ``gc.freeze()`` moves what start-up allocated out of the
+    collector's generations. The shutdown is bounded by ``BRIDGE_SHUTDOWN_TIMEOUT_S`` seconds
+    (docs/operations.md, "Shutdown").
+
+    Args:
+        settings: The bridge's settings.
+        ready: Set once the socket listens. Default: none.
+        app: The app to serve. Default ``create_app(settings)``; the benchmarks pass one with a
+            pre-filled dedup ledger.
+
+    Returns:
+        The exit code after a clean shutdown: 0, or 1 when the long connection stopped for good.
+
+    Raises:
+        OSError: The port can't be bound.
     """
     if app is None:
         app = create_app(settings)

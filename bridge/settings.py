@@ -2,8 +2,8 @@
 
 Every field of :class:`Settings` is one environment variable, ``BRIDGE_`` + the field name in
 upper case (``http_port`` → ``BRIDGE_HTTP_PORT``). These names are the public interface: the Helm
-chart, the README reference and ``python -m bridge serve --help`` are all derived from this model
-(see :func:`setting_docs`), so they cannot drift apart.
+chart, the configuration reference (docs/configuration.md) and ``python -m bridge serve --help``
+are all derived from this model (see :func:`setting_docs`), so they cannot drift apart.
 
 Secrets (the verification token, the encrypt keys, the app secret, the SASL and registry
 passwords) are ``SecretStr``: their ``repr``/``str`` is masked, and :func:`load_settings` reports
@@ -113,9 +113,15 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Only the values passed in: :func:`load_settings` reads the mapping it is given (by
-        default ``os.environ``) and nothing else — no process environment behind its back, no
-        ``.env`` file, no secrets directory."""
+        """Read only the values passed in (pydantic-settings' hook for the sources).
+
+        :func:`load_settings` reads the mapping it is given (by default ``os.environ``) and
+        nothing else — no process environment behind its back, no ``.env`` file, no secrets
+        directory.
+
+        Returns:
+            ``(init_settings,)``: the other sources are dropped.
+        """
         return (init_settings,)
 
     # --- HTTP ingress -------------------------------------------------------------------------
@@ -378,22 +384,30 @@ class Settings(BaseSettings):
 
     @property
     def webhook_enabled(self) -> bool:
-        """The HTTP webhook takes events (``BRIDGE_LARK_SUBSCRIPTION_MODE`` webhook or both)."""
+        """Whether the HTTP webhook takes events (``BRIDGE_LARK_SUBSCRIPTION_MODE`` webhook or both)."""
         return self.lark_subscription_mode != SubscriptionMode.LONG_CONNECTION
 
     @property
     def long_connection_enabled(self) -> bool:
-        """The long connection takes events (``BRIDGE_LARK_SUBSCRIPTION_MODE`` long_connection or both)."""
+        """Whether the long connection takes events (``BRIDGE_LARK_SUBSCRIPTION_MODE`` long_connection or both)."""
         return self.lark_subscription_mode != SubscriptionMode.WEBHOOK
 
     @property
     def encrypt_keys(self) -> tuple[str, ...]:
-        """The accepted encrypt keys, current first; empty when encryption is off."""
+        """The accepted encrypt keys, plain: ``BRIDGE_LARK_ENCRYPT_KEY``, then ``…_PREVIOUS`` if set.
+
+        Empty when encryption is off. What :class:`bridge.verify.Verifier` takes.
+        """
         keys = (self.lark_encrypt_key, self.lark_encrypt_key_previous)
         return tuple(k.get_secret_value() for k in keys if k is not None)
 
     def secret_values(self) -> tuple[str, ...]:
-        """Every configured secret's plain value (for tests and log scrubbing checks)."""
+        """List every configured secret's plain value, for tests and log scrubbing checks.
+
+        Returns:
+            The plain values of the verification token, the encrypt keys, the SASL and registry
+            passwords and the app secret that are set.
+        """
         secrets = (
             self.lark_verification_token,
             self.lark_encrypt_key,
@@ -406,21 +420,40 @@ class Settings(BaseSettings):
 
 
 class SettingsError(Exception):
-    """Raised by :func:`load_settings`; ``str()`` names the variables, never their values."""
+    """Raised by :func:`load_settings`.
+
+    ``str()`` is ``invalid configuration:`` followed by one ``BRIDGE_X: reason`` line per bad
+    variable: it names the variables, never their values.
+    """
 
 
 def env_name(field: str) -> str:
-    """The environment variable of a :class:`Settings` field: ``http_port`` → ``BRIDGE_HTTP_PORT``."""
+    """Name the environment variable of a :class:`Settings` field.
+
+    Args:
+        field: The field's name (``http_port``).
+
+    Returns:
+        ``BRIDGE_`` + the name in upper case (``BRIDGE_HTTP_PORT``).
+    """
     return ENV_PREFIX + field.upper()
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build :class:`Settings` from ``environ`` (default ``os.environ``), and from nothing else.
+    """Build :class:`Settings` from an environment, and from nothing else.
 
     Variable names are matched case-insensitively; ``BRIDGE_*`` names that are not settings are
-    ignored here (see :func:`unknown_variables`). Raises :class:`SettingsError` whose message
-    lists each bad variable as ``BRIDGE_X: reason`` — the offending value is never included (it
-    may be a secret).
+    ignored here (see :func:`unknown_variables`). All settings: docs/configuration.md.
+
+    Args:
+        environ: The variables. Default ``os.environ``.
+
+    Returns:
+        The frozen settings.
+
+    Raises:
+        SettingsError: A value is missing or bad; the message lists each bad variable as
+            ``BRIDGE_X: reason`` — the offending value is never included (it may be a secret).
     """
     env = os.environ if environ is None else environ
     values = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
@@ -442,11 +475,19 @@ _SERVICE_LINK = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|U
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
-    """``[(variable, closest setting's variable or None)]`` for each ``BRIDGE_*`` variable in
-    ``environ`` that is not a setting (a typo such as ``BRIDGE_KAFKA_BOOTSTRAP_SERVER`` would
-    otherwise be silently ignored), sorted. Kubernetes service-link variables are left out.
-    ``BRIDGE_DEV_*`` variables belong to the development tools (``bridge_devtools``) and are left
-    out too. Only names are returned, never values."""
+    """Find the ``BRIDGE_*`` variables that are not settings.
+
+    A typo such as ``BRIDGE_KAFKA_BOOTSTRAP_SERVER`` would otherwise be silently ignored.
+    Kubernetes service-link variables are left out. ``BRIDGE_DEV_*`` variables belong to the
+    development tools (``bridge_devtools``) and are left out too. Only names are returned, never
+    values.
+
+    Args:
+        environ: The variables.
+
+    Returns:
+        ``[(variable, closest setting's variable or None)]``, sorted by variable.
+    """
     known = [env_name(f) for f in Settings.model_fields]
     out = []
     for name in sorted(environ):
@@ -462,7 +503,16 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
 
 @dataclass(frozen=True, slots=True)
 class SettingDoc:
-    """One row of the configuration reference: variable, default (as text), description."""
+    """One row of the configuration reference.
+
+    Attributes:
+        env: The variable (``BRIDGE_HTTP_PORT``).
+        default: The default as text: ``(required)``, ``(unset)``, an enum's value, ``true`` /
+            ``false``, or ``str()`` of the value.
+        description: The field's description.
+        required: Whether the variable must be set.
+        secret: Whether the value is a secret (``SecretStr``).
+    """
 
     env: str
     default: str
@@ -472,7 +522,11 @@ class SettingDoc:
 
 
 def setting_docs() -> list[SettingDoc]:
-    """The configuration reference derived from :class:`Settings`, in declaration order."""
+    """Derive the configuration reference from :class:`Settings`.
+
+    Returns:
+        One :class:`SettingDoc` per field, in declaration order.
+    """
     rows = []
     for name, field in Settings.model_fields.items():
         required = field.is_required()
@@ -501,7 +555,14 @@ def setting_docs() -> list[SettingDoc]:
 
 
 def settings_markdown() -> str:
-    """README's configuration reference table, generated from :class:`Settings`."""
+    """Render the configuration reference table of docs/configuration.md from :class:`Settings`.
+
+    ``python -m bridge config-reference`` prints it; a test checks the page holds it.
+
+    Returns:
+        A Markdown table (no trailing newline): variable, default, description; secrets marked
+        **Secret.** unless their description already has the word "secret".
+    """
     lines = ["| Variable | Default | Description |", "|---|---|---|"]
     for d in setting_docs():
         default = d.default if d.default.startswith("(") else f"`{d.default}`"

@@ -25,6 +25,8 @@ Spans (OpenTelemetry semantic conventions for HTTP and for Kafka messaging):
   Its context is written into every record's headers as ``traceparent`` (and ``tracestate``) by
   the global propagator (W3C trace context unless ``OTEL_PROPAGATORS`` says otherwise): a
   consumer extracts it to continue the trace.
+
+Operating it: docs/operations.md, "Traces".
 """
 
 from __future__ import annotations
@@ -47,11 +49,22 @@ ENABLING_VARIABLES: Final = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 )
+#: The instrumentation scope's name (its version is the bridge's).
 INSTRUMENTATION_NAME: Final = "lark-bridge"
 
 
 def tracing_requested(environ: Mapping[str, str]) -> bool:
-    """True when ``environ`` asks for traces (module docstring)."""
+    """Tell whether the environment asks for traces.
+
+    Source: the OpenTelemetry environment-variable specification.
+
+    Args:
+        environ: The process environment (or a stand-in).
+
+    Returns:
+        True when one of :data:`ENABLING_VARIABLES` is set and not empty, unless
+        ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` (any case).
+    """
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
     if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
@@ -60,10 +73,22 @@ def tracing_requested(environ: Mapping[str, str]) -> bool:
 
 
 def configure_from_environment(environ: Mapping[str, str]) -> Any | None:
-    """An SDK ``TracerProvider`` exporting with ``OTEL_TRACES_EXPORTER`` (``otlp``, the default,
-    over HTTP/protobuf; or ``console``) through a batch span processor, or None when tracing is not
-    requested or the SDK is not installed (a warning then). The caller shuts it down at exit (it
-    flushes the batch)."""
+    """Build the SDK tracer provider the environment asks for.
+
+    Each exporter ``OTEL_TRACES_EXPORTER`` lists (comma-separated: ``otlp``, the default, over
+    HTTP/protobuf; or ``console``) gets a batch span processor; an unknown one, or ``otlp``
+    without the OTLP exporter installed, is skipped with a warning. The service name is
+    ``OTEL_SERVICE_NAME`` (default ``lark-bridge``); the SDK and exporter read the rest of
+    ``OTEL_*`` themselves. The caller shuts the provider down at exit (it flushes the batch).
+
+    Args:
+        environ: The process environment (or a stand-in).
+
+    Returns:
+        An SDK ``TracerProvider``, or None when tracing is not requested
+        (:func:`tracing_requested`) or the SDK is not installed (a warning then; it is the
+        optional extra ``lark-bridge[otel]``).
+    """
     if not tracing_requested(environ):
         return None
     try:
@@ -104,9 +129,18 @@ def _is_noop(provider: Any) -> bool:
 
 
 class Tracing:
-    """The bridge's spans, from ``provider`` (default: the global one). ``enabled`` is False for
-    the API's no-op providers: then every method is a no-op context manager yielding None and no
-    header is written (module docstring)."""
+    """The bridge's spans (the module docstring lists them and their attributes).
+
+    When disabled, every method is a no-op context manager yielding None and no header is
+    written.
+
+    Args:
+        provider: The tracer provider. Default: the global one.
+
+    Attributes:
+        enabled: False for the API's no-op providers (nothing configured).
+        tracer: The tracer, or None when disabled.
+    """
 
     __slots__ = ("enabled", "tracer")
 
@@ -117,8 +151,17 @@ class Tracing:
 
     @contextlib.contextmanager
     def event_span(self, name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> Iterator[Span | None]:
-        """The span of one webhook request (SERVER) or long-connection event (CONSUMER), current
-        while it runs; None when disabled."""
+        """Open the span of one webhook request or long-connection event, current while it runs.
+
+        Args:
+            name: The span's name (``POST {BRIDGE_HTTP_PATH}``, ``lark event``).
+            kind: ``SpanKind.SERVER`` (webhook request) or ``SpanKind.CONSUMER`` (long
+                connection).
+            attributes: The span's attributes at its start.
+
+        Yields:
+            The span, or None when disabled.
+        """
         if self.tracer is None:
             yield None
             return
@@ -127,8 +170,19 @@ class Tracing:
 
     @contextlib.contextmanager
     def publish_span(self, topic: str, count: int) -> Iterator[Span | None]:
-        """The PRODUCER span of one publish of ``count`` records (the first record's ``topic``
-        names it), current while the records are sent and acknowledged; None when disabled."""
+        """Open the PRODUCER span of one publish, current while the records are sent and acknowledged.
+
+        Named ``send {topic}``; attributes per the OpenTelemetry semantic conventions for Kafka
+        messaging.
+
+        Args:
+            topic: The first record's topic; it names the span (``messaging.destination.name``).
+            count: How many records the publish sends (``messaging.batch.message_count``, set
+                only when more than 1).
+
+        Yields:
+            The span, or None when disabled.
+        """
         if self.tracer is None:
             yield None
             return
@@ -145,8 +199,18 @@ class Tracing:
 
     @staticmethod
     def headers(span: Span | None) -> list[tuple[str, bytes]]:
-        """``traceparent`` / ``tracestate`` (per the global propagator) of ``span``'s context as
-        Kafka headers; empty without a span or for a span that is not sampled-in."""
+        """Write a span's context as Kafka headers, per the global propagator.
+
+        W3C trace context (``traceparent``, ``tracestate``) unless ``OTEL_PROPAGATORS`` says
+        otherwise.
+
+        Args:
+            span: The span, or None.
+
+        Returns:
+            ``(name, ASCII value)`` pairs; empty without a span or for a span that is not
+            sampled-in.
+        """
         if span is None or (isinstance(span, NonRecordingSpan) and not span.get_span_context().is_valid):
             return []
         carrier: dict[str, str] = {}
@@ -162,8 +226,16 @@ def set_outcome(
     status_code: int | None = None,
     error: bool = False,
 ) -> None:
-    """Record ``lark.outcome`` (``lark.reason``, the HTTP status) on ``span``; an ERROR status
-    when ``error``."""
+    """Record an event's outcome on its span. Does nothing without a span.
+
+    Args:
+        span: The event's span, or None.
+        outcome: ``lark.outcome`` (published, dead_lettered, duplicate, unauthorized,
+            unavailable, …).
+        reason: ``lark.reason``, the dead-letter or error reason. Default: not set.
+        status_code: ``http.response.status_code``. Default: not set.
+        error: Whether to set an ERROR status (described by ``outcome``). Default False.
+    """
     if span is None:
         return
     span.set_attribute("lark.outcome", outcome)
@@ -176,7 +248,13 @@ def set_outcome(
 
 
 def set_lark(span: Span | None, event_type: str | None, event_id: str | None) -> None:
-    """``lark.event_type`` and ``lark.event_id`` (the delivery id; capped by the caller) on ``span``."""
+    """Record an event's type and delivery id on its span. Does nothing without a span.
+
+    Args:
+        span: The event's span, or None.
+        event_type: ``lark.event_type``; not set when None.
+        event_id: ``lark.event_id``, the delivery id, capped by the caller; not set when None.
+    """
     if span is None:
         return
     if event_type is not None:
@@ -186,7 +264,16 @@ def set_lark(span: Span | None, event_type: str | None, event_id: str | None) ->
 
 
 def set_acked(span: Span | None, partitions_offsets: Sequence[tuple[int, int]]) -> None:
-    """After the broker's ack: partition and offset of the first record on ``span``."""
+    """Record, after the broker's ack, the partition and offset of the first record on a span.
+
+    Sets ``messaging.destination.partition.id`` (a string) and ``messaging.kafka.offset``.
+    Does nothing without a span or without records.
+
+    Args:
+        span: The publish span, or None.
+        partitions_offsets: ``(partition, offset)`` of each record acknowledged, in publish
+            order.
+    """
     if span is None or not partitions_offsets:
         return
     partition, offset = partitions_offsets[0]

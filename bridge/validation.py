@@ -22,9 +22,11 @@ import msgspec
 class Invalid(Exception):
     """A value that does not fit its model.
 
-    ``detail``: what is wrong, msgspec's wording for the innermost failing value (no path in it);
-    ``path``: the JSON path of that value (``$.event.room.room_id``). ``str()`` is
-    ``"{detail} - at `{path}`"``, the form the dead letters' ``error`` field carries.
+    ``str()`` is ``"{detail} - at `{path}`"``, the form the dead letters' ``error`` field carries.
+
+    Args:
+        detail: What is wrong: msgspec's wording for the innermost failing value (no path in it).
+        path: The JSON path of that value (``$.event.room.room_id``).
     """
 
     def __init__(self, detail: str, path: str) -> None:
@@ -59,14 +61,23 @@ def _fits(value: Any, tp: Any, strict: bool) -> bool:
 
 
 def locate(value: Any, tp: Any, *, path: str = "$", strict: bool = True) -> Invalid | None:
-    """The :class:`Invalid` for ``value`` (decoded JSON: dicts, lists, scalars) against ``tp``.
+    """Find where a value fails its model.
 
-    ``tp``: a msgspec-supported type (a Struct, ``list[...]``, ``X | None``, ``Annotated``
-    constraints, scalars); ``path``: the JSON path of ``value`` itself; ``strict``: as for
-    ``msgspec.convert`` (``False`` lets numeric strings become integers). Call it after a decode
-    of the same value against ``tp`` failed. Children are checked in the value's own key order,
-    then missing required fields, which is the order msgspec reports them in. Returns None when
-    ``value`` fits after all. Raises nothing.
+    Call it after a decode of the same value against ``tp`` failed. Children are checked in the
+    value's own key order, then missing required fields, which is the order msgspec reports them
+    in. Raises nothing.
+
+    Args:
+        value: Decoded JSON: dicts, lists, scalars.
+        tp: A msgspec-supported type (a Struct, ``list[...]``, ``X | None``, ``Annotated``
+            constraints, scalars).
+        path: The JSON path of ``value`` itself. Default ``"$"``.
+        strict: As for ``msgspec.convert``; ``False`` lets numeric strings become integers.
+            Default ``True``.
+
+    Returns:
+        The :class:`Invalid` of the innermost failing value, or None when ``value`` fits after
+        all.
     """
     node = _only_member(tp)
     if isinstance(node, type) and issubclass(node, msgspec.Struct) and type(value) is dict:
@@ -88,8 +99,21 @@ def locate(value: Any, tp: Any, *, path: str = "$", strict: bool = True) -> Inva
 
 
 def convert(value: Any, tp: Any, *, path: str = "$", strict: bool = True) -> Any:
-    """``msgspec.convert(value, tp)``, raising :class:`Invalid` (with the failing path) instead of
-    ``msgspec.ValidationError``. ``path`` is the JSON path of ``value`` in its document."""
+    """``msgspec.convert(value, tp)``, raising :class:`Invalid` instead of ``msgspec.ValidationError``.
+
+    Args:
+        value: Decoded JSON: dicts, lists, scalars.
+        tp: A msgspec-supported type.
+        path: The JSON path of ``value`` in its document. Default ``"$"``.
+        strict: As for ``msgspec.convert``; ``False`` lets numeric strings become integers.
+            Default ``True``.
+
+    Returns:
+        ``value`` converted to ``tp``.
+
+    Raises:
+        Invalid: ``value`` does not fit ``tp``; carries the failing value's path (:func:`locate`).
+    """
     try:
         return msgspec.convert(value, tp, strict=strict)
     except msgspec.ValidationError as exc:

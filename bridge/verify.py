@@ -37,12 +37,20 @@ from bridge.inbound import InboundEvent, Outer, UnreadableJSON, decode_outer, re
 HEADER_TIMESTAMP: Final = "X-Lark-Request-Timestamp"
 HEADER_NONCE: Final = "X-Lark-Request-Nonce"
 HEADER_SIGNATURE: Final = "X-Lark-Signature"
+#: How far ahead of ``now`` a signature timestamp may be, in seconds (our rule, not the
+#: platform's: docs/protocol.md §4).
 MAX_FUTURE_SKEW_S: Final = 300
 _BLOCK = 16
 
 
 class Handshake(msgspec.Struct, frozen=True):
-    """The URL-verification handshake, authenticated: answer ``{"challenge": challenge}`` (§5)."""
+    """The URL-verification handshake, authenticated.
+
+    The ingress answers it with ``{"challenge": challenge}`` (docs/protocol.md §5).
+
+    Attributes:
+        challenge: The handshake's ``challenge`` string, echoed in the answer.
+    """
 
     challenge: str
 
@@ -52,9 +60,19 @@ def _aes_key(encrypt_key: str) -> bytes:
 
 
 def sign(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
-    """``X-Lark-Signature`` for a body: lower-case hex SHA-256 of ``timestamp + nonce + key + body``.
+    """Compute the ``X-Lark-Signature`` of a body.
 
-    ``timestamp`` is unix seconds as a decimal string. Source: docs/protocol.md §4 (DOC-RECV).
+    The signature is the lower-case hex SHA-256 of ``timestamp + nonce + key + body`` — plain
+    SHA-256, not HMAC, over the raw bytes. Source: docs/protocol.md §4 (DOC-RECV).
+
+    Args:
+        timestamp: The ``X-Lark-Request-Timestamp`` value: unix seconds as a decimal string.
+        nonce: The ``X-Lark-Request-Nonce`` value.
+        encrypt_key: The Encrypt Key that signs.
+        body: The request body, as received (bytes).
+
+    Returns:
+        The signature: 64 lower-case hex characters.
     """
     h = hashlib.sha256((timestamp + nonce + encrypt_key).encode("utf-8"))
     h.update(body)
@@ -62,10 +80,19 @@ def sign(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
 
 
 def encrypt(plaintext: bytes, encrypt_key: str, *, iv: bytes | None = None) -> str:
-    """The platform's ``encrypt`` value: ``base64(iv ‖ AES-256-CBC(SHA-256(key), iv, PKCS#7(pt)))``.
+    """Encrypt a payload into the platform's ``encrypt`` value.
 
-    ``iv`` (16 bytes) defaults to random. Source: docs/protocol.md §3. Used by tests, the demo and the
-    benchmark to build requests exactly as the platform does.
+    The value is ``base64(iv ‖ AES-256-CBC(SHA-256(key), iv, PKCS#7(pt)))``. Used by tests, the
+    demo and the benchmark to build requests exactly as the platform does. Source:
+    docs/protocol.md §3.
+
+    Args:
+        plaintext: The payload to encrypt (bytes).
+        encrypt_key: The Encrypt Key; its SHA-256 is the AES-256 key.
+        iv: The initialisation vector, 16 bytes. Default: 16 random bytes.
+
+    Returns:
+        The base64 text (ASCII) of the IV followed by the ciphertext.
     """
     iv = os.urandom(_BLOCK) if iv is None else iv
     padder = padding.PKCS7(128).padder()
@@ -75,10 +102,21 @@ def encrypt(plaintext: bytes, encrypt_key: str, *, iv: bytes | None = None) -> s
 
 
 def decrypt(encrypted: str, encrypt_key: str) -> bytes:
-    """Decrypt an ``encrypt`` value (docs/protocol.md §3) with strict PKCS#7 unpadding.
+    """Decrypt an ``encrypt`` value with strict PKCS#7 unpadding.
 
-    Returns the plaintext bytes. Raises :class:`AuthenticationError` with reason ``bad_base64``,
-    ``bad_ciphertext_length`` (not IV + n·16 bytes, n ≥ 1) or ``bad_padding``.
+    Source: docs/protocol.md §3.
+
+    Args:
+        encrypted: The base64 ``encrypt`` value: a 16-byte IV, then the ciphertext.
+        encrypt_key: The Encrypt Key; its SHA-256 is the AES-256 key.
+
+    Returns:
+        The plaintext bytes.
+
+    Raises:
+        AuthenticationError: ``bad_base64`` when ``encrypted`` is not valid base64;
+            ``bad_ciphertext_length`` when it is not IV + n·16 bytes, n ≥ 1; ``bad_padding``
+            when the PKCS#7 padding does not check out.
     """
     return _decrypt(encrypted, _aes_key(encrypt_key))
 
@@ -118,11 +156,21 @@ def _constant_time_equal(expected: str, got: Any) -> bool:
 
 
 class Verifier:
-    """Authenticates Lark pushes; built once from the secrets, then :meth:`verify` per request.
+    """Authenticates Lark pushes: built once from the secrets, then :meth:`verify` per request.
 
-    ``verification_token``: the console's Verification Token (non-empty). ``encrypt_keys``: the
-    accepted Encrypt Keys, current first (empty tuple = encryption off). ``max_age_s``: oldest
-    signature timestamp accepted, in seconds. The secrets never appear in ``repr`` or errors.
+    The secrets never appear in ``repr`` or in errors.
+
+    Args:
+        verification_token: The console's Verification Token (docs/protocol.md §6); must not be
+            empty.
+        encrypt_keys: The accepted Encrypt Keys, current first; empty strings are dropped.
+            Default ``()``: encryption off (bodies in plaintext, events unsigned).
+        max_age_s: The oldest signature timestamp accepted, in seconds before ``now``
+            (``BRIDGE_LARK_MAX_SIGNATURE_AGE_S``). Timestamps up to :data:`MAX_FUTURE_SKEW_S`
+            seconds ahead are accepted too.
+
+    Raises:
+        ValueError: ``verification_token`` is empty.
     """
 
     __slots__ = ("_aes", "_keys", "_max_age_s", "_token")
@@ -140,19 +188,34 @@ class Verifier:
 
     @property
     def encrypted(self) -> bool:
-        """True when an encrypt key is configured (bodies must be encrypted, events signed)."""
+        """Whether an encrypt key is configured (then bodies must be encrypted, events signed)."""
         return bool(self._keys)
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Handshake | InboundEvent:
-        """Authenticate one request: ``body`` as received, ``headers`` (any case), ``now`` unix s.
+        """Authenticate one request and read what it carries.
 
-        Order (docs/protocol.md §10): parse → [signature → freshness → decrypt] → token. Returns
-        the :class:`Handshake`, or the :class:`~bridge.inbound.InboundEvent` read from the
-        authentic plaintext payload — also when a *signed* ``encrypt`` value does not decrypt to
-        a JSON object: the signature proves the platform sent it and no retry can mend it, so it
-        is an event with a defect (:func:`bridge.inbound.unreadable`), to be dead-lettered.
-        Raises :class:`BadRequest` (``not_json``) when the body is not a JSON object, else
-        :class:`AuthenticationError` with one of ``bridge.errors.AUTH_REASONS``.
+        Order (docs/protocol.md §10): parse → [signature → freshness → decrypt] → token; the
+        bracketed steps run when an encrypt key is configured. A *signed* ``encrypt`` value that
+        does not decrypt to a JSON object is still returned as an event: the signature proves the
+        platform sent it and no retry can mend it, so it is an event with a defect
+        (:func:`bridge.inbound.unreadable`), to be dead-lettered.
+
+        Args:
+            body: The request body, as received (bytes).
+            headers: The request headers, names in any case (:data:`HEADER_TIMESTAMP`,
+                :data:`HEADER_NONCE`, :data:`HEADER_SIGNATURE`).
+            now: The current time, unix seconds.
+
+        Returns:
+            The :class:`Handshake`, or the :class:`~bridge.inbound.InboundEvent` read from the
+            authentic plaintext payload.
+
+        Raises:
+            BadRequest: ``not_json`` when the body is not a JSON object;
+                ``challenge_not_string`` when an authentic handshake's ``challenge`` is not a
+                string.
+            AuthenticationError: Signature (§4), freshness, decryption (§3) or token (§6)
+                failed; ``reason`` is one of :data:`bridge.errors.AUTH_REASONS`.
         """
         try:
             outer = decode_outer(body)
@@ -245,9 +308,17 @@ class Verifier:
 
 
 class Unreadable(Exception):
-    """An ``encrypt`` value that does not give a JSON object: ``reason`` (an auth failure reason:
-    ``bad_base64``, ``bad_ciphertext_length``, ``bad_padding``, ``decrypted_not_json``),
-    ``payload`` (the bytes that could not be read), ``detail`` (for the dead letter)."""
+    """An ``encrypt`` value that does not give a JSON object.
+
+    Raised inside :class:`Verifier`: when the value was signed it becomes an event with a defect
+    (a dead letter), otherwise an :class:`AuthenticationError` with the same ``reason``.
+
+    Args:
+        reason: An authentication failure reason: ``bad_base64``, ``bad_ciphertext_length``,
+            ``bad_padding`` or ``decrypted_not_json``.
+        payload: The bytes that could not be read.
+        detail: What failed, for the dead letter.
+    """
 
     def __init__(self, reason: str, payload: bytes, detail: str) -> None:
         super().__init__(reason)
