@@ -142,11 +142,11 @@ def create_app(
             topics,
             ledger,
             metrics,
-            timeout_s=settings.kafka_publish_timeout_s,
+            timeout_s=settings.answer_deadline_s,
             # the wire prefix of a registry's framing counts in the producer's size limit too
             max_record_bytes=settings.kafka_max_record_bytes - (WIRE_PREFIX_BYTES if schema_ids is not None else 0),
             ledger_ready=(lambda: feed.ready) if feed is not None else None,
-            close_timeout_s=settings.kafka_publish_timeout_s,
+            close_timeout_s=settings.answer_deadline_s,
         )
         sink = delivery
     long_connection: LongConnection | None = None

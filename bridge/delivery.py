@@ -8,7 +8,7 @@ delivery knows nothing of HTTP. The contract (README "Delivery semantics"):
 * returns only after every record of the event is acknowledged by the broker, or when the
   delivery id was already delivered (a duplicate: no second record);
 * raises :class:`~bridge.errors.Unavailable` (503, the platform retries) when that could not
-  happen within ``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S``; a publish still running then goes on, and if
+  happen within ``BRIDGE_ANSWER_DEADLINE_S``; a publish still running then goes on, and if
   the broker acks it later the id counts as delivered;
 * a duplicate arriving while the first delivery is in flight waits for the first's outcome.
 """
@@ -161,7 +161,7 @@ FAILURE_LOG_INTERVAL_S: Final = 10.0
 class KafkaDelivery:
     """The production :class:`EventSink`: dedup window + decode/normalize + acked publish.
 
-    ``timeout_s``: the longest a request waits (``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S``), seconds.
+    ``timeout_s``: the longest a request waits (``BRIDGE_ANSWER_DEADLINE_S``), seconds.
     ``max_record_bytes``: the largest record sent (``BRIDGE_KAFKA_MAX_RECORD_BYTES``), bytes, as
     ``record_bytes`` measures it (the producer's own estimate by default); an event's records
     together may take :data:`MAX_EVENT_RECORDS_FACTOR` times that. ``ledger_ready``: false while

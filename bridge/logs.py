@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from bridge.settings import LogFormat, unknown_variables
+from bridge.settings import LogFormat, deprecated_variables, unknown_variables
 
 #: The id of the webhook request being handled: every line logged meanwhile, by the bridge or a
 #: library, carries it as ``request_id`` (:func:`add_request_id`). One context variable set and
@@ -115,7 +115,8 @@ def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) 
 
 
 def warn_unknown_variables(environ: Mapping[str, str]) -> int:
-    """Log one warning per ``BRIDGE_*`` variable that is no setting, naming the closest setting.
+    """Log one warning per ``BRIDGE_*`` variable that is no setting, naming the closest setting,
+    and one per variable set under a renamed setting's old name, naming the new one.
 
     Names only, never values. The bridge still starts: an unknown variable may be legitimate.
 
@@ -129,6 +130,9 @@ def warn_unknown_variables(environ: Mapping[str, str]) -> int:
     log = structlog.get_logger("bridge.settings")
     for name, closest in found:
         log.warning("unknown setting variable ignored", variable=name, did_you_mean=closest)
+    for old, new in deprecated_variables(environ):
+        ignored = new in {k.upper() for k in environ}
+        log.warning("deprecated setting variable", variable=old, use_instead=new, ignored_because_set=ignored)
     return len(found)
 
 

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -26,6 +26,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 ENV_PREFIX = "BRIDGE_"
 DEV_PREFIX = "BRIDGE_DEV_"  # the development tools' variables, e.g. BRIDGE_DEV_KAFKA_VERSION
+#: Variables renamed, old → new: the old one is still read when the new one is not set, and
+#: ``serve`` logs a deprecation warning naming both (:func:`deprecated_variables`).
+DEPRECATED_VARIABLES: Final = {"BRIDGE_KAFKA_PUBLISH_TIMEOUT_S": "BRIDGE_ANSWER_DEADLINE_S"}
 
 
 class LogFormat(enum.StrEnum):
@@ -201,12 +204,15 @@ class Settings(BaseSettings):
         None, description="Path of a PEM CA bundle that signs the brokers' certificates."
     )
     kafka_compression: Compression = Field(Compression.NONE, description="none, gzip, snappy, lz4 or zstd.")
-    kafka_publish_timeout_s: float = Field(
+    answer_deadline_s: float = Field(
         2.0,
         gt=0,
         lt=3.0,
-        description="Longest wait for the broker's ack before answering 503, in seconds (the "
-        "platform gives up after 3 s).",
+        description="The whole deadline of an answer to the platform, in seconds, from the request's "
+        "arrival (the webhook: reading the body included; the long connection: from the first part "
+        "of the message) to the broker's ack: past it the event is answered 503 (ack 500) and the "
+        "platform retries. The platform gives up after 3 s. Formerly BRIDGE_KAFKA_PUBLISH_TIMEOUT_S, "
+        "still read (with a deprecation warning) when this one is not set.",
     )
     kafka_max_record_bytes: int = Field(
         1_048_576,
@@ -443,7 +449,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from an environment, and from nothing else.
 
     Variable names are matched case-insensitively; ``BRIDGE_*`` names that are not settings are
-    ignored here (see :func:`unknown_variables`). All settings: docs/configuration.md.
+    ignored here (see :func:`unknown_variables`); a renamed variable's old name is read when the
+    new one is not set (:data:`DEPRECATED_VARIABLES`). All settings: docs/configuration.md.
 
     Args:
         environ: The variables. Default ``os.environ``.
@@ -456,15 +463,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             ``BRIDGE_X: reason`` — the offending value is never included (it may be a secret).
     """
     env = os.environ if environ is None else environ
-    values = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
-    known: dict[str, Any] = {k: v for k, v in values.items() if k in Settings.model_fields}
+    values = {k.upper(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
+    read_from: dict[str, str] = {}  # field -> the variable it was read from, when that is an old name
+    for old, new in DEPRECATED_VARIABLES.items():
+        if old in values and new not in values:
+            values[new] = values[old]
+            read_from[new[len(ENV_PREFIX) :].lower()] = old
+    fields = {k[len(ENV_PREFIX) :].lower(): v for k, v in values.items()}
+    known: dict[str, Any] = {k: v for k, v in fields.items() if k in Settings.model_fields}
     try:
         return Settings(**known)
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_input=False, include_url=False):
             loc = err.get("loc") or ()
-            name = env_name(str(loc[0])) if loc else "settings"
+            name = (read_from.get(str(loc[0])) or env_name(str(loc[0]))) if loc else "settings"
             lines.append(f"{name}: {err['msg']}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
@@ -494,11 +507,27 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper.startswith(DEV_PREFIX) or upper in known:
             continue
+        if upper in DEPRECATED_VARIABLES:  # read all the same; deprecated_variables() names it
+            continue
         if _SERVICE_LINK.search(upper):
             continue
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         out.append((name, close[0] if close else None))
     return out
+
+
+def deprecated_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Find the variables set under a name that was renamed (:data:`DEPRECATED_VARIABLES`).
+
+    Args:
+        environ: The variables.
+
+    Returns:
+        ``[(old variable as set, new variable)]``, sorted; names only, never values.
+    """
+    return sorted(
+        (name, DEPRECATED_VARIABLES[name.upper()]) for name in environ if name.upper() in DEPRECATED_VARIABLES
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ started in the app's cleanup context once the delivery is ready:
    replaced (the read deadline, §9.4).
 3. Data frames of ``type=event`` → :class:`bridge.ingress.reassembly.Reassembler` (split
    messages, §5) → :func:`bridge.inbound.read_inbound` → :meth:`bridge.delivery.EventSink.deliver`
-   with the same deadline as the webhook (``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S`` from the arrival of
+   with the same deadline as the webhook (``BRIDGE_ANSWER_DEADLINE_S`` from the arrival of
    the message's first part) → the ack frame, written only once ``deliver`` returned (§6, §9.2):
    code 200 for published / dead-lettered / duplicate, 500 (the platform re-pushes) for
    :class:`~bridge.errors.Unavailable`, an unreadable payload, a payload over
@@ -139,7 +139,7 @@ class LongConnection:
 
     Args:
         settings: ``lark_app_id`` / ``lark_app_secret`` / ``lark_domain`` (required with the
-            long connection), ``long_connection_max_payload_bytes``, ``kafka_publish_timeout_s``.
+            long connection), ``long_connection_max_payload_bytes``, ``answer_deadline_s``.
         sink: the delivery (:class:`~bridge.delivery.EventSink`; tests pass a fake).
         metrics: where the ``bridge_long_connection_*`` metrics go.
         delivery_ready: whether the delivery can take events now (producer connected, ledger
@@ -206,11 +206,11 @@ class LongConnection:
 
         Args:
             timeout_s: seconds to wait at most for the events in flight; default: the answer
-                deadline (``settings.kafka_publish_timeout_s``), the longest an event can take.
+                deadline (``settings.answer_deadline_s``), the longest an event can take.
         """
         self._closing = True
         if self._events:
-            wait_s = self._settings.kafka_publish_timeout_s if timeout_s is None else timeout_s
+            wait_s = self._settings.answer_deadline_s if timeout_s is None else timeout_s
             await asyncio.wait(list(self._events), timeout=wait_s)
         await self._task.cancel()
         self.connected = False
@@ -417,7 +417,7 @@ class LongConnection:
                     result = await self._sink.deliver(
                         event,
                         received_ms=message.arrived_ms,
-                        deadline_s=message.arrived_s + self._settings.kafka_publish_timeout_s,
+                        deadline_s=message.arrived_s + self._settings.answer_deadline_s,
                     )
                 except Unavailable as exc:
                     outcome = exc.reason

@@ -11,13 +11,13 @@ Answers (README "HTTP interface"):
        event is acknowledged by the broker (or it is a duplicate of a delivered one)
 400    body not a JSON object
 401    authentication failed (fixed body; the reason goes to the log and metrics only)
-408    the body did not arrive within ``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S`` of the request
+408    the body did not arrive within ``BRIDGE_ANSWER_DEADLINE_S`` of the request
 413    body over ``BRIDGE_HTTP_MAX_BODY_BYTES``
 415    a ``Content-Encoding`` other than identity (the platform never compresses)
 503    not delivered now (broker away, publish timeout, shutting down) + ``Retry-After``
 ====== ===================================================================================
 
-Every answer comes within ``BRIDGE_KAFKA_PUBLISH_TIMEOUT_S`` (under the platform's 3 s) of the
+Every answer comes within ``BRIDGE_ANSWER_DEADLINE_S`` (under the platform's 3 s) of the
 request's arrival: reading the body and waiting for the broker share that one deadline. A
 client that hangs up mid-body is logged and counted with status 499 ``client_disconnected``.
 
@@ -229,7 +229,7 @@ async def handle_event(request: web.Request) -> web.Response:
         raise BodyTooLarge()
     held = _HeldBytes(state, length)
     try:
-        return await _read_and_deliver(request, rl, held, deadline_s=rl.arrived_s + settings.kafka_publish_timeout_s)
+        return await _read_and_deliver(request, rl, held, deadline_s=rl.arrived_s + settings.answer_deadline_s)
     finally:
         held.release()
 

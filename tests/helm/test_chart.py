@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.settings import load_settings, setting_docs
+from bridge.settings import DEPRECATED_VARIABLES, load_settings, setting_docs
 from tests.support.docs import shell_commands
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +32,8 @@ NAMESPACE = "lark-test"
 KUBE_VERSION = "1.30.0"
 
 DOCS = setting_docs()
+#: values.schema.json's config keys of renamed settings (bridge.settings.DEPRECATED_VARIABLES).
+DEPRECATED_KEYS = {old.removeprefix("BRIDGE_").lower() for old in DEPRECATED_VARIABLES}
 ALL_ENV = {r.env for r in DOCS}
 SECRET_ENV = {r.env for r in DOCS if r.secret}
 # Non-secret settings with no default: the values that make the chart render them in tests.
@@ -292,7 +294,8 @@ def test_schema_config_properties_match_settings() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     config = schema["properties"]["config"]
     assert config["additionalProperties"] is False
-    assert set(config["properties"]) == {field_of(r.env) for r in DOCS if not r.secret}
+    assert set(config["properties"]) == {field_of(r.env) for r in DOCS if not r.secret} | DEPRECATED_KEYS
+    assert all(config["properties"][key]["deprecated"] for key in DEPRECATED_KEYS)
 
 
 def test_every_secret_setting_has_a_value_and_a_key_name() -> None:
@@ -361,20 +364,27 @@ def test_ci_values_render_an_environment_the_bridge_loads(render: RenderFn, valu
     assert settings.shutdown_timeout_s == float(config.get("shutdown_timeout_s", 20))
 
 
+def test_the_deprecated_publish_timeout_key_still_sets_the_answer_deadline(render: RenderFn) -> None:
+    r = render({"config": {"kafka_publish_timeout_s": 2.5}}, {"secrets.larkVerificationToken": "t"})
+    assert r.env_configmap["BRIDGE_ANSWER_DEADLINE_S"] == "2.5"
+    assert "BRIDGE_KAFKA_PUBLISH_TIMEOUT_S" not in r.env_configmap
+    assert load_settings(container_environment(r)).answer_deadline_s == 2.5
+
+
 def test_numbers_survive_rendering(render: RenderFn) -> None:
     """Values files give numbers as float64; 1000000 must not become "1e+06"."""
     r = render(
-        {"config": {"dedup_max_entries": 1000000, "kafka_publish_timeout_s": 2.5}},
+        {"config": {"dedup_max_entries": 1000000, "answer_deadline_s": 2.5}},
         {"secrets.larkVerificationToken": "t"},
     )
     cm = r.env_configmap
     assert cm["BRIDGE_DEDUP_MAX_ENTRIES"] == "1000000"
     assert cm["BRIDGE_HTTP_MAX_BODY_BYTES"] == "1048576"
-    assert cm["BRIDGE_KAFKA_PUBLISH_TIMEOUT_S"] == "2.5"
+    assert cm["BRIDGE_ANSWER_DEADLINE_S"] == "2.5"
     assert cm["BRIDGE_KAFKA_CREATE_TOPICS"] == "true"
     settings = load_settings(container_environment(r))
     assert settings.dedup_max_entries == 1_000_000
-    assert settings.kafka_publish_timeout_s == 2.5
+    assert settings.answer_deadline_s == 2.5
 
 
 # --- probes, ports, shutdown ------------------------------------------------------------------
@@ -558,7 +568,7 @@ def test_kafka_ca_is_mounted_and_pointed_at(render: RenderFn, source: str) -> No
 
 WRONG_TYPES = [
     {"config": {"http_port": "eighty"}},
-    {"config": {"kafka_publish_timeout_s": "2s"}},
+    {"config": {"answer_deadline_s": "2s"}},
     {"config": {"kafka_create_topics": "yes"}},
     {"config": {"kafka_compression": "brotli"}},
     {"replicaCount": "two"},

@@ -298,7 +298,7 @@ async def test_a_client_hanging_up_mid_body_is_499_not_a_server_error(
 
 
 async def test_a_body_that_misses_the_deadline_is_408_in_time(make_client: Any) -> None:
-    client = await make_client(RecordingSink(), BRIDGE_KAFKA_PUBLISH_TIMEOUT_S="0.3")
+    client = await make_client(RecordingSink(), BRIDGE_ANSWER_DEADLINE_S="0.3")
     loop = asyncio.get_running_loop()
     started = loop.time()
     reader, writer = await raw_request(client, post_head(1000), b"{")
@@ -315,7 +315,7 @@ async def test_body_bytes_in_flight_are_counted_as_they_arrive_bounded_and_relea
         sink,
         BRIDGE_HTTP_MAX_BODY_BYTES="65536",
         BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT="131072",
-        BRIDGE_KAFKA_PUBLISH_TIMEOUT_S="0.5",
+        BRIDGE_ANSWER_DEADLINE_S="0.5",
     )
     valid = Platform().request(sample_event()).body
     assert len(valid) <= 4096  # a platform event is a small body

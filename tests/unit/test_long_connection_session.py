@@ -151,7 +151,7 @@ async def test_the_delivery_gets_the_payload_arrival_and_the_webhook_s_deadline(
     assert c.sink.received[0].payload == body
     deadline = c.sink.deadlines[0]
     assert deadline is not None
-    timeout_s = settings_for(platform).kafka_publish_timeout_s
+    timeout_s = settings_for(platform).answer_deadline_s
     assert before_s + timeout_s <= deadline <= loop.time() + timeout_s
     assert c.sink.received_ms[0] > 1_600_000_000_000  # unix ms
 

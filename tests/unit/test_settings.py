@@ -8,9 +8,18 @@ import sys
 from typing import Any
 
 import pytest
+import structlog
 
 from bridge.__main__ import settings_help
-from bridge.settings import Settings, SettingsError, load_settings, setting_docs, unknown_variables
+from bridge.logs import warn_unknown_variables
+from bridge.settings import (
+    Settings,
+    SettingsError,
+    deprecated_variables,
+    load_settings,
+    setting_docs,
+    unknown_variables,
+)
 from bridge_devtools.broker import free_port
 from tests.support.processes import bridge_env
 
@@ -27,7 +36,7 @@ def test_defaults() -> None:
         1 << 20,
     )
     assert s.lark_max_signature_age_s == 28800 and s.encrypt_keys == ()
-    assert s.kafka_bootstrap_servers == "127.0.0.1:9092" and s.kafka_publish_timeout_s == 2.0
+    assert s.kafka_bootstrap_servers == "127.0.0.1:9092" and s.answer_deadline_s == 2.0
     assert s.dedup_ttl_s == 86400 and s.dedup_max_entries == 1_000_000
     assert s.topic_dead_letter == "lark.bridge.dead_letter"
 
@@ -44,7 +53,8 @@ def test_secrets_masked_in_repr() -> None:
     [
         ({}, "BRIDGE_LARK_VERIFICATION_TOKEN"),
         ({"BRIDGE_HTTP_PORT": "eighty"}, "BRIDGE_HTTP_PORT"),
-        ({"BRIDGE_KAFKA_PUBLISH_TIMEOUT_S": "5"}, "BRIDGE_KAFKA_PUBLISH_TIMEOUT_S"),
+        ({"BRIDGE_ANSWER_DEADLINE_S": "5"}, "BRIDGE_ANSWER_DEADLINE_S"),
+        ({"BRIDGE_KAFKA_PUBLISH_TIMEOUT_S": "5"}, "BRIDGE_KAFKA_PUBLISH_TIMEOUT_S"),  # the old name, as set
         ({"BRIDGE_KAFKA_COMPRESSION": "brotli"}, "BRIDGE_KAFKA_COMPRESSION"),
         ({"BRIDGE_DEDUP_TTL_S": "3600"}, "BRIDGE_DEDUP_TTL_S"),
         ({"BRIDGE_LARK_ENCRYPT_KEY_PREVIOUS": SECRET_KEY}, "BRIDGE_LARK_ENCRYPT_KEY_PREVIOUS"),
@@ -156,3 +166,23 @@ def test_the_ingress_decides_which_credentials_are_required() -> None:
         load_settings({**lc, "BRIDGE_LARK_DOMAIN": "open.feishu.cn"})
     both = load_settings({**lc, "BRIDGE_LARK_SUBSCRIPTION_MODE": "both", "BRIDGE_LARK_VERIFICATION_TOKEN": "t"})
     assert both.webhook_enabled and both.long_connection_enabled
+
+
+def test_a_renamed_variable_is_still_read_under_its_old_name_unless_the_new_one_is_set() -> None:
+    base = {"BRIDGE_LARK_VERIFICATION_TOKEN": "t"}
+    assert load_settings({**base, "BRIDGE_KAFKA_PUBLISH_TIMEOUT_S": "1.5"}).answer_deadline_s == 1.5
+    both = {**base, "BRIDGE_KAFKA_PUBLISH_TIMEOUT_S": "1.5", "BRIDGE_ANSWER_DEADLINE_S": "2.5"}
+    assert load_settings(both).answer_deadline_s == 2.5
+    assert unknown_variables(both) == []  # not a typo: deprecated_variables() names it
+    assert deprecated_variables(both) == [("BRIDGE_KAFKA_PUBLISH_TIMEOUT_S", "BRIDGE_ANSWER_DEADLINE_S")]
+    assert deprecated_variables(base) == []
+
+
+def test_serve_warns_once_per_deprecated_variable_naming_the_new_one() -> None:
+    env = {"BRIDGE_KAFKA_PUBLISH_TIMEOUT_S": "1.5", "BRIDGE_ANSWER_DEADLINE_S": "2.5"}
+    with structlog.testing.capture_logs() as logs:
+        assert warn_unknown_variables(env) == 0
+    [line] = logs
+    assert line["event"] == "deprecated setting variable" and line["log_level"] == "warning"
+    assert line["variable"] == "BRIDGE_KAFKA_PUBLISH_TIMEOUT_S" and line["use_instead"] == "BRIDGE_ANSWER_DEADLINE_S"
+    assert line["ignored_because_set"] is True and "1.5" not in repr(line)

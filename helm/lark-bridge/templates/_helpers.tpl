@@ -121,9 +121,15 @@ out, so the bridge's default applies.
 {{- $data := dict }}
 {{- range $key, $value := .Values.config }}
 {{- $text := include "lark-bridge.envValue" $value }}
-{{- if ne $text "" }}
+{{- if and (ne $text "") (ne $key "kafka_publish_timeout_s") }}
 {{- $_ := set $data (printf "BRIDGE_%s" (upper $key)) $text }}
 {{- end }}
+{{- end }}
+{{- /* Deprecated key: values.yaml always carries answer_deadline_s's default, so the old key, when
+set, is the one the user chose. */}}
+{{- $old := include "lark-bridge.envValue" (.Values.config.kafka_publish_timeout_s | default "") }}
+{{- if ne $old "" }}
+{{- $_ := set $data "BRIDGE_ANSWER_DEADLINE_S" $old }}
 {{- end }}
 {{- if $caFile }}
 {{- $_ := set $data "BRIDGE_KAFKA_SSL_CAFILE" $caFile }}
