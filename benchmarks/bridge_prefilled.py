@@ -3,7 +3,7 @@
 Same configuration (``BRIDGE_*`` environment), logging, event loop and lifecycle as
 ``python -m bridge serve`` (it runs ``bridge.server.run``), except that the app's dedup ledger is
 pre-filled with ``BENCH_PREFILL_IDS`` (default ``BRIDGE_DEDUP_MAX_ENTRIES``, i.e. 1,000,000)
-synthetic delivery ids before the socket opens — the steady state of a bridge that has run for a whole dedup TTL. The
+synthetic event ids before the socket opens — the steady state of a bridge that has run for a whole dedup TTL. The
 benchmark reads this process's peak RSS (VmHWM) after driving it.
 
 How: the real ``create_app`` builds the app, this script fills ``app[STATE].ledger`` (a

@@ -1,7 +1,7 @@
 """The benchmark's broker-side check: every request answered 200 has exactly its records in Kafka.
 
 After the services ran, each publishing service's topics are read back from the beginning and
-each record is matched to the request that sent it — delivery ids encode the run, the step and the
+each record is matched to the request that sent it — event ids encode the run, the step and the
 request's index (``benchmarks.traffic``), and the generator wrote every request's status — so a
 200 without its records, a record count other than the request's fan-out, a record published for a
 request that was not answered 200, or a record written twice is found and counted, per step.
@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from benchmarks.results import ServiceResult
-from benchmarks.traffic import parse_delivery_id
+from benchmarks.traffic import parse_event_id
 
 
 class _Envelope(msgspec.Struct):
@@ -53,20 +53,20 @@ _event = msgspec.json.Decoder(_Event)
 _encrypted = msgspec.json.Decoder(_Encrypted)
 
 
-def _event_delivery_id(event: _Event) -> str | None:
+def _event_event_id(event: _Event) -> str | None:
     return event.header.event_id if event.header is not None and event.header.event_id else event.uuid
 
 
 def bridge_record(key: bytes | None, value: bytes) -> tuple[str | None, str]:
-    """``(delivery id, record id)`` of a bridge envelope record."""
+    """``(event id, record id)`` of a bridge envelope record."""
     env = _envelope.decode(value)
     return env.larkeventid, env.id
 
 
 def recipe_record(key: bytes | None, value: bytes) -> tuple[str | None, str]:
-    """``(delivery id, record id)`` of a recipe record: the SDK's event JSON, one per room key."""
-    delivery_id = _event_delivery_id(_event.decode(value))
-    return delivery_id, f"{delivery_id}/{(key or b'').decode()}"
+    """``(event id, record id)`` of a recipe record: the SDK's event JSON, one per room key."""
+    event_id = _event_event_id(_event.decode(value))
+    return event_id, f"{event_id}/{(key or b'').decode()}"
 
 
 def passthrough_record(encrypt_key: str) -> Callable[[bytes | None, bytes], tuple[str | None, str]]:
@@ -74,8 +74,8 @@ def passthrough_record(encrypt_key: str) -> Callable[[bytes | None, bytes], tupl
     from bridge.verify import decrypt
 
     def read(key: bytes | None, value: bytes) -> tuple[str | None, str]:
-        delivery_id = _event_delivery_id(_event.decode(decrypt(_encrypted.decode(value).encrypt, encrypt_key)))
-        return delivery_id, delivery_id or ""
+        event_id = _event_event_id(_event.decode(decrypt(_encrypted.decode(value).encrypt, encrypt_key)))
+        return event_id, event_id or ""
 
     return read
 
@@ -83,7 +83,7 @@ def passthrough_record(encrypt_key: str) -> Callable[[bytes | None, bytes], tupl
 @dataclass(frozen=True)
 class Checked:
     """Publishing services that share ``topics`` (the bridge and the bridge with a full dedup
-    window), how a record names its request (``read(key, value) -> (delivery id, record id)``),
+    window), how a record names its request (``read(key, value) -> (event id, record id)``),
     whether a request's records are its fan-out (else one per request), and the dead-letter topic
     (records there are counted, not matched)."""
 
@@ -178,9 +178,9 @@ async def _check_one(
                     if tp.topic == c.dead_letter_topic:
                         dead += 1
                         continue
-                    delivery_id, record_id = c.read(m.key, m.value)
+                    event_id, record_id = c.read(m.key, m.value)
                     record_ids.add(record_id)
-                    parsed = parse_delivery_id(delivery_id or "")
+                    parsed = parse_event_id(event_id or "")
                     if parsed is None or parsed[0] != run_tag:
                         foreign += 1
                         continue

@@ -1,6 +1,6 @@
 """Measure the memory of the dedup window: ``python -m benchmarks.dedup_memory [N]``.
 
-Prints bytes per delivery id and the total for N ids (default 1,000,000, the default
+Prints bytes per event id and the total for N ids (default 1,000,000, the default
 ``BRIDGE_DEDUP_MAX_ENTRIES``), measured with tracemalloc and as the process RSS growth.
 """
 
@@ -19,9 +19,9 @@ def _fill(ids: list[str]) -> tuple[DeliveryLedger, float]:
     clock = [0.0]
     ledger = DeliveryLedger(ttl_s=86_400, max_entries=len(ids), clock=lambda: clock[0])
     t0 = time.perf_counter()
-    for i, delivery_id in enumerate(ids):
+    for i, event_id in enumerate(ids):
         clock[0] = i * 86_400 / len(ids)  # spread over the TTL: every bucket in use
-        ledger.mark_delivered(delivery_id)
+        ledger.mark_delivered(event_id)
     return ledger, time.perf_counter() - t0
 
 

@@ -52,10 +52,10 @@ async def _fill(bootstrap: str, ids: int, value_bytes: int) -> float:
         pad = "x" * max(0, value_bytes - 200)
         pending = []
         for i in range(ids):
-            delivery_id = f"{i:032x}"
-            value = json.dumps({"specversion": "1.0", "id": delivery_id, "larkeventid": delivery_id, "pad": pad})
+            event_id = f"{i:032x}"
+            value = json.dumps({"specversion": "1.0", "id": event_id, "larkeventid": event_id, "pad": pad})
             fut = await producer.send(
-                TOPIC, value.encode(), key=delivery_id.encode(), headers=[("lark_event_id", delivery_id.encode())]
+                TOPIC, value.encode(), key=event_id.encode(), headers=[("lark_event_id", event_id.encode())]
             )
             pending.append(fut)
             if len(pending) >= 20_000:
@@ -109,12 +109,12 @@ async def _replay_and_tail(bootstrap: str, ids: int, tail: int, timeout_s: float
     lags_ms: list[float] = []
     try:
         for i in range(tail):
-            delivery_id = f"tail-{i}"
+            event_id = f"tail-{i}"
             await producer.send_and_wait(
-                TOPIC, b"{}", key=delivery_id.encode(), headers=[("lark_event_id", delivery_id.encode())]
+                TOPIC, b"{}", key=event_id.encode(), headers=[("lark_event_id", event_id.encode())]
             )
             acked = time.perf_counter()
-            while not ledger.delivered(delivery_id):
+            while not ledger.delivered(event_id):
                 if time.perf_counter() - acked > 5:
                     break
                 await asyncio.sleep(0.0002)

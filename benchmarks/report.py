@@ -181,7 +181,7 @@ def report_md(bench: RunData, ver: dict[str, str], mach: dict[str, str], elapsed
     md += [
         f"**Traffic**: platform-exact requests (AES-256-CBC encrypted, signed, timestamps of the step) built by "
         f"`bridge_devtools.platform.Platform` from the documented samples: {mix}; 1,000 rooms; a third-party "
-        f"event lists 1–3 rooms (1–3 records); every delivery id unique. Open loop (`benchmarks/loadgen`), "
+        f"event lists 1–3 rooms (1–3 records); every event id unique. Open loop (`benchmarks/loadgen`), "
         f"{bench.step_s:g} s per step. A step passes when every answer is 200, p99 ≤ {P99_LIMIT_MS:.0f} ms "
         f"(counted from each request's due time) and the generator sent ≥ {MIN_SENT_SHARE:.0%} of the rate. "
         "Latencies are measured from each request's due time (its place in the open-loop schedule) to the end of "
@@ -285,7 +285,7 @@ def report_md(bench: RunData, ver: dict[str, str], mach: dict[str, str], elapsed
         md += ["### Broker-side check (every publishing service)", ""]
         md += [
             "After the run every record of each publishing service's topics was read back and matched to the "
-            "request that sent it: the delivery id encodes step and index (the passthrough's records are the raw "
+            "request that sent it: the event id encodes step and index (the passthrough's records are the raw "
             "encrypted bodies, decrypted for the check; the recipe's are the SDK's event JSON), and the generator "
             "records each request's status. A 200 must have exactly its records: one per listed room of a "
             "third-party event for the bridge and the recipe, one per request for the passthrough. Requests "

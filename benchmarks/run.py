@@ -27,7 +27,7 @@ step: latency percentiles, the service's CPU seconds (``/proc/<pid>/stat`` utime
 core's CPU (broker + generator); per service: peak RSS (VmHWM). Between the ceiling and the
 passthrough, the generator is pointed at a Go ``net/http`` sink at 1.5-3× the ceiling's max to
 show it is not the bottleneck, and vegeta cross-checks its numbers on the bridge. After the bridge,
-every record of its topics is read back and matched to the request that sent it (delivery ids
+every record of its topics is read back and matched to the request that sent it (event ids
 encode step and index; the generator records every request's status); the passthrough's topic is
 not among them.
 
@@ -139,7 +139,7 @@ class Bench:
         *,
         retry_marginal: bool = False,
     ) -> Step:
-        """One step; re-run (with new delivery ids) while the VM stalled during it (up to
+        """One step; re-run (with new event ids) while the VM stalled during it (up to
         ``--stall-retries`` times), and once more when ``retry_marginal`` and it failed narrowly."""
         stall_runs = 0
         while True:

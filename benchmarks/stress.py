@@ -16,8 +16,8 @@ traffic and the broker on core 1), then runs six phases, each bounded in count a
    open; which connections the bridge closes and when; RSS after;
 4. broker frozen: SIGSTOP of the broker JVM while valid events arrive; every answer within 3 s;
    SIGCONT, recovery, and the platform's retry of those events;
-5. broker-side check: every record of the bridge's topics matched to the delivery ids answered 200
-   (CloudEvents ``larkeventid``; a dead letter of an authentic event without a readable delivery id by
+5. broker-side check: every record of the bridge's topics matched to the event ids answered 200
+   (CloudEvents ``larkeventid``; a dead letter of an authentic event without a readable event id by
    ``sha256:`` of the plaintext sent, its ``id`` and ``lark_event_id`` header), fan-out counts, no
    duplicate records;
 6. end: /metrics series, RSS, fds, log volume, SIGTERM and exit code, broker stopped.
@@ -59,7 +59,7 @@ import msgspec
 
 from benchmarks import tools
 from benchmarks.run import BRIDGE_TOPICS, BROKER_JVM_OPTS
-from benchmarks.traffic import KINDS, ROOMS, TrafficBuilder, delivery_id
+from benchmarks.traffic import KINDS, ROOMS, TrafficBuilder, event_id
 from bridge.verify import HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 from bridge_devtools.platform import Platform, compact
 
@@ -70,7 +70,7 @@ MAX_BODY: Final = 1_048_576  # BRIDGE_HTTP_MAX_BODY_BYTES (default)
 SERVICE_CORE: Final = 0
 LOAD_CORE: Final = 1
 DEAD_LETTER_TOPIC: Final = "lark.bridge.dead_letter"
-LARK_EVENT_ID_HEADER: Final = "lark_event_id"  # a record's Kafka header: its delivery id (dead letter: its key)
+LARK_EVENT_ID_HEADER: Final = "lark_event_id"  # a record's Kafka header: its event id (dead letter: its key)
 BENCHMARKS_MD: Final = tools.REPO / "BENCHMARKS.md"
 TITLE: Final = "## Hostile-input stress (python -m benchmarks.stress)"
 BEGIN: Final = "<!-- stress:begin (written by python -m benchmarks.stress; edits here are overwritten) -->"
@@ -121,7 +121,7 @@ class Category:
 
 
 CATEGORIES: Final = (
-    Category("valid", 40, "valid event: one of the 3 sample kinds (uniform), fresh delivery id, encrypted + signed"),
+    Category("valid", 40, "valid event: one of the 3 sample kinds (uniform), fresh event id, encrypted + signed"),
     Category(
         "duplicate", 10, "exact re-send of an earlier valid request (70 %: ≥ 50 requests old; 30 %: of the last 3)"
     ),
@@ -155,7 +155,7 @@ CATEGORIES: Final = (
         "signed + encrypted, ≈50 KB event type with a newline and an ANSI escape, control characters in tenant_key",
     ),
     Category("ctrl_tenant", 5, "valid kind, control characters (C0, DEL, U+2028, BOM, ANSI) in tenant_key and app_id"),
-    Category("huge_id", 3, "valid kind, a 20 KB delivery id with control characters"),
+    Category("huge_id", 3, "valid kind, a 20 KB event id with control characters"),
 )
 CATEGORY_NAMES: Final = tuple(c.name for c in CATEGORIES)
 
@@ -177,9 +177,9 @@ class Req:
 
 @dataclass(slots=True)
 class Sent:
-    """One request and its answer. ``did``: the delivery id the bridge will read (None: none or not
+    """One request and its answer. ``did``: the event id the bridge will read (None: none or not
     known); ``key``: of an authentic request, ``plaintext_key`` of its plaintext — the id of its dead
-    letter when the bridge reads no delivery id from it (unreadable, or a malformed top level);
+    letter when the bridge reads no event id from it (unreadable, or a malformed top level);
     ``fanout``: records expected on the event topics when answered 200 (0 = one dead letter; None =
     either); ``bad_token``: its plaintext carries a verification token other than ours (a 401
     ``token_mismatch`` is right); times are the event loop's clock."""
@@ -239,7 +239,7 @@ def mutate(data: bytes, rng: random.Random, n: int, alphabet: bytes | None) -> t
 
 
 def plaintext_key(plain: bytes) -> str:
-    """The bridge's dedup key of an authentic event without a delivery id (bridge/inbound.py
+    """The bridge's dedup key of an authentic event without an event id (bridge/inbound.py
     ``InboundEvent.dedup_key``): ``sha256:`` and the hex SHA-256 of the decrypted plaintext — its
     dead letter's ``id`` and ``lark_event_id`` header."""
     return "sha256:" + hashlib.sha256(plain).hexdigest()
@@ -248,7 +248,7 @@ def plaintext_key(plain: bytes) -> str:
 def read_plaintext(plain: bytes) -> Any:
     """``plain`` as JSON, read more leniently than the bridge's top level (invalid UTF-8 and raw
     control characters pass: the bridge leaves ``event`` unread), so that what the bridge reads is
-    read alike here (delivery id, token); None when not JSON even so. What only this reads, the
+    read alike here (event id, token); None when not JSON even so. What only this reads, the
     bridge dead-letters under ``plaintext_key``."""
     try:
         return json.loads(plain.decode("utf-8", "surrogateescape"), strict=False)
@@ -274,8 +274,8 @@ def wrong_token(payload: Any) -> bool:
     return token is not None and token != TOKEN
 
 
-def delivery_id_of(payload: Any) -> str | None:
-    """The delivery id the bridge reads from a plaintext payload (bridge/inbound.py rules)."""
+def event_id_of(payload: Any) -> str | None:
+    """The event id the bridge reads from a plaintext payload (bridge/inbound.py rules)."""
     if not isinstance(payload, dict):
         return None
     if payload.get("schema") is not None:
@@ -303,7 +303,7 @@ def _walk(value: Any, path: str, depth: int, slots: list[tuple[Any, Any, str]]) 
 
 
 def tree_mutate(doc: dict[str, Any], rng: random.Random, n: int) -> str:
-    """Apply ``n`` structural mutations to ``doc`` in place; returns what was done. The delivery id
+    """Apply ``n`` structural mutations to ``doc`` in place; returns what was done. The event id
     is never set to another non-empty string (ids stay unique), only removed or retyped."""
     notes = []
     for _ in range(n):
@@ -360,7 +360,7 @@ def signed_headers(body: bytes) -> dict[str, str]:
 
 
 class Factory:
-    """Builds the requests of each category (fresh delivery ids from run tag, category, counter)."""
+    """Builds the requests of each category (fresh event ids from run tag, category, counter)."""
 
     def __init__(self, run: str, seed: int, nest_depth: int) -> None:
         self.run = run
@@ -373,10 +373,10 @@ class Factory:
         self.oversize = b'{"encrypt":"' + b"A" * (MAX_BODY + 1024 - 14) + b'"}'
 
     def payload(self, code: int, kind: str | None = None) -> tuple[dict[str, Any], int, str, str]:
-        """A valid payload: (payload, records it fans out to, delivery id, kind)."""
+        """A valid payload: (payload, records it fans out to, event id, kind)."""
         kind = kind or self.rng.choice(KINDS)
         self.n += 1
-        did = delivery_id(self.run, code, self.n)
+        did = event_id(self.run, code, self.n)
         body, fan = self.tb.payload(kind, did, int(time.time() * 1000))
         return body, fan, did, kind
 
@@ -430,7 +430,7 @@ class Factory:
             "mutated_plaintext",
             kind,
             _AUTH if bad else _OK,
-            delivery_id_of(doc),
+            event_id_of(doc),
             None,
             note,
             authentic=True,
@@ -445,7 +445,7 @@ class Factory:
             "mutated_tree",
             kind,
             _AUTH if bad else _OK,
-            delivery_id_of(p),
+            event_id_of(p),
             None,
             f"{kind}: {ops}"[:300],
             authentic=True,
@@ -1334,10 +1334,10 @@ class Stress:
         )
         events: dict[str | None, list[str]] = defaultdict(list)  # larkeventid -> record ids (event topics)
         where: dict[str, str] = {}  # record id -> topic[partition]@offset
-        # dead-letter key (its lark_event_id header, else its id: the delivery id, or sha256: of the
+        # dead-letter key (its lark_event_id header, else its id: the event id, or sha256: of the
         # plaintext of an event without one) -> dead letters
         dead: dict[str, int] = defaultdict(int)
-        dead_no_did = 0  # dead letters without a delivery id (larkeventid null)
+        dead_no_did = 0  # dead letters without an event id (larkeventid null)
         dead_odd: list[str] = []  # dead letters whose header, id and larkeventid disagree
         per_topic: Counter[str] = Counter()
         undecodable = 0
@@ -1384,13 +1384,13 @@ class Stress:
         finally:
             await consumer.stop()
         read_s = time.monotonic() - t0
-        # what we sent, by delivery id (else by the plaintext's sha256: key, the id of its dead letter)
+        # what we sent, by event id (else by the plaintext's sha256: key, the id of its dead letter)
         by_id: dict[str, list[Sent]] = defaultdict(list)
         for s in self.sent:
             if s.did is not None or s.key is not None:
                 by_id[s.did or s.key or ""].append(s)
-        # dead letters of each: by its delivery id, or by the sha256: key of a plaintext the bridge
-        # read no delivery id from
+        # dead letters of each: by its event id, or by the sha256: key of a plaintext the bridge
+        # read no event id from
         keys_of = {d: {d} | {s.key for s in group if s.key is not None} for d, group in by_id.items()}
         dead_of: dict[str, int] = {d: sum(dead.get(k, 0) for k in keys) for d, keys in keys_of.items()}
         ok_ids = {d for d, group in by_id.items() if any(s.status == 200 for s in group)}
@@ -1469,8 +1469,8 @@ class Stress:
         c = self.r["check"]
         print(
             f"  {c['records']:,} records in {read_s:.1f} s ({c['event_records']:,} event records, {n_dead:,} dead "
-            f"letters, {c['dead_unkeyed']} of them without a delivery id, {c['dead_sha']} keyed by sha256 of the "
-            f"plaintext); {len(ok_ids):,} delivery ids / plaintexts answered 200",
+            f"letters, {c['dead_unkeyed']} of them without an event id, {c['dead_sha']} keyed by sha256 of the "
+            f"plaintext); {len(ok_ids):,} event ids / plaintexts answered 200",
             flush=True,
         )
         print(
@@ -1487,9 +1487,9 @@ class Stress:
         for label, ids in (
             ("answered 200 but no record in Kafka", missing),
             ("wrong number of records (fan-out)", fan_bad),
-            ("a delivery id with duplicate records", dup_records),
-            ("a delivery id with more than one dead letter", dup_dead),
-            ("a delivery id with both event records and a dead letter", both),
+            ("an event id with duplicate records", dup_records),
+            ("an event id with more than one dead letter", dup_dead),
+            ("an event id with both event records and a dead letter", both),
         ):
             if ids:
                 ex = by_id[ids[0]][0]
@@ -1508,7 +1508,7 @@ class Stress:
             ex = wrong_token_taken[0]
             self.finding(
                 f"broker check: {len(wrong_token_taken)} events with a wrong verification token were published "
-                f"(records or a dead letter by delivery id, not 401 token_mismatch; e.g. {ex.cat}/{ex.variant} "
+                f"(records or a dead letter by event id, not 401 token_mismatch; e.g. {ex.cat}/{ex.variant} "
                 f"{ex.req_id}: {ex.note})"
             )
         if unread or undecodable:
@@ -1926,8 +1926,8 @@ Flood answers per category ({st.args.requests:,} requests, open loop at {st.args
 
 {chr(10).join(counters)}
 
-What the non-`valid` requests answered 200 became (found by delivery id in the broker check, or — a dead
-letter of an event without a readable delivery id — by `sha256:` of the plaintext sent; "no id" ones are
+What the non-`valid` requests answered 200 became (found by event id in the broker check, or — a dead
+letter of an event without a readable event id — by `sha256:` of the plaintext sent; "no id" ones are
 neither, counted above):
 
 {became}

@@ -5,8 +5,8 @@ encrypted, signed with a fresh ``X-Lark-Request-Timestamp``) from the documented
 ``bridge.samples``, with
 
 * the verification token set (``header.token`` / ``token``);
-* a unique delivery id (``header.event_id`` for 2.0, ``uuid`` for 1.0) that encodes the run, the
-  step and the index (:func:`parse_delivery_id`), so the broker-side check can map every record
+* a unique event id (``header.event_id`` for 2.0, ``uuid`` for 1.0) that encodes the run, the
+  step and the index (:func:`parse_event_id`), so the broker-side check can map every record
   back to the load step that sent it;
 * room ids drawn from 1,000 rooms (``event.room.room_id``, ``event.scope_id``,
   ``event.meeting_rooms[].open_id``; a third-party event lists 1-3 distinct rooms, so it fans out
@@ -46,13 +46,13 @@ KINDS: Final = tuple(k for k, _ in MIX)
 _WEIGHTS: Final = tuple(w for _, w in MIX)
 
 
-def delivery_id(run: str, step: int, index: int) -> str:
-    """A 32-hex-digit delivery id: 8 run, 4 step, 8 index, 12 random (like the platform's)."""
+def event_id(run: str, step: int, index: int) -> str:
+    """A 32-hex-digit event id: 8 run, 4 step, 8 index, 12 random (like the platform's)."""
     return f"{run}{step:04x}{index:08x}{random.getrandbits(48):012x}"
 
 
-def parse_delivery_id(value: str) -> tuple[str, int, int] | None:
-    """``(run, step, index)`` of an id made by :func:`delivery_id`, else None."""
+def parse_event_id(value: str) -> tuple[str, int, int] | None:
+    """``(run, step, index)`` of an id made by :func:`event_id`, else None."""
     if len(value) != 32:
         return None
     try:
@@ -82,7 +82,7 @@ class TrafficBuilder:
         self._templates = {k: sample(k) for k in KINDS}
 
     def payload(self, kind: str, event_id: str, now_ms: int) -> tuple[dict[str, Any], int]:
-        """One event of ``kind`` with delivery id ``event_id``; returns (payload, records)."""
+        """One event of ``kind`` with event id ``event_id``; returns (payload, records)."""
         body = copy.deepcopy(self._templates[kind])
         rng = self._rng
         if kind == "third_party_meeting_room_event_created":
@@ -119,7 +119,7 @@ class TrafficBuilder:
         now_ms = int(time.time() * 1000)
         chosen = self._rng.choices(KINDS, weights=_WEIGHTS, k=count)
         for i, kind in enumerate(chosen):
-            payload, n = self.payload(kind, delivery_id(self._run, step, i), now_ms)
+            payload, n = self.payload(kind, event_id(self._run, step, i), now_ms)
             records.append(n)
             reqs.append(self._platform.request(payload))
         return reqs, records, chosen

@@ -29,7 +29,7 @@ EXIT_STILL_FAILING = 1
 EXIT_USAGE = 2
 #: Exit code: the broker is unreachable (:class:`bridge.dead_letters.BrokerUnavailable`).
 EXIT_BROKER = 3
-#: Longest value shown in a table cell (a hostile delivery id must not break the layout).
+#: Longest value shown in a table cell (a hostile event id must not break the layout).
 MAX_CELL_CHARS = 48
 
 
@@ -133,11 +133,11 @@ def table(rows: Iterable[Sequence[Any]], head: Sequence[str], out: TextIO) -> No
 
 
 #: The columns of ``dead-letters list``.
-LIST_HEAD = ("received_at", "reason", "lark_type", "delivery_id", "tenant_key", "path", "where")
+LIST_HEAD = ("received_at", "reason", "lark_type", "event_id", "tenant_key", "path", "where")
 
 
 def _list_row(dl: DeadLetter) -> list[Any]:
-    return [dl.received_at, dl.reason, dl.lark_type, dl.delivery_id, dl.tenant_key, dl.path, dl.where]
+    return [dl.received_at, dl.reason, dl.lark_type, dl.event_id, dl.tenant_key, dl.path, dl.where]
 
 
 async def list_command(settings: Settings, selection: Selection, *, as_json: bool, out: TextIO) -> int:
@@ -200,7 +200,7 @@ async def replay_command(settings: Settings, selection: Selection, *, dry_run: b
     else:
         table(
             ([o.kind, o.records, *_list_row(o.dead_letter)[:4], o.error or ""] for o in outcomes),
-            ("outcome", "records", "received_at", "reason", "lark_type", "delivery_id", "now failing with"),
+            ("outcome", "records", "received_at", "reason", "lark_type", "event_id", "now failing with"),
             out,
         )
     counts = Counter(o.kind for o in outcomes)

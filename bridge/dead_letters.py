@@ -73,7 +73,7 @@ class DeadLetter:
         error: What failed, with its JSON path.
         path: The JSON path of the failing field, when known.
         lark_type: The Lark event type, when known.
-        delivery_id: Lark's delivery id (``data.lark_event_id``), when known.
+        event_id: Lark's event id (``data.lark_event_id``), when known.
         tenant_key: The tenant (the envelope's ``tenantkey``), when known.
         received_at: When the bridge received the event (RFC 3339, UTC, ms).
         payload: The Lark payload, token fields redacted; ``{}`` when it was not carried (too
@@ -88,7 +88,7 @@ class DeadLetter:
     error: str
     path: str | None
     lark_type: str | None
-    delivery_id: str | None
+    event_id: str | None
     tenant_key: str | None
     received_at: str
     payload: dict[str, Any]
@@ -238,7 +238,7 @@ def _dead_letter(topic: str, m: Any) -> DeadLetter | None:
         error=d.error,
         path=d.path,
         lark_type=d.lark_type,
-        delivery_id=d.lark_event_id,
+        event_id=d.lark_event_id,
         tenant_key=env.tenantkey,
         received_at=d.received_at,
         payload=d.payload,
@@ -396,7 +396,7 @@ async def _replay_one(
         records = records_of(dl, topics, max_bytes)
     except DeadLetterCause as failure:
         return ReplayOutcome(dl, "still_failing", reason=failure.reason, error=failure.error)
-    event_id = records[0].delivery_id
+    event_id = records[0].event_id
     assert event_id is not None  # a decoded event has one
     if ledger.delivered(event_id):
         return ReplayOutcome(dl, "already_delivered")

@@ -44,7 +44,7 @@ class DecodedEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         lark_type: The Lark event type.
-        delivery_id: ``header.event_id`` (2.0) or ``uuid`` (1.0), the dedup key.
+        event_id: ``header.event_id`` (2.0) or ``uuid`` (1.0), the dedup key.
         app_id: The app the event is for (2.0 ``header.app_id``, 1.0 ``event.app_id``).
         tenant_key: The tenant it is from (2.0 ``header.tenant_key``, 1.0 ``event.tenant_key``).
         time_ms: The event time, unix milliseconds.
@@ -53,7 +53,7 @@ class DecodedEvent(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     lark_type: str
-    delivery_id: str
+    event_id: str
     app_id: str
     tenant_key: str
     time_ms: int
@@ -313,10 +313,10 @@ def _decoded(inbound: InboundEvent, lark_type: str, tree: _Tree, data: Any, time
         raise DeadLetterCause("invalid_event", f"not readable JSON ({exc})", "$") from None
     except TooDeep as exc:
         raise DeadLetterCause("invalid_event", str(exc), "$") from None
-    assert inbound.delivery_id is not None  # a well-formed top level has one
+    assert inbound.event_id is not None  # a well-formed top level has one
     return DecodedEvent(
         lark_type=lark_type,
-        delivery_id=inbound.delivery_id,
+        event_id=inbound.event_id,
         app_id=inbound.app_id or "",
         tenant_key=inbound.tenant_key or "",
         time_ms=time_ms,

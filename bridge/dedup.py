@@ -1,6 +1,6 @@
-"""Dedup window: which Lark delivery ids were already delivered to Kafka, and which are in flight.
+"""Dedup window: which Lark event ids were already delivered to Kafka, and which are in flight.
 
-The platform delivers at least once and retries for ≈7.1 h with the same delivery id
+The platform delivers at least once and retries for ≈7.1 h with the same event id
 (docs/protocol.md §7: dedupe on ``header.event_id`` / ``uuid``). An id is marked *delivered* only after
 the broker acknowledged its records (or its dead-letter record); a failed publish leaves it
 unmarked so the platform's retry publishes it.
@@ -68,7 +68,7 @@ class FingerprintSet:
         """Compute the value stored for a key.
 
         Args:
-            key: The delivery id (or dedup key).
+            key: The event id (or dedup key).
             log_source: Whether :data:`LOG` marked it (bit 0).
 
         Returns:
@@ -225,49 +225,49 @@ class DeliveryLedger:
             for _ in range(int(buckets.popleft()[1])):
                 ids.pop_oldest()
 
-    def delivered(self, delivery_id: str) -> bool:
+    def delivered(self, event_id: str) -> bool:
         """Tell whether an id was marked delivered within the window.
 
         Args:
-            delivery_id: The event's dedup key (:meth:`bridge.inbound.InboundEvent.dedup_key`).
+            event_id: The event's dedup key (:meth:`bridge.inbound.InboundEvent.dedup_key`).
 
         Returns:
             True when marked delivered and not expired.
         """
         self._expire(self._clock())
-        return self._set.find(FingerprintSet.value_of(delivery_id, False)) != 0
+        return self._set.find(FingerprintSet.value_of(event_id, False)) != 0
 
-    def marked_by(self, delivery_id: str) -> str | None:
+    def marked_by(self, event_id: str) -> str | None:
         """Tell who marked an id first.
 
         Args:
-            delivery_id: The event's dedup key.
+            event_id: The event's dedup key.
 
         Returns:
             :data:`LOCAL` or :data:`LOG`, or None if unmarked (or expired).
         """
         self._expire(self._clock())
-        value = self._set.find(FingerprintSet.value_of(delivery_id, False))
+        value = self._set.find(FingerprintSet.value_of(event_id, False))
         if value == 0:
             return None
         return LOG if value & 1 else LOCAL
 
-    def mark_delivered(self, delivery_id: str, *, source: str = LOCAL) -> None:
+    def mark_delivered(self, event_id: str, *, source: str = LOCAL) -> None:
         """Remember an id as delivered, evicting the oldest past the bound.
 
         Idempotent: the first mark's source stays. Forgets the id's partly-written indices.
 
         Args:
-            delivery_id: The event's dedup key.
+            event_id: The event's dedup key.
             source: :data:`LOCAL` or :data:`LOG`. Default :data:`LOCAL`.
         """
         now = self._clock()
         self._expire(now)
         ids = self._set
-        if not ids.add(FingerprintSet.value_of(delivery_id, source == LOG)):
+        if not ids.add(FingerprintSet.value_of(event_id, source == LOG)):
             return
         if self._partial:
-            self._partial.pop(hash(delivery_id), None)
+            self._partial.pop(hash(event_id), None)
         buckets = self._buckets
         if not buckets or buckets[-1][0] + self._span <= now:
             buckets.append([now, 0])
@@ -279,11 +279,11 @@ class DeliveryLedger:
             if oldest[1] <= 0:
                 buckets.popleft()
 
-    def written(self, delivery_id: str, count: int) -> int:
+    def written(self, event_id: str, count: int) -> int:
         """Tell which records of a partly written event are in the topics.
 
         Args:
-            delivery_id: The event's dedup key.
+            event_id: The event's dedup key.
             count: How many records the event has.
 
         Returns:
@@ -292,12 +292,12 @@ class DeliveryLedger:
             were first seen more than ``ttl_s`` ago, or when the event is delivered (then
             :meth:`delivered` says so).
         """
-        entry = self._partial.get(hash(delivery_id))
+        entry = self._partial.get(hash(event_id))
         if entry is None or entry[0] != count or entry[2] + self._ttl_s <= self._clock():
             return 0
         return entry[1]
 
-    def mark_written(self, delivery_id: str, indices: Iterable[int], count: int, *, source: str = LOCAL) -> None:
+    def mark_written(self, event_id: str, indices: Iterable[int], count: int, *, source: str = LOCAL) -> None:
         """Record that some of an event's records are written.
 
         Once all ``count`` are (over any number of calls), the id is marked delivered by
@@ -305,7 +305,7 @@ class DeliveryLedger:
         ``ttl_s``; the oldest is forgotten first.
 
         Args:
-            delivery_id: The event's dedup key.
+            event_id: The event's dedup key.
             indices: The indices written, each ``0 <= i < count``; indices out of range are
                 ignored.
             count: How many records the event has.
@@ -313,11 +313,11 @@ class DeliveryLedger:
         """
         if count <= 1:
             if any(i == 0 for i in indices):
-                self.mark_delivered(delivery_id, source=source)
+                self.mark_delivered(event_id, source=source)
             return
-        if self.delivered(delivery_id):
+        if self.delivered(event_id):
             return
-        h = hash(delivery_id)
+        h = hash(event_id)
         now = self._clock()
         mask = 0
         for i in indices:
@@ -330,7 +330,7 @@ class DeliveryLedger:
         else:
             since = now
         if mask == (1 << count) - 1:
-            self.mark_delivered(delivery_id, source=source)
+            self.mark_delivered(event_id, source=source)
             return
         self._partial[h] = (count, mask, since)
         partial = self._partial
@@ -340,24 +340,24 @@ class DeliveryLedger:
                 break
             del partial[oldest]
 
-    def in_flight(self, delivery_id: str) -> asyncio.Future[bool] | None:
+    def in_flight(self, event_id: str) -> asyncio.Future[bool] | None:
         """Return the future of a delivery still running.
 
         Args:
-            delivery_id: The event's dedup key.
+            event_id: The event's dedup key.
 
         Returns:
             The future (its result: delivered?), or None when none is in flight.
         """
-        return self._in_flight.get(delivery_id)
+        return self._in_flight.get(event_id)
 
-    def begin(self, delivery_id: str) -> asyncio.Future[bool]:
+    def begin(self, event_id: str) -> asyncio.Future[bool]:
         """Register a delivery in flight; finish it with :meth:`finish`.
 
         Must be called from a running event loop.
 
         Args:
-            delivery_id: The event's dedup key.
+            event_id: The event's dedup key.
 
         Returns:
             The future that :meth:`finish` resolves; waiters await it.
@@ -365,13 +365,13 @@ class DeliveryLedger:
         Raises:
             RuntimeError: A delivery is already in flight for the id (or no loop is running).
         """
-        if delivery_id in self._in_flight:
+        if event_id in self._in_flight:
             raise RuntimeError("delivery already in flight")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._in_flight[delivery_id] = fut
+        self._in_flight[event_id] = fut
         return fut
 
-    def finish(self, delivery_id: str, delivered: bool) -> None:
+    def finish(self, event_id: str, delivered: bool) -> None:
         """End the in-flight delivery and wake its waiters.
 
         It marks nothing: the publish that delivered it marked the id
@@ -379,9 +379,9 @@ class DeliveryLedger:
         delivery is in flight for the id.
 
         Args:
-            delivery_id: The event's dedup key.
+            event_id: The event's dedup key.
             delivered: The waiters' result; a waiter that gets False looks again.
         """
-        fut = self._in_flight.pop(delivery_id, None)
+        fut = self._in_flight.pop(event_id, None)
         if fut is not None and not fut.done():
             fut.set_result(delivered)

@@ -1,14 +1,14 @@
 """The dedup ledger's feed: rebuilt from the bridge's own topics at start, then kept in step with them.
 
 Kafka already holds the truth of what was published: every record the bridge writes whose
-delivery id is known carries it in the Kafka header ``lark_event_id``
-(:data:`bridge.envelope.DELIVERY_ID_HEADER`). So the ledger needs no store of its own
+event id is known carries it in the Kafka header ``lark_event_id``
+(:data:`bridge.envelope.EVENT_ID_HEADER`). So the ledger needs no store of its own
 (``BRIDGE_DEDUP_STORE=kafka``, the default):
 
 * **Replay, at start.** A consumer without a group is assigned every partition of the bridge's
   topics (event topics and dead letters), seeks each to the first offset at or after
   ``now − BRIDGE_DEDUP_TTL_S`` (``offsets_for_times``) and reads up to the end offsets seen at
-  start, marking each delivery id delivered (source ``log``). Until it is done the bridge is not
+  start, marking each event id delivered (source ``log``). Until it is done the bridge is not
   ready (``/readyz`` 503 ``dedup_replay``) and events are answered 503, so that the platform
   retries rather than a duplicate slipping through. A replay still running after
   ``BRIDGE_DEDUP_REPLAY_TIMEOUT_S`` seconds makes the bridge ready anyway (a warning line and
@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge import kafka
 from bridge.dedup import LOG, DeliveryLedger
-from bridge.envelope import DELIVERY_ID_HEADER, RECORD_PART_HEADER, parse_part
+from bridge.envelope import EVENT_ID_HEADER, RECORD_PART_HEADER, parse_part
 from bridge.lifecycle import TaskRunner, retrying
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
@@ -244,20 +244,20 @@ class LedgerFeed:
                 await self._check_replay(consumer, loop.time())
 
     def _mark(self, message: Any, now_s: float) -> None:
-        """Mark the delivery id of one record read back: delivered, or — for a record of an event
+        """Mark the event id of one record read back: delivered, or — for a record of an event
         that fans out (header ``lark_record_part``) — one more of its records written."""
-        delivery_id = part = None
+        event_id = part = None
         for key, value in message.headers or ():
-            if key == DELIVERY_ID_HEADER:
-                delivery_id = value.decode("utf-8", "replace")
+            if key == EVENT_ID_HEADER:
+                event_id = value.decode("utf-8", "replace")
             elif key == RECORD_PART_HEADER:
                 part = parse_part(value)
-        if delivery_id is None:
+        if event_id is None:
             return
         if part is None:
-            self._ledger.mark_delivered(delivery_id, source=LOG)
+            self._ledger.mark_delivered(event_id, source=LOG)
         else:
-            self._ledger.mark_written(delivery_id, (part[0],), part[1], source=LOG)
+            self._ledger.mark_written(event_id, (part[0],), part[1], source=LOG)
         if self.replayed:
             self._metrics.dedup_tail_lag.observe(max(0.0, now_s - message.timestamp / 1000))
         else:

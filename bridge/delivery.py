@@ -6,7 +6,7 @@ webhook, long connection) calls :meth:`EventSink.deliver` with an
 delivery knows nothing of HTTP. The contract (README "Delivery semantics"):
 
 * returns only after every record of the event is acknowledged by the broker, or when the
-  delivery id was already delivered (a duplicate: no second record);
+  event id was already delivered (a duplicate: no second record);
 * raises :class:`~bridge.errors.Unavailable` (503, the platform retries) when that could not
   happen within ``BRIDGE_ANSWER_DEADLINE_S``; a publish still running then goes on, and if
   the broker acks it later the id counts as delivered;
@@ -204,22 +204,22 @@ class KafkaDelivery:
         deadline = loop.time() + self._timeout_s if deadline_s is None else deadline_s
         if not self._ledger_ready():
             raise Unavailable("dedup_replay", retry_after_s=5)
-        delivery_id = event.dedup_key()
-        if self._ledger.delivered(delivery_id):
-            return self._duplicate(delivery_id)
-        pending = self._ledger.in_flight(delivery_id)
+        event_id = event.dedup_key()
+        if self._ledger.delivered(event_id):
+            return self._duplicate(event_id)
+        pending = self._ledger.in_flight(event_id)
         while pending is not None:
             if not await wait_until(pending, deadline):
                 raise Unavailable("publish_timeout")
             if pending.result():
-                return self._duplicate(delivery_id)
-            pending = self._ledger.in_flight(delivery_id)
+                return self._duplicate(event_id)
+            pending = self._ledger.in_flight(event_id)
 
         records, outcome = self._records_of(event, received_ms)
-        unwritten = Unwritten.of(self._ledger, delivery_id, records)
+        unwritten = Unwritten.of(self._ledger, event_id, records)
         if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
             raise Unavailable("publish_timeout")
-        self._ledger.begin(delivery_id)  # before any await: a concurrent duplicate sees it
+        self._ledger.begin(event_id)  # before any await: a concurrent duplicate sees it
         task = asyncio.create_task(self._publish(unwritten, outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -272,8 +272,8 @@ class KafkaDelivery:
             record = dead_letter(event, failure, received_ms=received_ms, topics=self._topics, carry_payload=False)
         return [record], Outcome("dead_lettered", failure.reason)
 
-    def _duplicate(self, delivery_id: str) -> Outcome:
-        self._metrics.duplicates_by(self._ledger.marked_by(delivery_id) or LOCAL).inc()
+    def _duplicate(self, event_id: str) -> Outcome:
+        self._metrics.duplicates_by(self._ledger.marked_by(event_id) or LOCAL).inc()
         return Outcome("duplicate")
 
     async def _publish(self, unwritten: Unwritten, outcome: Outcome) -> list[RecordMetadata]:

@@ -46,10 +46,10 @@ THIRD_PARTY_TYPES: Final = (THIRD_PARTY_CREATED, THIRD_PARTY_UPDATED, THIRD_PART
 LARK_TYPES: Final = (ROOM_CREATED, RESERVE_CONFIG_UPDATED, *THIRD_PARTY_TYPES)
 #: The CloudEvents ``type`` of a dead-letter record.
 DEAD_LETTER_TYPE: Final = "lark.bridge.dead_letter"
-#: Kafka header of every record the bridge writes whose delivery id is known: the platform's
-#: delivery id (UTF-8), so that the bridge's dedup ledger is rebuilt from its topics without
+#: Kafka header of every record the bridge writes whose event id is known: the platform's
+#: event id (UTF-8), so that the bridge's dedup ledger is rebuilt from its topics without
 #: parsing values (and consumers can group fan-out siblings the same way).
-DELIVERY_ID_HEADER: Final = "lark_event_id"
+EVENT_ID_HEADER: Final = "lark_event_id"
 #: Kafka header of each record of an event that fans out to more than one record:
 #: ``<index>/<count>`` (ASCII; index from 0, in publish order). An event counts as delivered once
 #: all its ``count`` records are in the topics; after a partial failure only the missing ones are

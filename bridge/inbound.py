@@ -10,7 +10,7 @@ Where each fact sits in the payload (docs/protocol.md §2, §6):
 =============  ================================  ==========================================
 fact           schema 2.0                        schema 1.0 (``type: "event_callback"``)
 =============  ================================  ==========================================
-delivery id    ``header.event_id``               ``uuid``
+event id    ``header.event_id``               ``uuid``
 Lark type      ``header.event_type``             ``event.type``
 app            ``header.app_id``                 ``event.app_id``
 tenant         ``header.tenant_key``             ``event.tenant_key``
@@ -56,7 +56,7 @@ class Outer(msgspec.Struct):
         token: The top-level verification token (schema 1.0 and the handshake, §6).
         type: ``"event_callback"`` (schema 1.0) or ``"url_verification"`` (the handshake, §5).
         challenge: The handshake's challenge.
-        uuid: A schema 1.0 event's delivery id.
+        uuid: A schema 1.0 event's event id.
         ts: A schema 1.0 event's create time.
         event: The raw ``event`` JSON; empty when absent.
     """
@@ -151,7 +151,7 @@ class HeaderV2(msgspec.Struct, kw_only=True):
     """Schema 2.0 ``header``: what a well-formed one must hold (docs/protocol.md §2).
 
     Attributes:
-        event_id: The delivery id; not empty.
+        event_id: The event id; not empty.
         event_type: The Lark event type; not empty.
         create_time: The create time as a string of 13-digit ms or 16-digit µs.
         app_id: The app the event is for.
@@ -200,7 +200,7 @@ class InboundEvent(msgspec.Struct, frozen=True, kw_only=True):
         schema: The top level's shape: ``"2.0"`` (a ``schema`` field; any value other than
             ``"2.0"`` is a defect) or ``"1.0"`` (``type: "event_callback"`` or a ``uuid``); None
             when it is neither.
-        delivery_id: ``header.event_id`` / ``uuid``, the dedup key; None when absent or empty.
+        event_id: ``header.event_id`` / ``uuid``, the dedup key; None when absent or empty.
         lark_type: The Lark event type; None when not a string.
         app_id: The app; None when not a string.
         tenant_key: The tenant; None when not a string.
@@ -212,7 +212,7 @@ class InboundEvent(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     schema: Literal["1.0", "2.0"] | None
-    delivery_id: str | None
+    event_id: str | None
     lark_type: str | None
     app_id: str | None
     tenant_key: str | None
@@ -224,15 +224,15 @@ class InboundEvent(msgspec.Struct, frozen=True, kw_only=True):
     def dedup_key(self) -> str:
         """The delivery ledger's key for this event (docs/protocol.md §7).
 
-        An event without a delivery id (a malformed top level, an unreadable payload: always a
+        An event without an event id (a malformed top level, an unreadable payload: always a
         dead letter) is keyed by its payload, so that the platform's retries of it still make one
         dead letter.
 
         Returns:
-            The delivery id, or ``"sha256:<hex>"`` of :attr:`payload` when there is none.
+            The event id, or ``"sha256:<hex>"`` of :attr:`payload` when there is none.
         """
-        if self.delivery_id is not None:
-            return self.delivery_id
+        if self.event_id is not None:
+            return self.event_id
         return "sha256:" + hashlib.sha256(self.payload).hexdigest()
 
 
@@ -253,7 +253,7 @@ def unreadable(payload: bytes, detail: str) -> InboundEvent:
     """
     return InboundEvent(
         schema=None,
-        delivery_id=None,
+        event_id=None,
         lark_type=None,
         app_id=None,
         tenant_key=None,
@@ -297,7 +297,7 @@ def read_inbound(payload: bytes, outer: Outer | None = None) -> InboundEvent:
         return _read_v1(payload, outer)
     return InboundEvent(
         schema=None,
-        delivery_id=None,
+        event_id=None,
         lark_type=_str(outer.type),
         app_id=None,
         tenant_key=None,
@@ -323,7 +323,7 @@ def _read_v2(payload: bytes, outer: Outer) -> InboundEvent:
                 defect = Defect("Object missing required field `event`", "$")
     return InboundEvent(
         schema="2.0",
-        delivery_id=_nonempty(header.get("event_id")),
+        event_id=_nonempty(header.get("event_id")),
         lark_type=_str(header.get("event_type")),
         app_id=_str(header.get("app_id")),
         tenant_key=_str(header.get("tenant_key")),
@@ -358,7 +358,7 @@ def _read_v1(payload: bytes, outer: Outer) -> InboundEvent:
                 break
     return InboundEvent(
         schema="1.0",
-        delivery_id=_nonempty(outer.uuid),
+        event_id=_nonempty(outer.uuid),
         lark_type=_str(peek.type),
         app_id=_str(peek.app_id),
         tenant_key=_str(peek.tenant_key),

@@ -27,7 +27,7 @@ from bridge.settings import LogFormat, deprecated_variables, unknown_variables
 #: a dict of variables per request).
 REQUEST_ID: ContextVar[str | None] = ContextVar("bridge_request_id", default=None)
 
-#: Longest value of a payload-derived log field (Lark type, delivery id, tenant), in characters.
+#: Longest value of a payload-derived log field (Lark type, event id, tenant), in characters.
 MAX_LOG_FIELD_CHARS = 128
 
 
@@ -35,7 +35,7 @@ def capped(value: str | None) -> str | None:
     """A payload-derived log field, bounded whatever a payload holds.
 
     Args:
-        value: the field (a Lark type, delivery id, tenant key, a platform's error text), or None.
+        value: the field (a Lark type, event id, tenant key, a platform's error text), or None.
 
     Returns:
         ``value`` unchanged when it has at most :data:`MAX_LOG_FIELD_CHARS` characters, else its

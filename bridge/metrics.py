@@ -2,7 +2,7 @@
 
 Histogram buckets resolve the platform's deadlines: 1 s for the URL-verification handshake and
 3 s for an event (docs/protocol.md §5, §7). Labels are fixed identifiers (outcomes, reasons, Lark types,
-topic names) — never a token, key, body or delivery id. Every label's values are declared in
+topic names) — never a token, key, body or event id. Every label's values are declared in
 :func:`label_values` (a test fails for a label without one), and :func:`metrics_markdown` — the
 table of ``docs/metrics.md``, ``python -m bridge metrics-reference`` — is generated from the
 metrics of :class:`Metrics` and those declarations.
@@ -133,7 +133,7 @@ class Metrics:
         )
         self.dedup_entries = Gauge(
             "bridge_dedup_entries",
-            "Delivery ids held in the dedup window.",
+            "Event ids held in the dedup window.",
             registry=r,
         )
         self.ready = Gauge("bridge_ready", "1 while /readyz answers 200.", registry=r)
@@ -144,7 +144,7 @@ class Metrics:
         )
         self.dedup_replay_ids = Gauge(
             "bridge_dedup_replay_ids",
-            "Delivery ids read from the bridge's topics by the replay at start.",
+            "Event ids read from the bridge's topics by the replay at start.",
             registry=r,
         )
         self.dedup_replay_incomplete = Counter(
@@ -199,7 +199,7 @@ class Metrics:
         )
         self.dedup_tail_lag = Histogram(
             "bridge_dedup_tail_lag_seconds",
-            "Delay from a record's timestamp to its delivery id entering this process's ledger.",
+            "Delay from a record's timestamp to its event id entering this process's ledger.",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )

@@ -30,11 +30,11 @@ if TYPE_CHECKING:
 _CONTENT_TYPE_HEADER: Final = ("content-type", ev.CONTENT_TYPE.encode("ascii"))
 
 
-def _headers(delivery_id: str | None) -> tuple[tuple[str, bytes], ...]:
-    """Kafka headers of a record: content type, and the delivery id when known."""
-    if delivery_id is None:
+def _headers(event_id: str | None) -> tuple[tuple[str, bytes], ...]:
+    """Kafka headers of a record: content type, and the event id when known."""
+    if event_id is None:
         return (_CONTENT_TYPE_HEADER,)
-    return (_CONTENT_TYPE_HEADER, (ev.DELIVERY_ID_HEADER, delivery_id.encode("utf-8")))
+    return (_CONTENT_TYPE_HEADER, (ev.EVENT_ID_HEADER, event_id.encode("utf-8")))
 
 
 #: A third-party event's records carry its whole ``meeting_rooms`` list while it lists at most
@@ -53,14 +53,14 @@ class Record:
     Attributes:
         topic: The topic it goes to.
         key: The record key, UTF-8 bytes; None for an unkeyed record (a dead letter without a
-            delivery id).
+            event id).
         value: The envelope, JSON bytes (CloudEvents 1.0 structured mode; docs/envelope.md).
         headers: The Kafka headers, ``(name, value bytes)`` pairs: ``content-type``, and
-            :data:`bridge.envelope.DELIVERY_ID_HEADER` when the delivery id is known (plus
+            :data:`bridge.envelope.EVENT_ID_HEADER` when the event id is known (plus
             :data:`bridge.envelope.RECORD_PART_HEADER` when the event has several records).
         lark_type: The Lark type, for logs and metrics (``"unknown"`` on a dead letter of an
             event without one).
-        delivery_id: The delivery id, for logs and metrics (a dead letter's is the event's dedup
+        event_id: The event id, for logs and metrics (a dead letter's is the event's dedup
             key); None when unknown.
     """
 
@@ -69,7 +69,7 @@ class Record:
     value: bytes
     headers: tuple[tuple[str, bytes], ...]
     lark_type: str
-    delivery_id: str | None
+    event_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,15 +204,15 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
         "time": rfc3339_ms(event.time_ms),
         "datacontenttype": ev.DATA_CONTENT_TYPE,
         "dataschema": ev.dataschema_id(event.lark_type),
-        "larkeventid": event.delivery_id,
+        "larkeventid": event.event_id,
         "tenantkey": event.tenant_key,
         "appid": event.app_id,
         "envelopeversion": ev.ENVELOPE_VERSION,
     }
     if isinstance(data, ev.RoomCreatedData):
-        keyed: list[tuple[str, str, Any]] = [(event.delivery_id, data.room.room_id, data)]
+        keyed: list[tuple[str, str, Any]] = [(event.event_id, data.room.room_id, data)]
     elif isinstance(data, ev.ReserveConfigUpdatedData):
-        keyed = [(event.delivery_id, data.scope_id, data)]
+        keyed = [(event.event_id, data.scope_id, data)]
     elif data.meeting_rooms:
         rooms = list(dict.fromkeys(room.open_id for room in data.meeting_rooms))  # distinct, in order
         if len(rooms) > MAX_FANOUT_ROOMS:
@@ -223,13 +223,13 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
             )
         listed = data if len(data.meeting_rooms) <= MAX_LISTED_ROOMS else replace(data, meeting_rooms=None)
         keyed = [
-            (f"{event.delivery_id}:{room}", room, replace(listed, meeting_room=ev.MeetingRoom(open_id=room)))
+            (f"{event.event_id}:{room}", room, replace(listed, meeting_room=ev.MeetingRoom(open_id=room)))
             for room in rooms
         ]
     else:
-        keyed = [(event.delivery_id, data.uid, data)]
+        keyed = [(event.event_id, data.uid, data)]
     envelope_type = ev.ENVELOPE_TYPES[event.lark_type]
-    headers = _headers(event.delivery_id)
+    headers = _headers(event.event_id)
     count = len(keyed)
     records = []
     for index, (record_id, key, record_data) in enumerate(keyed):
@@ -241,7 +241,7 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
                 value=_encoder.encode(envelope),
                 headers=headers if count == 1 else (*headers, ev.part_header(index, count)),
                 lark_type=event.lark_type,
-                delivery_id=event.delivery_id,
+                event_id=event.event_id,
             )
         )
     return records
@@ -255,7 +255,7 @@ def dead_letter(
     Its payload is carried with every token field redacted; a payload that cannot be read back
     (invalid UTF-8 in a field the top level skipped, nesting past ``decode.MAX_DEPTH``), or one
     the caller says not to carry, is not carried at all — ``error`` then gives its size and
-    SHA-256. Type, delivery id, app and tenant come from the inbound event where it has them.
+    SHA-256. Type, event id, app and tenant come from the inbound event where it has them.
     Raises nothing. Dead letters: docs/operations.md; the envelope: docs/envelope.md.
 
     Args:
@@ -266,12 +266,12 @@ def dead_letter(
         carry_payload: ``False`` when the payload would not fit in a record. Default ``True``.
 
     Returns:
-        One record, keyed by the delivery id when known, else unkeyed. Its ``id`` and its
-        ``lark_event_id`` header are the event's dedup key (the delivery id, or
+        One record, keyed by the event id when known, else unkeyed. Its ``id`` and its
+        ``lark_event_id`` header are the event's dedup key (the event id, or
         ``sha256:<hex>`` of the payload: :meth:`InboundEvent.dedup_key`).
     """
     payload = inbound.payload
-    delivery_id = inbound.delivery_id
+    event_id = inbound.event_id
     error = failure.error
     body: dict[str, Any] = {}
     why = "too large for a record"
@@ -295,9 +295,9 @@ def dead_letter(
         datacontenttype=ev.DATA_CONTENT_TYPE,
         dataschema=ev.dead_letter_schema_id(),
         envelopeversion=ev.ENVELOPE_VERSION,
-        subject=delivery_id,
-        partitionkey=delivery_id,
-        larkeventid=delivery_id,
+        subject=event_id,
+        partitionkey=event_id,
+        larkeventid=event_id,
         tenantkey=inbound.tenant_key,
         appid=inbound.app_id,
         data=ev.DeadLetterData(
@@ -305,16 +305,16 @@ def dead_letter(
             error=error,
             path=failure.path,
             lark_type=inbound.lark_type,
-            lark_event_id=delivery_id,
+            lark_event_id=event_id,
             received_at=rfc3339_ms(received_ms),
             payload=body,
         ),
     )
     return Record(
         topic=topics.dead_letter,
-        key=delivery_id.encode("utf-8") if delivery_id else None,
+        key=event_id.encode("utf-8") if event_id else None,
         value=_encoder.encode(envelope),
         headers=_headers(record_id),
         lark_type=inbound.lark_type or "unknown",
-        delivery_id=record_id,
+        event_id=record_id,
     )

@@ -270,9 +270,9 @@ class Settings(BaseSettings):
     dedup_ttl_s: int = Field(
         86_400,
         ge=60,
-        description="How long a published delivery id is remembered, in seconds (>= BRIDGE_LARK_MAX_SIGNATURE_AGE_S).",
+        description="How long a published event id is remembered, in seconds (>= BRIDGE_LARK_MAX_SIGNATURE_AGE_S).",
     )
-    dedup_max_entries: int = Field(1_000_000, ge=1, description="Most delivery ids remembered; the oldest go first.")
+    dedup_max_entries: int = Field(1_000_000, ge=1, description="Most event ids remembered; the oldest go first.")
     dedup_store: DedupStore = Field(
         DedupStore.KAFKA,
         description="kafka (the ledger is rebuilt from the bridge's topics at start and follows "

@@ -15,7 +15,7 @@ Spans (OpenTelemetry semantic conventions for HTTP and for Kafka messaging):
 
 * webhook request — ``POST {BRIDGE_HTTP_PATH}``, kind SERVER: ``http.request.method``,
   ``url.path``, ``http.response.status_code``; long-connection event — ``lark event``, kind
-  CONSUMER. Both: ``lark.event_type``, ``lark.event_id`` (the delivery id), ``lark.outcome``
+  CONSUMER. Both: ``lark.event_type``, ``lark.event_id`` (the event id), ``lark.outcome``
   (published, dead_lettered, duplicate, unauthorized, unavailable, …) and ``lark.reason`` (the
   dead-letter or error reason). Never a token, key or body.
 * broker publish — ``send {topic}``, kind PRODUCER, child of the above: ``messaging.system``
@@ -248,12 +248,12 @@ def set_outcome(
 
 
 def set_lark(span: Span | None, event_type: str | None, event_id: str | None) -> None:
-    """Record an event's type and delivery id on its span. Does nothing without a span.
+    """Record an event's type and event id on its span. Does nothing without a span.
 
     Args:
         span: The event's span, or None.
         event_type: ``lark.event_type``; not set when None.
-        event_id: ``lark.event_id``, the delivery id, capped by the caller; not set when None.
+        event_id: ``lark.event_id``, the event id, capped by the caller; not set when None.
     """
     if span is None:
         return

@@ -48,9 +48,9 @@ ACK_TIMEOUT_S = 10.0
 
 def _with_token(body: dict[str, Any], token: str | None = DEMO_TOKEN) -> dict[str, Any]:
     """Put ``token`` where ``body``'s schema keeps it (schema 2.0 ``header.token``, 1.0 top-level
-    ``token``; ``None`` removes it, as the long connection carries none) and a fresh delivery id
+    ``token``; ``None`` removes it, as the long connection carries none) and a fresh event id
     (``header.event_id`` / ``uuid``, 32 hex). Changes ``body`` in place and returns it."""
-    # A fresh delivery id per run: the two documented 2.0 samples share one event_id, and the
+    # A fresh event id per run: the two documented 2.0 samples share one event_id, and the
     # bridge would rightly answer the second as a duplicate.
     target = body.get("header", body)
     if token is None:

@@ -409,10 +409,10 @@ class LongConnection:
             else:
                 fields = {
                     "lark_type": capped(event.lark_type),
-                    "delivery_id": capped(event.delivery_id),
+                    "event_id": capped(event.event_id),
                     "tenant_key": capped(event.tenant_key),
                 }
-                set_lark(span, fields["lark_type"], fields["delivery_id"])
+                set_lark(span, fields["lark_type"], fields["event_id"])
                 try:
                     result = await self._sink.deliver(
                         event,

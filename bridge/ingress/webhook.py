@@ -311,10 +311,10 @@ async def _read_and_deliver(
         return json_answer({"challenge": verified.challenge})
     rl.fields.update(
         lark_type=capped(verified.lark_type),
-        delivery_id=capped(verified.delivery_id),
+        event_id=capped(verified.event_id),
         tenant_key=capped(verified.tenant_key),
     )
-    set_lark(rl.span, rl.fields["lark_type"], rl.fields["delivery_id"])
+    set_lark(rl.span, rl.fields["lark_type"], rl.fields["event_id"])
     outcome = await state.sink.deliver(verified, received_ms=int(received * 1000), deadline_s=deadline_s)
     rl.outcome = outcome.kind
     if _log_level_of(logging.INFO):  # only the request's log line reads it

@@ -361,7 +361,7 @@ async def test_payload_derived_log_fields_are_capped(make_client: Any) -> None:
     client = await make_client(sink, BRIDGE_HTTP_MAX_BODY_BYTES="65536")
     long_id = "e" * 20_000
     with structlog.testing.capture_logs() as logs:
-        resp = await client.post(PATH, data=Platform().request(sample_event(delivery_id=long_id)).body)
-    assert resp.status == 200 and sink.received[0].delivery_id == long_id  # the event keeps it
+        resp = await client.post(PATH, data=Platform().request(sample_event(event_id=long_id)).body)
+    assert resp.status == 200 and sink.received[0].event_id == long_id  # the event keeps it
     [line] = [e for e in logs if e["event"] == "request"]
-    assert len(line["delivery_id"]) == 128 and line["delivery_id"].endswith("…")
+    assert len(line["event_id"]) == 128 and line["event_id"].endswith("…")

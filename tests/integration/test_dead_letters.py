@@ -62,9 +62,9 @@ async def test_an_unmodelled_type_once_modelled_is_replayed_to_its_topic_exactly
     with monkeypatch.context() as older_bridge:  # a version that does not model the type yet
         older_bridge.delitem(ev.DATA_TYPES, ev.RESERVE_CONFIG_UPDATED)
         bridge = await start_bridge(broker.bootstrap_servers)
-        event = sample_event(ev.RESERVE_CONFIG_UPDATED, delivery_id=fresh_id())
+        event = sample_event(ev.RESERVE_CONFIG_UPDATED, event_id=fresh_id())
         assert (await bridge.send(bridge.platform.request(event)))[0] == 200
-        unknown = sample_event(ev.ROOM_CREATED, delivery_id=fresh_id())
+        unknown = sample_event(ev.ROOM_CREATED, event_id=fresh_id())
         unknown["header"]["event_type"] = "im.message.receive_v1"  # modelled by no version
         assert (await bridge.send(bridge.platform.request(unknown)))[0] == 200
     s = bridge.settings
@@ -72,7 +72,7 @@ async def test_an_unmodelled_type_once_modelled_is_replayed_to_its_topic_exactly
     assert {json.loads(r.value)["data"]["reason"] for r in dlq} == {"unknown_event_type"}
 
     code, listed, _ = await dead_letters(s, "list", "--type", ev.RESERVE_CONFIG_UPDATED)
-    assert code == 0 and [x["delivery_id"] for x in listed] == [event["header"]["event_id"]]
+    assert code == 0 and [x["event_id"] for x in listed] == [event["header"]["event_id"]]
     assert listed[0]["reason"] == "unknown_event_type" and listed[0]["payload_carried"] is True
 
     code, dry, _ = await dead_letters(s, "replay", "--dry-run")
@@ -81,7 +81,7 @@ async def test_an_unmodelled_type_once_modelled_is_replayed_to_its_topic_exactly
     assert await read_topic(broker.bootstrap_servers, s.topic_reserve_config_updated, expect=0, timeout_s=2) == []
 
     code, first, err = await dead_letters(s, "replay")
-    by_id = {x["delivery_id"]: x for x in first}
+    by_id = {x["event_id"]: x for x in first}
     assert code == 1 and "1 replayed" in err and "1 still failing" in err
     assert by_id[event["header"]["event_id"]]["outcome"] == "replayed"
     failing = by_id[unknown["header"]["event_id"]]
@@ -98,7 +98,7 @@ async def test_an_unmodelled_type_once_modelled_is_replayed_to_its_topic_exactly
     headers = dict(record.headers)
     where = by_id[event["header"]["event_id"]]
     assert headers[ev.REPLAYED_HEADER].decode() == f"{where['topic']}/{where['partition']}/{where['offset']}"
-    assert headers[ev.DELIVERY_ID_HEADER].decode() == event["header"]["event_id"]
+    assert headers[ev.EVENT_ID_HEADER].decode() == event["header"]["event_id"]
     envelope = json.loads(record.value)
     assert envelope["type"] == ev.RESERVE_CONFIG_UPDATED and envelope["id"] == event["header"]["event_id"]
     assert record.key.decode() == event["event"]["scope_id"] == envelope["subject"]
@@ -131,7 +131,7 @@ async def test_an_unmodelled_type_once_modelled_is_replayed_to_its_topic_exactly
 async def test_a_replay_of_an_id_the_platform_redelivered_meanwhile_publishes_nothing(
     broker: Any, start_bridge: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    event = sample_event(ev.ROOM_CREATED, delivery_id=fresh_id())
+    event = sample_event(ev.ROOM_CREATED, event_id=fresh_id())
     with monkeypatch.context() as older_bridge:
         older_bridge.delitem(ev.DATA_TYPES, ev.ROOM_CREATED)
         bridge = await start_bridge(broker.bootstrap_servers)

@@ -1,4 +1,4 @@
-"""Exactly one record per delivery id across restarts and replicas: the bridge's topics are the
+"""Exactly one record per event id across restarts and replicas: the bridge's topics are the
 dedup ledger (bridge/dedup_feed.py). Real broker, real consumers."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def duplicates(bridge: Any, source: str) -> float:
 async def test_a_redelivery_after_a_restart_is_not_published_again(broker: Any, start_bridge: Any) -> None:
     topics = shared_topics()
     first = await start_bridge(broker.bootstrap_servers, **topics)
-    body = sample_event("vc.room.created_v1", delivery_id="restart-1")
+    body = sample_event("vc.room.created_v1", event_id="restart-1")
     assert await first.send(first.platform.request(body)) == (200, {"msg": "success"})
     await first.server.close()  # the app's cleanup: producer flushed and closed, feed stopped
 
@@ -73,10 +73,10 @@ async def test_a_redelivery_to_another_replica_is_not_published_again(
     a = await start_bridge(broker.bootstrap_servers, **topics)
     b = await start_bridge(broker.bootstrap_servers, **topics)
     if kind == "dead_letter":
-        body = sample_event("vc.room.created_v1", delivery_id=f"rep-{kind}")
+        body = sample_event("vc.room.created_v1", event_id=f"rep-{kind}")
         body["header"]["event_type"] = "vc.room.exploded_v1"  # unknown type: one dead letter
     else:
-        body = sample_event(kind, delivery_id=f"rep-{kind}")
+        body = sample_event(kind, event_id=f"rep-{kind}")
     assert await a.send(a.platform.request(body)) == (200, {"msg": "success"})
     await asyncio.sleep(1.0)
     assert await b.send(b.platform.request(body)) == (200, {"msg": "success"})
@@ -110,7 +110,7 @@ def gated_factory(gate: asyncio.Event) -> Any:
 async def published_before(broker: Any, start_bridge: Any, topics: dict[str, str]) -> None:
     """One record already in the topics, so that a replay has something to read."""
     earlier = await start_bridge(broker.bootstrap_servers, **topics)
-    assert (await earlier.send(earlier.platform.request(sample_event(delivery_id="earlier"))))[0] == 200
+    assert (await earlier.send(earlier.platform.request(sample_event(event_id="earlier"))))[0] == 200
     await earlier.server.close()
 
 
@@ -124,12 +124,12 @@ async def test_not_ready_and_503_until_the_ledger_is_replayed(broker: Any, start
     await asyncio.sleep(2.0)  # producer connected and topics created meanwhile
     status, text = await bridge.get("/readyz")
     assert (status, json.loads(text)["reason"]) == (503, "dedup_replay")
-    status, _ = await bridge.send(bridge.platform.request(sample_event(delivery_id="during-replay")))
+    status, _ = await bridge.send(bridge.platform.request(sample_event(event_id="during-replay")))
     assert status == 503  # the platform retries; no duplicate can slip through a partial ledger
     gate.set()
     await bridge.wait_ready()
-    assert (await bridge.send(bridge.platform.request(sample_event(delivery_id="during-replay"))))[0] == 200
-    assert (await bridge.send(bridge.platform.request(sample_event(delivery_id="earlier"))))[0] == 200
+    assert (await bridge.send(bridge.platform.request(sample_event(event_id="during-replay"))))[0] == 200
+    assert (await bridge.send(bridge.platform.request(sample_event(event_id="earlier"))))[0] == 200
     assert duplicates(bridge, "log") == 1  # "earlier" came from the replay
 
 
@@ -146,7 +146,7 @@ async def test_a_replay_that_cannot_finish_in_time_serves_anyway(broker: Any, st
     )
     await bridge.wait_ready(timeout_s=30)
     assert bridge.metrics.registry.get_sample_value("bridge_dedup_replay_incomplete_total") == 1
-    assert (await bridge.send(bridge.platform.request(sample_event(delivery_id="late-replay"))))[0] == 200
+    assert (await bridge.send(bridge.platform.request(sample_event(event_id="late-replay"))))[0] == 200
     gate.set()
 
 
@@ -154,7 +154,7 @@ async def test_memory_store_forgets_at_restart(broker: Any, start_bridge: Any) -
     topics = shared_topics()
     first = await start_bridge(broker.bootstrap_servers, BRIDGE_DEDUP_STORE="memory", **topics)
     assert first.server.app is not None
-    body = sample_event("vc.room.created_v1", delivery_id="memory-1")
+    body = sample_event("vc.room.created_v1", event_id="memory-1")
     assert (await first.send(first.platform.request(body)))[0] == 200
     await first.server.close()
     second = await start_bridge(broker.bootstrap_servers, BRIDGE_DEDUP_STORE="memory", **topics)
@@ -184,9 +184,9 @@ async def test_sigkill_of_a_replica_mid_stream_leaves_every_delivery_exactly_onc
                     message=f"replica at {url} did not become ready",
                 )
 
-            async def deliver(delivery_id: str) -> None:
+            async def deliver(event_id: str) -> None:
                 """The platform: retry (to either replica) until 200, a fresh signature each time."""
-                body = sample_event(KIND[int(delivery_id.rsplit("-", 1)[1]) % 2], delivery_id=delivery_id)
+                body = sample_event(KIND[int(event_id.rsplit("-", 1)[1]) % 2], event_id=event_id)
                 for attempt in range(60):
                     url = urls[(attempt + rng.randrange(2)) % 2]
                     req = platform.request(body)
@@ -196,12 +196,12 @@ async def test_sigkill_of_a_replica_mid_stream_leaves_every_delivery_exactly_onc
                             url + "/webhook/event", data=req.body, headers=req.headers, timeout=timeout
                         ) as r:
                             if r.status == 200:
-                                delivered.append(delivery_id)
+                                delivered.append(event_id)
                                 return
                     except (aiohttp.ClientError, TimeoutError):
                         pass
                     await asyncio.sleep(1.0)  # the platform waits 15 s; anything >> the tail lag
-                raise AssertionError(f"{delivery_id} never answered 200")
+                raise AssertionError(f"{event_id} never answered 200")
 
             async def killer() -> None:
                 await asyncio.sleep(2.0)
@@ -213,9 +213,9 @@ async def test_sigkill_of_a_replica_mid_stream_leaves_every_delivery_exactly_onc
             kill = asyncio.create_task(killer())
             sem = asyncio.Semaphore(6)
 
-            async def one(delivery_id: str) -> None:
+            async def one(event_id: str) -> None:
                 async with sem:
-                    await deliver(delivery_id)
+                    await deliver(event_id)
 
             await asyncio.gather(*(one(d) for d in ids))
             await kill
@@ -271,7 +271,7 @@ async def test_a_partly_published_fan_out_is_completed_by_the_retry_without_dupl
 
     a = await start_bridge(broker.bootstrap_servers, producer_factory=factory, **topics)
     b = await start_bridge(broker.bootstrap_servers, **topics)
-    body = sample_event("third_party_meeting_room_event_created", delivery_id=f"partial-{retried_on}")
+    body = sample_event("third_party_meeting_room_event_created", event_id=f"partial-{retried_on}")
     body["event"]["meeting_rooms"] = [{"open_id": room} for room in rooms]
     assert (await a.send(a.platform.request(body)))[0] == 503  # room 2's record was lost
     topic = topics["BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT"]

@@ -21,7 +21,7 @@ async def test_a_legal_body_whose_record_cannot_fit_is_one_dead_letter_without_i
     # Plaintext mode: a body just under the 1 MiB body limit makes an envelope over the 1 MiB
     # record limit (the producer would refuse it on every retry).
     bridge = await start_bridge(broker.bootstrap_servers, BRIDGE_LARK_ENCRYPT_KEY="")
-    body = sample_event("vc.room.created_v1", delivery_id="too-large-1")
+    body = sample_event("vc.room.created_v1", event_id="too-large-1")
     body["event"]["room"]["floor_plan"] = ""
     filler = bridge.settings.http_max_body_bytes - len(compact(body)) - 64
     body["event"]["room"]["floor_plan"] = "x" * filler
@@ -39,7 +39,7 @@ async def test_a_legal_body_whose_record_cannot_fit_is_one_dead_letter_without_i
 
 async def test_a_fan_out_too_large_in_all_is_one_dead_letter_with_its_payload(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers, BRIDGE_KAFKA_MAX_RECORD_BYTES="65536")
-    body = sample_event("third_party_meeting_room_event_created", delivery_id="fan-too-large")
+    body = sample_event("third_party_meeting_room_event_created", event_id="fan-too-large")
     body["event"]["meeting_rooms"] = [{"open_id": f"omm_{i:032x}"} for i in range(30)]
     body["event"]["notes"] = "n" * 40_000  # carried in every one of the 30 records: 1.2 MB in all
     assert await bridge.send(bridge.platform.request(body)) == (200, {"msg": "success"})
@@ -53,7 +53,7 @@ async def test_a_fan_out_too_large_in_all_is_one_dead_letter_with_its_payload(br
 
 async def test_a_record_at_the_limit_is_published(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers, BRIDGE_KAFKA_MAX_RECORD_BYTES="65536")
-    body = sample_event("vc.room.created_v1", delivery_id="near-limit")
+    body = sample_event("vc.room.created_v1", event_id="near-limit")
     body["event"]["room"]["floor_plan"] = "y" * 60_000
     assert await bridge.send(bridge.platform.request(body)) == (200, {"msg": "success"})
     [rec] = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)

@@ -59,11 +59,11 @@ def settings_for(fake: FakeLongConnectionPlatform, **extra: str) -> dict[str, st
     }
 
 
-def payload(kind: str = "vc.room.created_v1", delivery_id: str | None = None) -> tuple[bytes, str]:
-    """A plaintext event as the long connection carries it (no encryption), and its delivery id."""
-    delivery_id = delivery_id or fresh_id()
-    body = with_token(sample(kind), None, delivery_id=delivery_id)
-    return json.dumps(body, ensure_ascii=False).encode(), delivery_id
+def payload(kind: str = "vc.room.created_v1", event_id: str | None = None) -> tuple[bytes, str]:
+    """A plaintext event as the long connection carries it (no encryption), and its event id."""
+    event_id = event_id or fresh_id()
+    body = with_token(sample(kind), None, event_id=event_id)
+    return json.dumps(body, ensure_ascii=False).encode(), event_id
 
 
 async def test_an_event_is_acked_200_after_its_record_is_in_kafka(
@@ -71,11 +71,11 @@ async def test_an_event_is_acked_200_after_its_record_is_in_kafka(
 ) -> None:
     bridge = await start_bridge(broker.bootstrap_servers, **settings_for(platform))
     assert platform.endpoint_calls == 1 and platform.open_connections == 1
-    body, delivery_id = payload()
+    body, event_id = payload()
     message_id = await platform.push(body)
     assert (await platform.wait_ack(message_id)).code == 200
     records = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
-    assert [json.loads(r.value)["id"] for r in records] == [delivery_id]
+    assert [json.loads(r.value)["id"] for r in records] == [event_id]
     # The same delivery pushed again (the platform redelivers): acked, no second record.
     again = await platform.push(body)
     assert (await platform.wait_ack(again)).code == 200
@@ -94,13 +94,13 @@ async def test_a_failed_publish_is_acked_500_and_the_re_push_lands_once(
         producer_factory=lambda s: FirstSendFails(build_producer(s), KafkaTimeoutError()),
         **settings_for(platform),
     )
-    body, delivery_id = payload()
+    body, event_id = payload()
     first = await platform.push(body)
     assert (await platform.wait_ack(first)).code == 500  # the platform re-pushes
     second = await platform.push(body)
     assert (await platform.wait_ack(second)).code == 200
     records = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
-    assert [json.loads(r.value)["id"] for r in records] == [delivery_id]
+    assert [json.loads(r.value)["id"] for r in records] == [event_id]
 
 
 async def test_wrong_credentials_make_the_process_exit_non_zero_without_logging_secrets(
@@ -143,7 +143,7 @@ async def test_each_kind_split_or_whole_and_an_unknown_type_give_the_webhook_pat
         order = [2, 0, 1] if parts == 3 else None
         message_id = await platform.push(body, parts=parts, order=order)
         assert (await platform.wait_ack(message_id)).code == 200
-    unknown = with_token(sample("vc.room.created_v1"), None, delivery_id=fresh_id())
+    unknown = with_token(sample("vc.room.created_v1"), None, event_id=fresh_id())
     unknown["header"]["event_type"] = "im.message.receive_v1"
     assert (await platform.wait_ack(await platform.push(json.dumps(unknown).encode()))).code == 200
     for topic, records in expected.items():
@@ -173,9 +173,9 @@ async def test_sigterm_with_events_in_flight_exits_0_and_acks_200_only_what_is_i
             async def stream() -> None:
                 # At most 20 events unacked at a time: a steady stream, paced by the bridge's acks.
                 while proc.poll() is None and platform.open_connections:
-                    body, delivery_id = payload()
+                    body, event_id = payload()
                     message_id = await platform.push(body)
-                    sent[message_id] = delivery_id
+                    sent[message_id] = event_id
                     if len(sent) - len(platform.acks) >= 20:
                         with contextlib.suppress(TimeoutError):
                             await platform.wait_ack(message_id, timeout_s=5)
@@ -206,17 +206,17 @@ async def test_replicas_each_hold_a_connection_and_a_re_push_to_the_other_is_one
     a = await start_bridge(broker.bootstrap_servers, **settings_for(platform), **topics)
     b = await start_bridge(broker.bootstrap_servers, **settings_for(platform), **topics)
     assert platform.open_connections == 2
-    body, delivery_id = payload()
+    body, event_id = payload()
     first = await platform.push(body, connection=0)  # the older connection: replica A's
     assert (await platform.wait_ack(first)).code == 200
     ledger = b.server.app[STATE].ledger  # the platform's re-push comes ≥ 15 s later; B's ledger follows in ms
     assert ledger is not None
-    await wait_until(lambda: ledger.delivered(delivery_id), timeout_s=10, interval_s=0.01, message="B never saw it")
+    await wait_until(lambda: ledger.delivered(event_id), timeout_s=10, interval_s=0.01, message="B never saw it")
     again = await platform.push(body, connection=1)  # replica B's
     ack = await platform.wait_ack(again)
     assert ack.code == 200 and ack.connection != (await platform.wait_ack(first)).connection
     records = await read_topic(broker.bootstrap_servers, topics["BRIDGE_TOPIC_ROOM_CREATED"], expect=1)
-    assert [json.loads(r.value)["id"] for r in records] == [delivery_id]
+    assert [json.loads(r.value)["id"] for r in records] == [event_id]
     suppressed = b.metrics.registry.get_sample_value("bridge_duplicates_suppressed_total", {"source": "log"})
     assert suppressed == 1 and a.metrics.registry.get_sample_value("bridge_long_connection_up") == 1
 
@@ -227,7 +227,7 @@ async def test_broker_down_acks_500_and_the_re_push_lands_once_it_is_back(
     await asyncio.to_thread(spare_broker.start, 120)
     bridge = await start_bridge(spare_broker.bootstrap_servers, **settings_for(platform))
     await asyncio.to_thread(spare_broker.stop)
-    body, delivery_id = payload()
+    body, event_id = payload()
     while True:  # the connection stays up; every push is acked 500 until the broker is back
         message_id = await platform.push(body)
         ack = await platform.wait_ack(message_id, timeout_s=10)
@@ -240,4 +240,4 @@ async def test_broker_down_acks_500_and_the_re_push_lands_once_it_is_back(
     re_push = await platform.push(body)
     assert (await platform.wait_ack(re_push, timeout_s=10)).code == 200
     records = await read_topic(spare_broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
-    assert [json.loads(r.value)["id"] for r in records] == [delivery_id]
+    assert [json.loads(r.value)["id"] for r in records] == [event_id]

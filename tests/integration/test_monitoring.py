@@ -134,21 +134,21 @@ async def drive_every_path(broker: Any, platform: FakeLongConnectionPlatform, st
         BRIDGE_LARK_DOMAIN=platform.url,
     )
     p = bridge.platform
-    first = sample_event("vc.room.created_v1", delivery_id=fresh_id())
+    first = sample_event("vc.room.created_v1", event_id=fresh_id())
     assert (await bridge.send(p.request(first)))[0] == 503  # publish failure, producer replaced
     await bridge.wait_ready()
     assert (await bridge.send(p.handshake(bridge.settings.lark_verification_token.get_secret_value(), "c")))[0] == 200
     for kind in ("vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"):
-        assert (await bridge.send(p.request(sample_event(kind, delivery_id=fresh_id()))))[0] == 200
+        assert (await bridge.send(p.request(sample_event(kind, event_id=fresh_id()))))[0] == 200
     assert (await bridge.send(p.request(first)))[0] == 200  # the retry of the 503
     assert (await bridge.send(p.request(first)))[0] == 200  # and a duplicate
-    unknown = sample_event("vc.room.created_v1", delivery_id=fresh_id())
+    unknown = sample_event("vc.room.created_v1", event_id=fresh_id())
     unknown["header"]["event_type"] = "im.message.receive_v1"
     assert (await bridge.send(p.request(unknown)))[0] == 200  # a dead letter
-    bad = p.request(sample_event("vc.room.created_v1", delivery_id=fresh_id()))
+    bad = p.request(sample_event("vc.room.created_v1", event_id=fresh_id()))
     bad = dataclasses.replace(bad, headers={**bad.headers, "X-Lark-Signature": "0" * 64})
     assert (await bridge.send(bad))[0] == 401
-    body = json.dumps(sample_event("vc.room.created_v1", token=None, delivery_id=fresh_id())).encode()
+    body = json.dumps(sample_event("vc.room.created_v1", token=None, event_id=fresh_id())).encode()
     assert (await platform.wait_ack(await platform.push(body))).code == 200
     await read_topic(broker.bootstrap_servers, bridge.settings.topic_dead_letter, expect=1)
     status, text = await bridge.get("/metrics")

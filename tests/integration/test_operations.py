@@ -53,9 +53,9 @@ async def test_metrics_move_by_exact_amounts(broker: Any, start_bridge: Any) -> 
     bridge = await start_bridge(broker.bootstrap_servers)
     before = samples_of((await bridge.get("/metrics"))[1])
     p = bridge.platform
-    room = sample_event("vc.room.created_v1", delivery_id="m-room")
-    third = sample_event("third_party_meeting_room_event_created", delivery_id="m-3p")
-    unknown = sample_event("vc.room.created_v1", delivery_id="m-unknown")
+    room = sample_event("vc.room.created_v1", event_id="m-room")
+    third = sample_event("third_party_meeting_room_event_created", event_id="m-3p")
+    unknown = sample_event("vc.room.created_v1", event_id="m-unknown")
     unknown["header"]["event_type"] = "im.chat.created_v1"
     sequence = [
         p.handshake(TOKEN, "c"),
@@ -132,14 +132,14 @@ async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: A
             async def stream(worker: int) -> None:
                 n = 0
                 while not stop.is_set():
-                    delivery_id = f"sig-{worker}-{n}"
+                    event_id = f"sig-{worker}-{n}"
                     n += 1
-                    req = platform.request(sample_event("vc.room.created_v1", delivery_id=delivery_id))
+                    req = platform.request(sample_event("vc.room.created_v1", event_id=event_id))
                     try:
                         async with aiohttp.ClientSession() as s:  # a fresh connection each time
                             async with s.post(url + "/webhook/event", data=req.body, headers=req.headers) as r:
                                 if r.status == 200:
-                                    ok.append(delivery_id)
+                                    ok.append(event_id)
                                 else:
                                     assert r.status == 503, r.status
                                     refused.append(r.status)
@@ -171,7 +171,7 @@ async def test_sigterm_during_a_stream_loses_no_200_and_logs_no_secret(broker: A
     requests = [line for line in lines if line.get("event") == "request"]
     assert len(requests) >= len(ok)
     done = next(line for line in requests if line["outcome"] == "published")
-    assert {"request_id", "status", "latency_ms", "lark_type", "delivery_id", "tenant_key", "records"} <= set(done)
+    assert {"request_id", "status", "latency_ms", "lark_type", "event_id", "tenant_key", "records"} <= set(done)
     assert done["records"][0]["topic"] == f"{prefix}.room"
     # A clean start on fresh topics, a stream and a graceful stop: nothing worth an ERROR line.
     errors = [line for line in lines if line.get("level") in ("error", "critical")]

@@ -30,7 +30,7 @@ async def test_fatal_idempotence_error_replaces_the_producer(broker: Any, start_
         return wrapped
 
     bridge = await start_bridge(broker.bootstrap_servers, producer_factory=factory)
-    body = sample_event("vc.room.created_v1", delivery_id="stuck-1")
+    body = sample_event("vc.room.created_v1", event_id="stuck-1")
     status, _ = await bridge.send(bridge.platform.request(body))
     assert status == 503  # not delivered: the platform will retry
     await bridge.wait_ready()

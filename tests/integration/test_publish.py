@@ -31,8 +31,8 @@ def topic_of(settings: Any, lark_type: str) -> str:
 async def test_each_sample_lands_with_key_topic_and_envelope(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
     for kind in SAMPLE_TYPES:
-        # The two documented 2.0 samples share one event_id: give each its own delivery id.
-        status, body = await bridge.send(bridge.platform.request(sample_event(kind, delivery_id=f"sample-{kind}")))
+        # The two documented 2.0 samples share one event_id: give each its own event id.
+        status, body = await bridge.send(bridge.platform.request(sample_event(kind, event_id=f"sample-{kind}")))
         assert (status, body) == (200, {"msg": "success"})
     expected_keys = {
         "vc.room.created_v1": [b"omm_4de32cf10a4358788ff4e09e37ebbf9b"],
@@ -58,7 +58,7 @@ async def test_each_sample_lands_with_key_topic_and_envelope(broker: Any, start_
 async def test_fan_out_and_all_third_party_kinds_share_a_topic(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
     for i, lark_type in enumerate(THIRD_PARTY_TYPES):
-        body = sample_event("third_party_meeting_room_event_created", delivery_id=f"fan-{i}")
+        body = sample_event("third_party_meeting_room_event_created", event_id=f"fan-{i}")
         body["event"]["type"] = lark_type
         assert (await bridge.send(bridge.platform.request(body)))[0] == 200
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_third_party_meeting_room_event, expect=6)
@@ -72,10 +72,10 @@ async def test_fan_out_and_all_third_party_kinds_share_a_topic(broker: Any, star
 
 async def test_sequential_and_concurrent_duplicates_give_one_record(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
-    seq = bridge.platform.request(sample_event("vc.room.created_v1", delivery_id="dup-seq"))
+    seq = bridge.platform.request(sample_event("vc.room.created_v1", event_id="dup-seq"))
     assert [await bridge.send(seq) for _ in range(3)] == [(200, {"msg": "success"})] * 3
     # Concurrent: the platform's retry may race the first attempt; each re-signed, same id.
-    body = sample_event("vc.room.created_v1", delivery_id="dup-conc")
+    body = sample_event("vc.room.created_v1", event_id="dup-conc")
     results = await asyncio.gather(*(bridge.send(bridge.platform.request(body)) for _ in range(10)))
     assert all(r == (200, {"msg": "success"}) for r in results)
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=2)
@@ -89,9 +89,9 @@ async def test_sequential_and_concurrent_duplicates_give_one_record(broker: Any,
 
 async def test_dead_letters_are_acknowledged_then_answered_200(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
-    unknown = sample_event("vc.room.created_v1", delivery_id="dl-unknown")
+    unknown = sample_event("vc.room.created_v1", event_id="dl-unknown")
     unknown["header"]["event_type"] = "im.message.receive_v1"
-    invalid = sample_event("vc.room.created_v1", delivery_id="dl-invalid")
+    invalid = sample_event("vc.room.created_v1", event_id="dl-invalid")
     del invalid["event"]["room"]["room_id"]
     for body in (unknown, invalid, invalid):  # the second invalid one is a duplicate
         assert await bridge.send(bridge.platform.request(body)) == (200, {"msg": "success"})
@@ -105,9 +105,9 @@ async def test_dead_letters_are_acknowledged_then_answered_200(broker: Any, star
 
 async def test_unauthenticated_requests_never_reach_kafka(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
-    bad = bridge.platform.request(sample_event("vc.room.created_v1", delivery_id="unauth"), sign_key="nope")
+    bad = bridge.platform.request(sample_event("vc.room.created_v1", event_id="unauth"), sign_key="nope")
     assert (await bridge.send(bad))[0] == 401
-    good = bridge.platform.request(sample_event("vc.room.created_v1", delivery_id="auth-ok"))
+    good = bridge.platform.request(sample_event("vc.room.created_v1", event_id="auth-ok"))
     assert (await bridge.send(good))[0] == 200
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
     assert [json.loads(m.value)["id"] for m in msgs] == ["auth-ok"]
@@ -125,12 +125,12 @@ async def test_ordering_across_1000_interleaved_events_for_20_rooms(broker: Any,
 
     async def room_writer(room: str) -> None:
         # Per room: the next event is sent only after the previous one was answered 200.
-        for delivery_id in queues[room]:
-            body = sample_event("vc.room.created_v1", delivery_id=delivery_id)
+        for event_id in queues[room]:
+            body = sample_event("vc.room.created_v1", event_id=event_id)
             body["event"]["room"]["room_id"] = room
             status, _ = await bridge.send(bridge.platform.request(body))
             assert status == 200
-            sent[room].append(delivery_id)
+            sent[room].append(event_id)
 
     await asyncio.gather(*(room_writer(r) for r in rooms))
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1000, timeout_s=60)
@@ -147,7 +147,7 @@ async def test_ordering_across_1000_interleaved_events_for_20_rooms(broker: Any,
 @pytest.mark.parametrize("codec", ["lz4", "zstd", "gzip"])
 async def test_compression(broker: Any, start_bridge: Any, codec: str) -> None:
     bridge = await start_bridge(broker.bootstrap_servers, BRIDGE_KAFKA_COMPRESSION=codec)
-    body = sample_event("vc.reserve_config.updated_v1", delivery_id=f"codec-{codec}")
+    body = sample_event("vc.reserve_config.updated_v1", event_id=f"codec-{codec}")
     assert (await bridge.send(bridge.platform.request(body)))[0] == 200
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_reserve_config_updated, expect=1)
     assert json.loads(msgs[0].value)["id"] == f"codec-{codec}"

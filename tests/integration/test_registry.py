@@ -54,12 +54,12 @@ async def test_records_are_framed_and_decode_with_confluents_own_deserializer(
 ) -> None:
     topics = own_topics()
     bridge = await start_bridge(broker.bootstrap_servers, BRIDGE_SCHEMA_REGISTRY_URL=registry.url, **topics)
-    unknown = sample_event("vc.room.created_v1", delivery_id=fresh_id())
+    unknown = sample_event("vc.room.created_v1", event_id=fresh_id())
     unknown["header"]["event_type"] = "vc.room.exploded_v1"  # one dead letter
     for body in (
-        sample_event("vc.room.created_v1", delivery_id=fresh_id()),
-        sample_event("vc.reserve_config.updated_v1", delivery_id=fresh_id()),
-        sample_event("third_party_meeting_room_event_created", delivery_id=fresh_id()),
+        sample_event("vc.room.created_v1", event_id=fresh_id()),
+        sample_event("vc.reserve_config.updated_v1", event_id=fresh_id()),
+        sample_event("third_party_meeting_room_event_created", event_id=fresh_id()),
         unknown,
     ):
         assert await bridge.send(bridge.platform.request(body)) == (200, {"msg": "success"})

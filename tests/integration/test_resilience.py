@@ -1,5 +1,5 @@
 """The broker away: absent at start, restarted under traffic. Nothing answered 200 is lost, and
-the platform's retries (until 200) leave exactly one record per delivery id."""
+the platform's retries (until 200) leave exactly one record per event id."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ async def test_broker_absent_at_start_then_appears(spare_broker: Any, start_brid
     t0 = loop.time()
     status, body = await bridge.send(bridge.platform.handshake(TOKEN, "early"))
     assert (status, body) == (200, {"challenge": "early"}) and loop.time() - t0 < 1.0
-    event = sample_event("vc.room.created_v1", delivery_id="absent-1")
+    event = sample_event("vc.room.created_v1", event_id="absent-1")
     status, _ = await bridge.send(bridge.platform.request(event))
     assert status == 503
     assert (await bridge.get("/readyz"))[0] == 503
@@ -69,12 +69,12 @@ async def test_broker_restart_under_traffic_loses_nothing(spare_broker: Any, sta
     async def sender() -> None:
         nonlocal retried
         while not queue.empty():
-            delivery_id = queue.get_nowait()
-            body = sample_event("third_party_meeting_room_event_created", delivery_id=delivery_id)
-            body["event"]["meeting_rooms"] = [{"open_id": f"omm_r{int(delivery_id[-4:]) % 17}"}]
+            event_id = queue.get_nowait()
+            body = sample_event("third_party_meeting_room_event_created", event_id=event_id)
+            body["event"]["meeting_rooms"] = [{"open_id": f"omm_r{int(event_id[-4:]) % 17}"}]
             attempts = await send_until_200(bridge, body)
             retried += attempts - 1
-            answered.append(delivery_id)
+            answered.append(event_id)
 
     async def restarter() -> None:
         # Polls a plain list the senders append to; no deadline of its own (the senders' have one).

@@ -118,7 +118,7 @@ async def test_publishes_over_sasl_and_tls(
     if protocol == "SASL_SSL":
         env["BRIDGE_KAFKA_SSL_CAFILE"] = str(ca_path)
     bridge = await start_bridge(f"127.0.0.1:{port}", **env)
-    body = sample_event("vc.room.created_v1", delivery_id=f"sec-{mechanism}")
+    body = sample_event("vc.room.created_v1", event_id=f"sec-{mechanism}")
     assert (await bridge.send(bridge.platform.request(body)))[0] == 200
     # Read back over the plaintext listener: the record is there.
     msgs = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
@@ -135,6 +135,6 @@ async def test_wrong_sasl_password_is_not_ready_and_answers_503(secure_broker: A
         BRIDGE_KAFKA_SASL_USERNAME=USER,
         BRIDGE_KAFKA_SASL_PASSWORD="wrong-password",
     )
-    body = sample_event("vc.room.created_v1", delivery_id="sec-wrong")
+    body = sample_event("vc.room.created_v1", event_id="sec-wrong")
     assert (await bridge.send(bridge.platform.request(body)))[0] == 503
     assert (await bridge.get("/readyz"))[0] == 503

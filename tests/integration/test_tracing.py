@@ -64,7 +64,7 @@ async def test_a_webhook_event_is_one_trace_from_the_request_to_each_record(
 ) -> None:
     provider, exporter = spans
     bridge = await start_bridge(broker.bootstrap_servers, tracer_provider=provider)
-    event = sample_event(ev.THIRD_PARTY_CREATED, delivery_id=fresh_id())  # lists rooms: a fan-out
+    event = sample_event(ev.THIRD_PARTY_CREATED, event_id=fresh_id())  # lists rooms: a fan-out
     assert (await bridge.send(bridge.platform.request(event)))[0] == 200
     finished = list(exporter.get_finished_spans())
     server, producer = one(finished, SpanKind.SERVER), one(finished, SpanKind.PRODUCER)
@@ -102,14 +102,14 @@ async def test_duplicates_and_refusals_are_spans_without_a_publish(
 ) -> None:
     provider, exporter = spans
     bridge = await start_bridge(broker.bootstrap_servers, tracer_provider=provider)
-    event = sample_event(ev.ROOM_CREATED, delivery_id=fresh_id())
+    event = sample_event(ev.ROOM_CREATED, event_id=fresh_id())
     assert (await bridge.send(bridge.platform.request(event)))[0] == 200
     exporter.clear()
     assert (await bridge.send(bridge.platform.request(event)))[0] == 200
     (dup,) = exporter.get_finished_spans()
     assert dict(dup.attributes or {})["lark.outcome"] == "duplicate"
     exporter.clear()
-    req = bridge.platform.request(sample_event(ev.ROOM_CREATED, delivery_id=fresh_id()))
+    req = bridge.platform.request(sample_event(ev.ROOM_CREATED, event_id=fresh_id()))
     req.headers["X-Lark-Signature"] = "0" * 64
     assert (await bridge.send(req))[0] == 401
     (refused,) = exporter.get_finished_spans()
@@ -121,7 +121,7 @@ async def test_duplicates_and_refusals_are_spans_without_a_publish(
 
 async def test_without_tracing_records_carry_no_trace_headers(broker: Any, start_bridge: Any) -> None:
     bridge = await start_bridge(broker.bootstrap_servers)
-    assert (await bridge.send(bridge.platform.request(sample_event(ev.ROOM_CREATED, delivery_id=fresh_id()))))[0] == 200
+    assert (await bridge.send(bridge.platform.request(sample_event(ev.ROOM_CREATED, event_id=fresh_id()))))[0] == 200
     (record,) = await read_topic(broker.bootstrap_servers, bridge.settings.topic_room_created, expect=1)
     assert not {"traceparent", "tracestate"} & set(carrier(record))
 
@@ -141,7 +141,7 @@ async def test_a_long_connection_event_is_a_consumer_span_with_its_publish(
         BRIDGE_LARK_APP_SECRET=APP_SECRET,
         BRIDGE_LARK_DOMAIN=platform.url,
     )
-    event = sample_event(ev.ROOM_CREATED, token=None, delivery_id=fresh_id())
+    event = sample_event(ev.ROOM_CREATED, token=None, event_id=fresh_id())
     assert (await platform.wait_ack(await platform.push(json.dumps(event).encode()))).code == 200
     finished = list(exporter.get_finished_spans())
     consumer, producer = one(finished, SpanKind.CONSUMER), one(finished, SpanKind.PRODUCER)

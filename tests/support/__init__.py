@@ -2,7 +2,7 @@
 imports none of them, so a unit test never pulls in Kafka clients it does not use).
 
 * :mod:`tests.support.credentials` — the test app's verification token and encrypt keys.
-* :mod:`tests.support.samples` — documented sample bodies with the test token and a delivery id.
+* :mod:`tests.support.samples` — documented sample bodies with the test token and an event id.
 * :mod:`tests.support.waits` — polling until a condition holds or an endpoint answers a status.
 * :mod:`tests.support.processes` — the environment of a bridge (or demo) subprocess.
 * :mod:`tests.support.schemas` — JSON-schema validators of ``schemas/``.

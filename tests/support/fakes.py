@@ -166,7 +166,7 @@ class RecordingSink:
       waiting, ``waiting`` counts them.
 
     ``received``: events delivered (not failed); ``deadlines`` / ``received_ms``: of every call;
-    ``returned``: ``(delivery_id, loop time)`` as each call returned or raised, in that order.
+    ``returned``: ``(event_id, loop time)`` as each call returned or raised, in that order.
     """
 
     def __init__(self, outcome: Outcome | None = None) -> None:
@@ -202,7 +202,7 @@ class RecordingSink:
             self.received.append(event)
             return self.outcome
         finally:
-            self.returned.append((event.delivery_id, loop.time()))
+            self.returned.append((event.event_id, loop.time()))
 
     def release(self) -> None:
         """Let every delivery held now go on (``held`` itself is left as it is)."""

@@ -50,10 +50,10 @@ def read_back(payload: dict[str, Any], failure: DeadLetterCause, *, carry_payloa
 
 @pytest.mark.parametrize("kind", [ev.ROOM_CREATED, ev.RESERVE_CONFIG_UPDATED, ev.THIRD_PARTY_CREATED])
 def test_a_replayed_payload_gives_the_live_bridges_records_plus_where_they_came_from(kind: str) -> None:
-    payload = sample_event(kind, delivery_id=fresh_id())
+    payload = sample_event(kind, event_id=fresh_id())
     live = normalize(decode(read_inbound(compact(payload))), TOPICS)
     dl = read_back(payload, DeadLetterCause("unknown_event_type", "not modelled then", "$.header.event_type"))
-    assert dl.delivery_id == live[0].delivery_id and dl.where == "dlq/2/41"
+    assert dl.event_id == live[0].event_id and dl.where == "dlq/2/41"
     assert TOKEN not in str(dl.payload)  # the dead letter carries the payload with its token redacted
     replayed = records_of(dl, TOPICS, 1 << 20)
     assert [(r.topic, r.key, r.value) for r in replayed] == [(r.topic, r.key, r.value) for r in live]
@@ -61,7 +61,7 @@ def test_a_replayed_payload_gives_the_live_bridges_records_plus_where_they_came_
 
 
 def test_what_still_fails_says_why_and_a_payload_not_carried_cannot_be_replayed() -> None:
-    unknown = sample_event(ev.ROOM_CREATED, delivery_id=fresh_id())
+    unknown = sample_event(ev.ROOM_CREATED, event_id=fresh_id())
     unknown["header"]["event_type"] = "im.message.receive_v1"
     dl = read_back(unknown, DeadLetterCause("unknown_event_type", "x", "$.header.event_type"))
     with pytest.raises(DeadLetterCause) as failure:

@@ -189,7 +189,7 @@ def test_unknown_types() -> None:
     v2["header"]["event_type"] = "im.message.receive_v1"
     f = failure(v2)
     inbound = authenticate(v2)
-    assert (f.reason, inbound.lark_type, inbound.delivery_id) == (
+    assert (f.reason, inbound.lark_type, inbound.event_id) == (
         "unknown_event_type",
         "im.message.receive_v1",
         v2["header"]["event_id"],
@@ -198,7 +198,7 @@ def test_unknown_types() -> None:
     v1["event"]["type"] = "third_party_meeting_room_event_moved"
     f = failure(v1)
     inbound = authenticate(v1)
-    assert (f.reason, inbound.lark_type, inbound.delivery_id) == (
+    assert (f.reason, inbound.lark_type, inbound.event_id) == (
         "unknown_event_type",
         "third_party_meeting_room_event_moved",
         v1["uuid"],
@@ -237,7 +237,7 @@ def test_inbound_event_reads_the_top_level_of_both_schemas_once() -> None:
     v2 = sample("vc.room.created_v1")
     e = authenticate(v2)
     h = v2["header"]
-    assert (e.schema, e.delivery_id, e.lark_type, e.app_id, e.tenant_key, e.create_time, e.defect) == (
+    assert (e.schema, e.event_id, e.lark_type, e.app_id, e.tenant_key, e.create_time, e.defect) == (
         "2.0",
         h["event_id"],
         "vc.room.created_v1",
@@ -249,7 +249,7 @@ def test_inbound_event_reads_the_top_level_of_both_schemas_once() -> None:
     assert json.loads(bytes(e.event)) == v2["event"] and e.payload == compact(v2)
     v1 = sample("third_party_meeting_room_event_created")
     e = authenticate(v1)
-    assert (e.schema, e.delivery_id, e.lark_type, e.app_id, e.tenant_key, e.create_time, e.defect) == (
+    assert (e.schema, e.event_id, e.lark_type, e.app_id, e.tenant_key, e.create_time, e.defect) == (
         "1.0",
         v1["uuid"],
         v1["event"]["type"],
@@ -261,7 +261,7 @@ def test_inbound_event_reads_the_top_level_of_both_schemas_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mutate", "path", "delivery_id"),
+    ("mutate", "path", "event_id"),
     [
         (lambda b: b.update(header="not an object"), "$.header", None),
         (lambda b: b["header"].update(event_id=""), "$.header.event_id", None),
@@ -272,17 +272,17 @@ def test_inbound_event_reads_the_top_level_of_both_schemas_once() -> None:
     ],
 )
 def test_a_malformed_top_level_is_still_an_inbound_event_and_one_dead_letter(
-    mutate: Any, path: str, delivery_id: str | None
+    mutate: Any, path: str, event_id: str | None
 ) -> None:
     body = sample("vc.room.created_v1")
     mutate(body)
     inbound = authenticate(body)
-    assert inbound.defect is not None and inbound.defect.path == path and inbound.delivery_id == delivery_id
+    assert inbound.defect is not None and inbound.defect.path == path and inbound.event_id == event_id
     f = failure(body)
     assert (f.reason, f.path) == ("invalid_event", path)
     env = json.loads(dead_letter(inbound, f, received_ms=1, topics=TOPICS).value)
-    assert env["data"]["lark_event_id" if delivery_id else "path"] == (delivery_id or path)
-    assert env["id"] == delivery_id if delivery_id else env["id"].startswith("sha256:")
+    assert env["data"]["lark_event_id" if event_id else "path"] == (event_id or path)
+    assert env["id"] == event_id if event_id else env["id"].startswith("sha256:")
 
 
 @pytest.mark.parametrize(

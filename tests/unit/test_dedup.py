@@ -71,8 +71,8 @@ async def test_ending_a_delivery_marks_nothing_by_itself() -> None:
 
 def test_at_capacity_the_oldest_id_goes_first_even_within_one_bucket() -> None:
     ledger = DeliveryLedger(3600, 3, clock=lambda: 0.0)  # every mark falls in the same bucket
-    for delivery_id in ("a", "b", "c", "d"):
-        ledger.mark_delivered(delivery_id)
+    for event_id in ("a", "b", "c", "d"):
+        ledger.mark_delivered(event_id)
     assert [ledger.delivered(x) for x in ("a", "b", "c", "d")] == [False, True, True, True]
     ledger.mark_delivered("e")
     assert ledger.delivered("e") and not ledger.delivered("b") and len(ledger) == 3

@@ -54,10 +54,10 @@ class Harness:
         )
 
 
-def inbound(kind: str = ROOM_CREATED, delivery_id: str = "d-1", **changes: Any) -> InboundEvent:
-    """The inbound event of a sample with its own delivery id; ``changes`` update its header
+def inbound(kind: str = ROOM_CREATED, event_id: str = "d-1", **changes: Any) -> InboundEvent:
+    """The inbound event of a sample with its own event id; ``changes`` update its header
     (schema 2.0) or top level (1.0)."""
-    body = sample_event(kind, delivery_id=delivery_id)
+    body = sample_event(kind, event_id=event_id)
     body.get("header", body).update(changes)
     return read_inbound(compact(body))
 
@@ -107,9 +107,9 @@ async def test_published_event_returns_its_acked_records_and_a_redelivery_is_a_d
 
 async def test_duplicates_arriving_in_flight_wait_for_the_first_and_are_duplicates_once_it_is_acked() -> None:
     h = Harness(GatedPublisher())
-    first = asyncio.create_task(h.deliver(inbound(delivery_id="d-race")))
+    first = asyncio.create_task(h.deliver(inbound(event_id="d-race")))
     await soon(h.publisher.entered.wait())
-    waiting = [asyncio.create_task(h.deliver(inbound(delivery_id="d-race"))) for _ in range(3)]
+    waiting = [asyncio.create_task(h.deliver(inbound(event_id="d-race"))) for _ in range(3)]
     await settle()
     assert not first.done() and not any(w.done() for w in waiting), "duplicates wait for the first's ack"
     assert len(h.publisher.calls) == 1 and h.duplicates == 0
@@ -122,9 +122,9 @@ async def test_duplicates_arriving_in_flight_wait_for_the_first_and_are_duplicat
 
 async def test_a_duplicate_waiting_on_a_failed_first_publishes_itself() -> None:
     h = Harness(GatedPublisher())
-    first = asyncio.create_task(h.deliver(inbound(delivery_id="d-retry")))
+    first = asyncio.create_task(h.deliver(inbound(event_id="d-retry")))
     await soon(h.publisher.entered.wait())
-    second = asyncio.create_task(h.deliver(inbound(delivery_id="d-retry")))
+    second = asyncio.create_task(h.deliver(inbound(event_id="d-retry")))
     await settle()
     assert not second.done() and len(h.publisher.calls) == 1
     h.publisher.fail()  # the first's publish fails: broker_unavailable
@@ -143,35 +143,35 @@ async def test_a_duplicate_waiting_on_a_failed_first_publishes_itself() -> None:
 
 async def test_publish_timeout_then_late_ack_counts_as_delivered() -> None:
     h = Harness(GatedPublisher(), timeout_s=SHORT_S)
-    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-late"))) == "publish_timeout"
+    assert await raises_unavailable(h.deliver(inbound(event_id="d-late"))) == "publish_timeout"
     assert h.publisher.waiting == 1, "the publish goes on after the request timed out"
     assert not h.ledger.delivered("d-late") and h.ledger.in_flight("d-late") is not None
     # The platform's retry while it is still in flight: waits for it, times out too, no second publish.
-    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-late"))) == "publish_timeout"
+    assert await raises_unavailable(h.deliver(inbound(event_id="d-late"))) == "publish_timeout"
     assert len(h.publisher.calls) == 1
     h.publisher.release()  # the broker acks, late
     await soon(h.delivery.drain(1.0))
     assert h.ledger.delivered("d-late") and h.ledger.in_flight("d-late") is None
     assert h.metric("bridge_events_published_total", lark_type=ROOM_CREATED, topic="t.room") == 1
-    assert await h.deliver(inbound(delivery_id="d-late")) == Outcome("duplicate")
+    assert await h.deliver(inbound(event_id="d-late")) == Outcome("duplicate")
     assert len(h.publisher.calls) == 1 and h.duplicates == 1
 
 
 async def test_publish_timeout_then_late_failure_leaves_the_id_to_the_retry() -> None:
     h = Harness(GatedPublisher(), timeout_s=SHORT_S)
-    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-late-fail"))) == "publish_timeout"
+    assert await raises_unavailable(h.deliver(inbound(event_id="d-late-fail"))) == "publish_timeout"
     h.publisher.fail()
     await soon(h.delivery.drain(1.0))
     assert not h.ledger.delivered("d-late-fail") and h.ledger.in_flight("d-late-fail") is None
     h.publisher.release()
-    assert await h.deliver(inbound(delivery_id="d-late-fail")) == Outcome("published", None, [("t.room", 0, 0)])
+    assert await h.deliver(inbound(event_id="d-late-fail")) == Outcome("published", None, [("t.room", 0, 0)])
     assert len(h.publisher.calls) == 2
 
 
 async def test_late_failures_of_an_outage_write_one_log_line_per_interval() -> None:
     h = Harness(GatedPublisher(), timeout_s=SHORT_S)
     for i in range(50):
-        assert await raises_unavailable(h.deliver(inbound(delivery_id=f"d-out-{i}"))) == "publish_timeout"
+        assert await raises_unavailable(h.deliver(inbound(event_id=f"d-out-{i}"))) == "publish_timeout"
     with structlog.testing.capture_logs() as logs:
         h.publisher.fail()
         await soon(h.delivery.drain(1.0))
@@ -186,7 +186,7 @@ async def test_the_ingress_deadline_bounds_the_wait_instead_of_the_timeout() -> 
     started = loop.time()
     with pytest.raises(Unavailable) as info:
         await soon(
-            h.delivery.deliver(inbound(delivery_id="d-deadline"), received_ms=RECEIVED_MS, deadline_s=started + SHORT_S)
+            h.delivery.deliver(inbound(event_id="d-deadline"), received_ms=RECEIVED_MS, deadline_s=started + SHORT_S)
         )
     assert info.value.reason == "publish_timeout" and loop.time() - started < 1.0
     h.publisher.release()
@@ -203,12 +203,12 @@ async def test_the_ingress_deadline_bounds_the_wait_instead_of_the_timeout() -> 
 async def test_a_failed_publish_does_not_mark_the_id_and_the_retry_publishes(error: Exception) -> None:
     h = Harness(FailingPublisher(error, times=1))
     with pytest.raises(Unavailable) as info:  # whatever failed, the platform is told to retry
-        await h.deliver(inbound(delivery_id="d-fail"))
+        await h.deliver(inbound(event_id="d-fail"))
     assert info.value is error if isinstance(error, Unavailable) else info.value.reason == "publish_failed"
     assert not h.ledger.delivered("d-fail") and h.ledger.in_flight("d-fail") is None
     assert h.metric("bridge_events_published_total", lark_type=ROOM_CREATED, topic="t.room") == 0
     assert h.metric("bridge_dedup_entries") == 0
-    retry = await h.deliver(inbound(delivery_id="d-fail"))
+    retry = await h.deliver(inbound(event_id="d-fail"))
     assert retry == Outcome("published", None, [("t.room", 0, 0)])
     assert len(h.publisher.calls) == 2 and len(h.publisher.acked) == 1
     assert h.duplicates == 0 and h.ledger.delivered("d-fail")
@@ -220,11 +220,11 @@ async def test_a_failed_publish_does_not_mark_the_id_and_the_retry_publishes(err
 
 
 def _unknown_type() -> InboundEvent:
-    return inbound(delivery_id="d-dl", event_type="im.message.receive_v1")
+    return inbound(event_id="d-dl", event_type="im.message.receive_v1")
 
 
 def _invalid_event() -> InboundEvent:
-    body = sample_event(ROOM_CREATED, delivery_id="d-dl")
+    body = sample_event(ROOM_CREATED, event_id="d-dl")
     del body["event"]["room"]["room_id"]
     return read_inbound(compact(body))
 
@@ -257,13 +257,13 @@ async def test_a_dead_letter_counts_only_once_acked() -> None:
     assert h.metric("bridge_dead_letters_total", reason="unknown_event_type") == 1
 
 
-async def test_an_event_without_a_delivery_id_is_one_dead_letter_keyed_by_its_payload_digest() -> None:
-    # A malformed top level (header not an object) has no delivery id: its payload's digest is
+async def test_an_event_without_a_event_id_is_one_dead_letter_keyed_by_its_payload_digest() -> None:
+    # A malformed top level (header not an object) has no event id: its payload's digest is
     # the dedup key, so the platform's retries of it make one dead letter.
     h = Harness(RecordingPublisher())
     event = read_inbound(compact({"schema": "2.0", "header": "oops", "event": {}}))
     other = read_inbound(compact({"schema": "2.0", "header": "oops!", "event": {}}))
-    assert event.delivery_id is None and event.defect is not None
+    assert event.event_id is None and event.defect is not None
     assert event.dedup_key().startswith("sha256:") and event.dedup_key() != other.dedup_key()
     first = await h.deliver(event)
     second = await h.deliver(event)
@@ -284,7 +284,7 @@ async def test_an_event_without_a_delivery_id_is_one_dead_letter_keyed_by_its_pa
 
 async def test_drain_waits_for_a_publish_still_running_after_its_request_timed_out() -> None:
     h = Harness(GatedPublisher(), timeout_s=SHORT_S)
-    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-drain"))) == "publish_timeout"
+    assert await raises_unavailable(h.deliver(inbound(event_id="d-drain"))) == "publish_timeout"
     drain = asyncio.create_task(h.delivery.drain(5.0))
     await asyncio.sleep(0.1)
     assert not drain.done(), "drain returned while a publish was still running"
@@ -295,7 +295,7 @@ async def test_drain_waits_for_a_publish_still_running_after_its_request_timed_o
 
 async def test_drain_gives_up_after_its_timeout_when_the_publish_never_finishes() -> None:
     h = Harness(GatedPublisher(), timeout_s=SHORT_S)
-    assert await raises_unavailable(h.deliver(inbound(delivery_id="d-stuck"))) == "publish_timeout"
+    assert await raises_unavailable(h.deliver(inbound(event_id="d-stuck"))) == "publish_timeout"
     loop = asyncio.get_running_loop()
     started = loop.time()
     await soon(h.delivery.drain(0.2))
@@ -317,17 +317,17 @@ async def test_a_deadline_already_past_publishes_nothing_and_leaves_the_id_unmar
     h = Harness(RecordingPublisher())
     past = asyncio.get_running_loop().time() - 0.001  # e.g. the body took the whole budget to arrive
     with pytest.raises(Unavailable) as info:
-        await h.delivery.deliver(inbound(delivery_id="d-late"), received_ms=RECEIVED_MS, deadline_s=past)
+        await h.delivery.deliver(inbound(event_id="d-late"), received_ms=RECEIVED_MS, deadline_s=past)
     assert info.value.reason == "publish_timeout"
     assert h.publisher.calls == [] and h.ledger.in_flight("d-late") is None and not h.ledger.delivered("d-late")
-    assert (await h.deliver(inbound(delivery_id="d-late"))).kind == "published"
+    assert (await h.deliver(inbound(event_id="d-late"))).kind == "published"
 
 
 # ---- records that could never be published as they are ----------------------------------------
 
 
-def with_unmodelled(kind: str, delivery_id: str, size: int, rooms: int = 0) -> InboundEvent:
-    body = sample_event(kind, delivery_id=delivery_id)
+def with_unmodelled(kind: str, event_id: str, size: int, rooms: int = 0) -> InboundEvent:
+    body = sample_event(kind, event_id=event_id)
     body["event"]["notes"] = "n" * size
     if rooms:
         body["event"]["meeting_rooms"] = [{"open_id": f"omm_{i:032x}"} for i in range(rooms)]
@@ -364,7 +364,7 @@ async def test_a_fan_out_over_the_event_bound_is_one_dead_letter_with_its_payloa
 
 
 async def test_a_partly_acked_fan_out_is_completed_by_the_retry_with_only_the_missing_records() -> None:
-    event = inbound(THIRD_PARTY_CREATED, delivery_id="fan-1")
+    event = inbound(THIRD_PARTY_CREATED, event_id="fan-1")
     event_rooms = [r.key for r in Harness(RecordingPublisher()).delivery._records_of(event, RECEIVED_MS)[0]]
     assert len(event_rooms) == 2
     h = Harness(PartialPublisher(lose={event_rooms[1]}))
@@ -381,7 +381,7 @@ async def test_a_partly_acked_fan_out_is_completed_by_the_retry_with_only_the_mi
 
 async def test_a_failed_single_record_event_is_published_whole_by_the_retry() -> None:
     h = Harness(PartialPublisher(lose={b"omm_4de32cf10a4358788ff4e09e37ebbf9b"}))
-    event = inbound(ROOM_CREATED, delivery_id="one-1")
+    event = inbound(ROOM_CREATED, event_id="one-1")
     assert await raises_unavailable(h.deliver(event)) == "broker_unavailable"
     assert (await soon(h.deliver(event))).kind == "published"
     assert len(h.publisher.acked) == 1 and "lark_record_part" not in dict(h.publisher.acked[0].headers)

@@ -83,13 +83,13 @@ def room_with(**extra: object) -> bytes:
 )
 def test_authenticated_unreadable_payload_is_one_dead_letter_without_the_payload(payload: bytes) -> None:
     inbound = read_inbound(payload)
-    assert isinstance(inbound, InboundEvent) and inbound.delivery_id
+    assert isinstance(inbound, InboundEvent) and inbound.event_id
     with pytest.raises(DeadLetterCause) as info:
         normalize(decode(inbound), TOPICS)
     assert info.value.reason == "invalid_event" and info.value.path == "$"
     rec = dead_letter(inbound, info.value, received_ms=1, topics=TOPICS)
     env = json.loads(rec.value)
-    assert rec.topic == "dlq" and rec.key == inbound.delivery_id.encode()
+    assert rec.topic == "dlq" and rec.key == inbound.event_id.encode()
     assert env["data"]["payload"] == {} and "sha256" in env["data"]["error"]
     assert TOKEN not in rec.value.decode()
 

@@ -109,9 +109,9 @@ async def until(check: Callable[[], bool], message: str, timeout_s: float = WAIT
     await wait_until(check, timeout_s=timeout_s, interval_s=0.005, message=message)
 
 
-def payload(kind: str = "vc.room.created_v1", delivery_id: str | None = None) -> bytes:
+def payload(kind: str = "vc.room.created_v1", event_id: str | None = None) -> bytes:
     """A plaintext event as the long connection carries it (no encryption, no token)."""
-    body = with_token(sample(kind), None, delivery_id=delivery_id or fresh_id())
+    body = with_token(sample(kind), None, event_id=event_id or fresh_id())
     return json.dumps(body, ensure_ascii=False).encode()
 
 
@@ -160,7 +160,7 @@ async def test_the_ack_is_written_only_after_deliver_returned(platform: FakeLong
     c = await start()
     c.sink.held = True
     held_id = fresh_id()
-    held = await platform.push(payload(delivery_id=held_id))
+    held = await platform.push(payload(event_id=held_id))
     await asyncio.wait_for(c.sink.entered.wait(), WAIT_S)
     c.sink.held = False
     # The connection goes on serving meanwhile: another event is delivered and acked …

@@ -44,7 +44,7 @@ def _sdk_accepts(handler: lark.EventDispatcherHandler, body: bytes, headers: dic
 
 
 def _payload(rng: random.Random, kind: str) -> dict:
-    return sample_event(kind, delivery_id=f"{rng.getrandbits(128):032x}")
+    return sample_event(kind, event_id=f"{rng.getrandbits(128):032x}")
 
 
 def test_sdk_and_bridge_make_the_same_decisions() -> None:

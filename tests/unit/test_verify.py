@@ -221,7 +221,7 @@ def test_a_signed_encrypt_value_that_does_not_decrypt_is_an_event_with_a_defect(
     ts, nonce = str(int(NOW)), "1"
     headers = {HEADER_TIMESTAMP: ts, HEADER_NONCE: nonce, HEADER_SIGNATURE: sign(ts, nonce, KEY, body)}
     event = encrypted_verifier().verify(body, headers, now=NOW)
-    assert isinstance(event, InboundEvent) and event.delivery_id is None and event.defect is not None
+    assert isinstance(event, InboundEvent) and event.event_id is None and event.defect is not None
     assert "does not decrypt (bad_base64)" in event.defect.detail and event.payload == b"%%%not base64%%%"
     assert event.dedup_key() == "sha256:" + hashlib.sha256(b"%%%not base64%%%").hexdigest()
     unsigned = compact({"encrypt": "%%%not base64%%%"})  # unsigned: not proven authentic
