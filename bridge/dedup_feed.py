@@ -45,7 +45,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bridge import kafka
 from bridge.dedup import LOG, DeliveryLedger
 from bridge.envelope import EVENT_ID_HEADER, RECORD_PART_HEADER, parse_part
-from bridge.lifecycle import TaskRunner, retrying
+from bridge.lifecycle import TaskRunner
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.settings import Settings
@@ -186,20 +186,14 @@ class LedgerFeed:
         log.warning("dedup feed: %s; retrying in %.1fs", type(exc).__name__, wait_s)
 
     async def _connect(self) -> AIOKafkaConsumer:
-        """A started consumer assigned every partition at the offsets to read next."""
-        first_s, max_s = CONNECT_BACKOFF_S
-        async for attempt in retrying(first_s=first_s, max_s=max_s, on_retry=self._retry_log):
-            with attempt:
-                consumer = self._factory()
-                try:
-                    await asyncio.wait_for(consumer.start(), START_TIMEOUT_S)
-                    await self._assign(consumer)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(consumer.stop(), 5.0)
-                    raise
-                return consumer
-        raise AssertionError("retrying() never stops")  # pragma: no cover
+        """A started consumer assigned every partition at the offsets to read next, retried with
+        backoff (:data:`CONNECT_BACKOFF_S`) until one is."""
+
+        async def start(consumer: AIOKafkaConsumer) -> None:
+            await asyncio.wait_for(consumer.start(), START_TIMEOUT_S)
+            await self._assign(consumer)
+
+        return await kafka.started(self._factory, start, backoff_s=CONNECT_BACKOFF_S, on_retry=self._retry_log)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         # Every partition of the bridge's topics, once each topic exists (the publisher creates

@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -32,6 +32,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from bridge.lifecycle import retrying
 from bridge.normalize import Record
 from bridge.settings import Settings
 
@@ -46,6 +47,49 @@ log = logging.getLogger("bridge.kafka")
 PRODUCER_REQUEST_TIMEOUT_MS: Final = 30_000
 #: An admin request's timeout (topic creation, cluster and config descriptions), in ms.
 ADMIN_REQUEST_TIMEOUT_MS: Final = 5_000
+
+
+class _Client(Protocol):
+    async def stop(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Client)
+#: How long a client whose start failed may take to stop, in seconds.
+STOP_TIMEOUT_S: Final = 5.0
+
+
+async def started(
+    make: Callable[[], C],
+    start: Callable[[C], Awaitable[None]],
+    *,
+    backoff_s: tuple[float, float],
+    on_retry: Callable[[BaseException, float], None],
+) -> C:
+    """A client made by ``make`` and started by ``start``, retried until one starts.
+
+    Args:
+        make: makes a new client (a producer or consumer) for each attempt.
+        start: starts it (connects; for a consumer, also assigns partitions).
+        backoff_s: the first and the longest wait between attempts, seconds
+            (:func:`bridge.lifecycle.retrying`).
+        on_retry: called before each wait with the failure and the wait, seconds.
+
+    Returns:
+        The started client. A client whose start failed — or was cancelled — is stopped (at most
+        :data:`STOP_TIMEOUT_S`) before the next attempt, so that no connection leaks.
+    """
+    first_s, max_s = backoff_s
+    async for attempt in retrying(first_s=first_s, max_s=max_s, on_retry=on_retry):
+        with attempt:
+            client = make()
+            try:
+                await start(client)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.stop(), STOP_TIMEOUT_S)
+                raise
+            return client
+    raise AssertionError("retrying() never stops")  # pragma: no cover
 
 
 def client_options(settings: Settings) -> dict[str, Any]:

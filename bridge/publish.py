@@ -34,7 +34,7 @@ from aiokafka.structs import RecordMetadata
 
 from bridge import kafka
 from bridge.errors import PublishFailed, Unavailable
-from bridge.lifecycle import TaskRunner, retrying
+from bridge.lifecycle import TaskRunner
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics
 from bridge.settings import Settings
@@ -132,18 +132,9 @@ class Publisher:
 
     async def _connect(self) -> AIOKafkaProducer:
         """A started producer, retried with backoff (:data:`CONNECT_BACKOFF_S`) until one is."""
-        first_s, max_s = CONNECT_BACKOFF_S
-        async for attempt in retrying(first_s=first_s, max_s=max_s, on_retry=self._connect_failed):
-            with attempt:
-                producer = self._factory()
-                try:
-                    await producer.start()
-                except BaseException:  # refused, unreachable — or closing meanwhile: don't leak it
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(producer.stop(), 5.0)
-                    raise
-                return producer
-        raise AssertionError("retrying() never stops")  # pragma: no cover
+        return await kafka.started(
+            self._factory, lambda p: p.start(), backoff_s=CONNECT_BACKOFF_S, on_retry=self._connect_failed
+        )
 
     async def _supervise(self) -> None:
         while not self._closing:

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from bridge import kafka
 from bridge.lifecycle import JITTER_SHARE, TaskRunner, retrying
 
 
@@ -75,3 +76,54 @@ async def test_cancel_ends_a_running_task_and_a_never_spawned_runner_is_fine() -
     await started.wait()
     await runner.cancel()
     assert runner._task is not None and runner._task.cancelled()
+
+
+class FakeClient:
+    """A client whose start fails ``failures`` times in all (across instances), then succeeds."""
+
+    made: list[FakeClient] = []
+
+    def __init__(self, failures: list[int]) -> None:
+        self.failures = failures
+        self.started = self.stopped = False
+        FakeClient.made.append(self)
+
+    async def start(self) -> None:
+        if self.failures[0] > 0:
+            self.failures[0] -= 1
+            raise ConnectionRefusedError("broker away")
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_started_retries_until_a_client_starts_and_stops_each_that_did_not() -> None:
+    FakeClient.made = []
+    failures = [2]
+    retries: list[str] = []
+    client = await kafka.started(
+        lambda: FakeClient(failures),
+        lambda c: c.start(),
+        backoff_s=(0.001, 0.002),
+        on_retry=lambda exc, _: retries.append(type(exc).__name__),
+    )
+    assert client.started and not client.stopped and retries == ["ConnectionRefusedError"] * 2
+    assert [c.stopped for c in FakeClient.made] == [True, True, False]
+
+
+async def test_started_stops_the_client_being_started_when_cancelled() -> None:
+    FakeClient.made = []
+    entered = asyncio.Event()
+
+    async def hangs(client: FakeClient) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(kafka.started(lambda: FakeClient([0]), hangs, backoff_s=(1, 1), on_retry=print))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [client] = FakeClient.made
+    assert client.stopped
