@@ -26,6 +26,9 @@ CLI (``python -m bridge_devtools.broker --help``)::
     python -m bridge_devtools.broker stop    [--state-dir D]
     python -m bridge_devtools.broker restart [--state-dir D]
     python -m bridge_devtools.broker status  [--state-dir D]
+    python -m bridge_devtools.broker cluster start  [--version V] [--state-dir D] [--size N] [--reset]
+    python -m bridge_devtools.broker cluster stop   [--state-dir D]
+    python -m bridge_devtools.broker cluster status [--state-dir D]
 
 A cluster for fault tests (:class:`LocalCluster`, ``cluster.py``): three combined nodes sharing
 one cluster id and a static quorum, replication factor 3 and min ISR 2 (see
@@ -44,7 +47,7 @@ Environment:
 ``XDG_CACHE_HOME``
     Cache root (default ``~/.cache``); jars go to
     ``$XDG_CACHE_HOME/lark-bridge/kafka/<version>/libs``, the CLI's default
-    state dir is ``$XDG_CACHE_HOME/lark-bridge/run``.
+    state dir is ``$XDG_CACHE_HOME/lark-bridge/run`` (a cluster's: ``…/lark-bridge/cluster``).
 
 Sources:
 
@@ -72,6 +75,7 @@ from bridge_devtools.broker.fetch import (
     VERSION_ENV,
     BrokerError,
     cache_root,
+    default_cluster_dir,
     default_state_dir,
     fetch,
     kafka_version,
@@ -90,6 +94,7 @@ __all__ = [
     "ProbeResult",
     "cache_root",
     "cluster_properties",
+    "default_cluster_dir",
     "default_state_dir",
     "fetch",
     "free_port",
