@@ -26,6 +26,19 @@ CLI (``python -m bridge_devtools.broker --help``)::
     python -m bridge_devtools.broker stop    [--state-dir D]
     python -m bridge_devtools.broker restart [--state-dir D]
     python -m bridge_devtools.broker status  [--state-dir D]
+    python -m bridge_devtools.broker cluster start  [--version V] [--state-dir D] [--size N] [--reset]
+    python -m bridge_devtools.broker cluster stop   [--state-dir D]
+    python -m bridge_devtools.broker cluster status [--state-dir D]
+
+A cluster for fault tests (:class:`LocalCluster`, ``cluster.py``): three combined nodes sharing
+one cluster id and a static quorum, replication factor 3 and min ISR 2 (see
+:func:`cluster_properties`)::
+
+    with LocalCluster(size=3) as cluster:
+        use(cluster.bootstrap_servers)              # "127.0.0.1:<p1>,127.0.0.1:<p2>,…"
+        leader = await cluster.leader_of("t", 0)   # node ids are 1..size
+        cluster.kill(leader)                        # or pause()/resume(), stop(), restart()
+        cluster.start(leader)                       # same data dir, same ports
 
 Environment:
 
@@ -34,7 +47,7 @@ Environment:
 ``XDG_CACHE_HOME``
     Cache root (default ``~/.cache``); jars go to
     ``$XDG_CACHE_HOME/lark-bridge/kafka/<version>/libs``, the CLI's default
-    state dir is ``$XDG_CACHE_HOME/lark-bridge/run``.
+    state dir is ``$XDG_CACHE_HOME/lark-bridge/run`` (a cluster's: ``…/lark-bridge/cluster``).
 
 Sources:
 
@@ -51,16 +64,18 @@ This module only uses the standard library, so the CLI runs without the
 project's virtualenv.
 
 Layout: ``fetch`` (versions, cache, Maven), ``probe`` (ports, the wire-protocol readiness probe),
-``process`` (:class:`LocalBroker`), ``__main__`` (the CLI).
+``process`` (:class:`LocalBroker`), ``cluster`` (:class:`LocalCluster`), ``__main__`` (the CLI).
 """
 
 from __future__ import annotations
 
+from bridge_devtools.broker.cluster import LocalCluster, PartitionState, cluster_properties
 from bridge_devtools.broker.fetch import (
     DEFAULT_KAFKA_VERSION,
     VERSION_ENV,
     BrokerError,
     cache_root,
+    default_cluster_dir,
     default_state_dir,
     fetch,
     kafka_version,
@@ -74,8 +89,12 @@ __all__ = [
     "VERSION_ENV",
     "BrokerError",
     "LocalBroker",
+    "LocalCluster",
+    "PartitionState",
     "ProbeResult",
     "cache_root",
+    "cluster_properties",
+    "default_cluster_dir",
     "default_state_dir",
     "fetch",
     "free_port",

@@ -67,6 +67,11 @@ def default_state_dir() -> Path:
     return cache_root() / "run"
 
 
+def default_cluster_dir() -> Path:
+    """Default state dir of the CLI's daemonized cluster: ``<cache_root()>/cluster``."""
+    return cache_root() / "cluster"
+
+
 def libs_dir(version: str | None = None) -> Path:
     """Directory holding the broker jars of *version*: ``<cache_root()>/kafka/<version>/libs``."""
     return cache_root() / "kafka" / kafka_version(version) / "libs"

@@ -1,4 +1,9 @@
-"""The broker process: :class:`LocalBroker` (config, storage format, start/stop/restart, state files)."""
+"""The broker process: :class:`LocalBroker` (config, storage format, start/stop/restart/pause, state files).
+
+A :class:`LocalBroker` is one KRaft node (broker+controller). Alone it is a one-voter cluster;
+:class:`~bridge_devtools.broker.cluster.LocalCluster` runs several of them with a shared cluster
+id and quorum (``node_id``, ``quorum_voters``, ``cluster_id``).
+"""
 
 from __future__ import annotations
 
@@ -43,12 +48,7 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # field 3 is the state; "Z" = zombie (exited, not yet reaped)
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    return _proc_state(pid) != "Z"  # zombie: exited, not yet reaped (no /proc: trust kill(0))
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -67,6 +67,15 @@ def _tail(path: Path, lines: int = 40) -> str:
             return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (``R``, ``S``, ``T`` stopped, ``Z`` …), else ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def _new_cluster_id() -> str:
@@ -137,6 +146,12 @@ class LocalBroker:
         first :meth:`start` (or the one recorded in *state_dir*) and kept
         across :meth:`restart`.
     :param controller_port: CONTROLLER listener port, same rules as *port*.
+    :param node_id: the KRaft ``node.id`` (default 1, or the one recorded in *state_dir*).
+    :param quorum_voters: ``{node id: CONTROLLER port}`` of every voter of the quorum, all on
+        127.0.0.1 (``controller.quorum.voters``, a static quorum, which Kafka 3.9 and 4.x both
+        accept). Default: this node alone. Recorded in *state_dir* like the ports.
+    :param cluster_id: the cluster id the first :meth:`start` formats ``data/`` with (default: a
+        fresh random one). Nodes of one cluster must share it.
     :param jvm_opts: JVM flags replacing :data:`DEFAULT_JVM_OPTS`.
     :param auto_create_topics: value of ``auto.create.topics.enable``.
     :param extra_properties: extra/overriding ``server.properties`` entries.
@@ -154,6 +169,9 @@ class LocalBroker:
         port: int | None = None,
         *,
         controller_port: int | None = None,
+        node_id: int | None = None,
+        quorum_voters: Mapping[int, int] | None = None,
+        cluster_id: str | None = None,
         jvm_opts: Sequence[str] | None = None,
         auto_create_topics: bool = True,
         extra_properties: Mapping[str, object] | None = None,
@@ -166,6 +184,11 @@ class LocalBroker:
         self.version = kafka_version(version or recorded.get("version"))
         self.port: int | None = port or recorded.get("port")
         self.controller_port: int | None = controller_port or recorded.get("controller_port")
+        self.node_id: int = node_id or recorded.get("node_id") or _NODE_ID
+        voters = quorum_voters or {int(k): int(v) for k, v in (recorded.get("quorum_voters") or {}).items()}
+        #: ``{node id: CONTROLLER port}``; empty means "this node alone" (see :meth:`server_properties`).
+        self.quorum_voters: dict[int, int] = dict(voters)
+        self._format_cluster_id = cluster_id
         self.jvm_opts = tuple(DEFAULT_JVM_OPTS if jvm_opts is None else jvm_opts)
         self.auto_create_topics = auto_create_topics
         self.extra_properties = dict(extra_properties or {})
@@ -254,7 +277,13 @@ class LocalBroker:
     def _write_state(self) -> None:
         (self.state_dir / _STATE_FILE).write_text(
             json.dumps(
-                {"version": self.version, "port": self.port, "controller_port": self.controller_port},
+                {
+                    "version": self.version,
+                    "port": self.port,
+                    "controller_port": self.controller_port,
+                    "node_id": self.node_id,
+                    "quorum_voters": {str(k): v for k, v in self.quorum_voters.items()},
+                },
                 indent=1,
             )
         )
@@ -283,10 +312,11 @@ class LocalBroker:
     def server_properties(self) -> dict[str, str]:
         """The ``server.properties`` entries :meth:`start` writes (ports must be chosen)."""
         assert self.port is not None and self.controller_port is not None
+        voters = self.quorum_voters or {self.node_id: self.controller_port}
         props: dict[str, object] = {
             "process.roles": "broker,controller",
-            "node.id": _NODE_ID,
-            "controller.quorum.voters": f"{_NODE_ID}@127.0.0.1:{self.controller_port}",
+            "node.id": self.node_id,
+            "controller.quorum.voters": ",".join(f"{n}@127.0.0.1:{p}" for n, p in sorted(voters.items())),
             "controller.listener.names": "CONTROLLER",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
@@ -351,7 +381,7 @@ class LocalBroker:
             "kafka.tools.StorageTool",
             "format",
             "-t",
-            _new_cluster_id(),
+            self._format_cluster_id or _new_cluster_id(),
             "-c",
             str(self.config_path),
             *self.format_args,
@@ -434,7 +464,7 @@ class LocalBroker:
                 self._proc = None
                 self._clear_run_files()
                 _ATTACHED.discard(self)
-                raise BrokerError(f"Kafka {self.version} exited with code {code} during start-up\n{self._log_tails()}")
+                raise BrokerError(f"Kafka {self.version} exited with code {code} during start-up\n{self.log_tails()}")
             res = probe("127.0.0.1", self.port, timeout_s=1.0)
             if res is not None and res.cluster_id is None:
                 break  # answers ApiVersions, Metadata v4 unsupported: good enough
@@ -444,13 +474,13 @@ class LocalBroker:
                     f"port {self.port} is served by another Kafka cluster ({res.cluster_id}), not ours "
                     f"({cluster_id}); is another broker using it?"
                 )
-            if res is not None and (_NODE_ID, "127.0.0.1", self.port) in res.brokers:
+            if res is not None and (self.node_id, "127.0.0.1", self.port) in res.brokers:
                 break
             if time.monotonic() > deadline:
                 self._kill(signal.SIGKILL, 10.0)
                 raise BrokerError(
                     f"Kafka {self.version} not ready on {self.bootstrap_servers} within {timeout_s:.0f}s\n"
-                    f"{self._log_tails()}"
+                    f"{self.log_tails()}"
                 )
             time.sleep(0.1)
         self.last_start_s = time.monotonic() - t0
@@ -460,7 +490,8 @@ class LocalBroker:
             self._proc = None  # forget the handle; the pid file identifies the JVM from now on
         return self.last_start_s
 
-    def _log_tails(self) -> str:
+    def log_tails(self) -> str:
+        """ERROR/FATAL lines and the tails of :attr:`log_path` and :attr:`stdout_path` (for error messages)."""
         errors = [
             line[:500] for line in _tail(self.log_path, 2000).splitlines() if "] ERROR " in line or "] FATAL " in line
         ]
@@ -480,6 +511,9 @@ class LocalBroker:
             return True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
+            if sig != signal.SIGKILL:
+                # A paused (SIGSTOPped) JVM handles the signal only once it runs again.
+                os.killpg(pid, signal.SIGCONT)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self._proc is not None:
@@ -499,7 +533,7 @@ class LocalBroker:
         return True
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the broker: SIGTERM (Kafka's controlled shutdown), then SIGKILL.
+        """Stop the broker: SIGTERM (Kafka's controlled shutdown), then SIGKILL. A paused broker is resumed.
 
         Data, config and ports are kept, so :meth:`start`/:meth:`restart`
         brings back the same broker. No-op if it is not running.
@@ -521,6 +555,35 @@ class LocalBroker:
         """
         if not self._kill(signal.SIGKILL, 10.0):
             raise BrokerError(f"broker pid {self.pid} did not die after SIGKILL")
+
+    def pause(self, timeout_s: float = 5.0) -> None:
+        """SIGSTOP the broker (a hung node: its sockets stay open and accept, nothing answers).
+
+        Returns once the JVM is stopped. :meth:`resume` continues it; :meth:`stop` resumes it first.
+
+        :raises BrokerError: not running, or not stopped within *timeout_s* seconds.
+        """
+        self._signal_and_wait(signal.SIGSTOP, stopped=True, timeout_s=timeout_s)
+
+    def resume(self, timeout_s: float = 5.0) -> None:
+        """SIGCONT a paused broker (no-op if it is running). :raises BrokerError: as :meth:`pause`."""
+        self._signal_and_wait(signal.SIGCONT, stopped=False, timeout_s=timeout_s)
+
+    def is_paused(self) -> bool:
+        """True if the broker JVM is alive and stopped by a signal (:meth:`pause`)."""
+        pid = self.pid
+        return pid is not None and _proc_state(pid) in ("T", "t")
+
+    def _signal_and_wait(self, sig: int, *, stopped: bool, timeout_s: float) -> None:
+        pid = self.pid
+        if pid is None:
+            raise BrokerError(f"no broker is running for {self.state_dir}")
+        os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while self.is_paused() != stopped:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"broker pid {pid} not {'paused' if stopped else 'resumed'} within {timeout_s:.0f}s")
+            time.sleep(0.01)
 
     def restart(self, timeout_s: float = 60.0, *, stop_timeout_s: float = 30.0, detach: bool = False) -> float:
         """:meth:`stop` then :meth:`start` on the same ports with the same data.
@@ -555,5 +618,5 @@ class LocalBroker:
     def __repr__(self) -> str:
         return (
             f"LocalBroker(version={self.version!r}, state_dir={str(self.state_dir)!r}, "
-            f"port={self.port!r}, running={self.is_running()})"
+            f"node_id={self.node_id!r}, port={self.port!r}, running={self.is_running()})"
         )
