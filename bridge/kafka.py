@@ -35,6 +35,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from bridge.lifecycle import retrying
 from bridge.normalize import Record
 from bridge.settings import Settings
+from bridge.topic_check import TopicDescription, min_insync_for
 
 log = logging.getLogger("bridge.kafka")
 
@@ -200,22 +201,80 @@ async def default_replication(admin: AIOKafkaAdminClient) -> int:
 
 
 async def create_topics(settings: Settings, names: Sequence[str]) -> None:
-    """Create ``names`` with ``BRIDGE_KAFKA_TOPIC_PARTITIONS`` partitions and
-    ``BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR`` replicas (0: the cluster's default, see
-    :func:`default_replication`). A topic created meanwhile by someone else is not an error.
+    """Create ``names`` with ``BRIDGE_KAFKA_TOPIC_PARTITIONS`` partitions,
+    ``BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR`` replicas (unset: the cluster's default, see
+    :func:`default_replication`) and ``min.insync.replicas`` from
+    ``BRIDGE_KAFKA_TOPIC_MIN_INSYNC_REPLICAS`` (unset: one less than the replicas, at least 1 —
+    :func:`bridge.topic_check.min_insync_for`). A topic created meanwhile by someone else is not
+    an error.
 
     Raises:
         aiokafka.errors.KafkaError, OSError: the broker refused or could not be reached.
     """
     async with admin_client(settings) as admin:
         replication = settings.kafka_topic_replication_factor or await default_replication(admin)
+        configs = {"min.insync.replicas": str(min_insync_for(replication, settings.kafka_topic_min_insync_replicas))}
         new = [
-            NewTopic(name, num_partitions=settings.kafka_topic_partitions, replication_factor=replication)
+            NewTopic(
+                name,
+                num_partitions=settings.kafka_topic_partitions,
+                replication_factor=replication,
+                topic_configs=configs,
+            )
             for name in names
         ]
         with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(new)
     log.info("created topics %s", ",".join(names))
+
+
+#: The topic settings :func:`describe_topics` reads.
+_DESCRIBED: Final = ("min.insync.replicas", "retention.ms", "cleanup.policy")
+
+
+async def describe_topics(settings: Settings, names: Sequence[str]) -> tuple[list[TopicDescription], int]:
+    """What the cluster says of ``names``: each topic's replication and the settings the bridge's
+    promises depend on (:mod:`bridge.topic_check`), and how many brokers it has.
+
+    Returns:
+        ``(descriptions of the topics that exist and whose settings could be read, number of
+        brokers)``.
+
+    Raises:
+        aiokafka.errors.KafkaError, OSError: the broker could not be asked.
+    """
+    async with admin_client(settings) as admin:
+        cluster = await admin.describe_cluster()
+        topics = {t["topic"]: t for t in await admin.describe_topics(list(names)) if not t["error_code"]}
+        configs: dict[str, dict[str, str]] = {name: {} for name in topics}
+        if topics:
+            resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in topics]
+            for response in await admin.describe_configs(resources):
+                for resource in response.to_object()["resources"]:
+                    wanted = configs.get(resource["resource_name"])
+                    if wanted is None:
+                        continue
+                    if resource["error_code"]:  # e.g. not authorized to describe it: not described
+                        del configs[resource["resource_name"]]
+                        continue
+                    for entry in resource["config_entries"]:
+                        if entry["config_names"] in _DESCRIBED and entry["config_value"] is not None:
+                            wanted[entry["config_names"]] = entry["config_value"]
+    out = []
+    for name, topic in topics.items():
+        if name not in configs:
+            continue
+        c = configs[name]
+        out.append(
+            TopicDescription(
+                name=name,
+                replication_factor=min((len(p["replicas"]) for p in topic["partitions"]), default=0),
+                min_insync_replicas=int(c.get("min.insync.replicas", "1")),
+                retention_ms=int(c.get("retention.ms", str(7 * 24 * 3600 * 1000))),
+                cleanup_policy=c.get("cleanup.policy", "delete"),
+            )
+        )
+    return out, len(cluster.get("brokers", ()))
 
 
 async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:

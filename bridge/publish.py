@@ -37,13 +37,16 @@ from bridge.errors import PublishFailed, Unavailable
 from bridge.lifecycle import TaskRunner
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics
-from bridge.settings import Settings
+from bridge.settings import DedupStore, Settings
+from bridge.topic_check import Finding, check_topics
 from bridge.tracing import Tracing, set_acked
 
 log = logging.getLogger("bridge.publish")
 
 PROBE_INTERVAL_S: Final = 1.0
 PROBE_TIMEOUT_S: Final = 2.0
+#: How often the topics' settings are described and checked (:mod:`bridge.topic_check`), seconds.
+TOPIC_CHECK_INTERVAL_S: Final = 60.0
 #: Backoff between attempts to connect a producer, seconds: the first wait, and the longest.
 CONNECT_BACKOFF_S: Final = (0.2, 5.0)
 _FATAL: Final = (
@@ -75,6 +78,8 @@ class Publisher:
         tracing: each publish is a PRODUCER span whose W3C trace context goes into every
             record's headers (:mod:`bridge.tracing`; off unless configured).
         close_timeout_s: the longest :meth:`close` waits for the producer's flush, seconds.
+        topic_check_interval_s: how often the topics' settings are checked, seconds (default
+            :data:`TOPIC_CHECK_INTERVAL_S`).
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class Publisher:
         value_prefixes: Callable[[], Mapping[str, bytes] | None] | None = None,
         tracing: Tracing | None = None,
         close_timeout_s: float = 10.0,
+        topic_check_interval_s: float | None = None,
     ) -> None:
         self._settings = settings
         self._tracing = tracing or Tracing()
@@ -102,15 +108,21 @@ class Publisher:
         self._connected = False
         self._topics_known = False
         self._reason = "starting"
+        self._topic_check_interval_s = (
+            TOPIC_CHECK_INTERVAL_S if topic_check_interval_s is None else topic_check_interval_s
+        )
+        self._topic_checked_at = -float("inf")
+        self._findings: list[Finding] = []
 
     def not_ready_reason(self) -> str | None:
         """None while the producer is connected and every topic exists; else ``starting``,
-        ``broker_unreachable``, ``topics_missing``, ``not_ready`` (a producer being replaced) or
-        ``shutting_down``."""
+        ``broker_unreachable``, ``topics_missing``, ``topic_config`` (a topic's settings would
+        break exactly-once after a restart: :mod:`bridge.topic_check`), ``not_ready`` (a producer
+        being replaced) or ``shutting_down``."""
         if self._closing:
             return "shutting_down"
         if self._connected and self._topics_known:
-            return None
+            return "topic_config" if any(f.severity == "refuse" for f in self._findings) else None
         return self._reason or "not_ready"
 
     async def start(self) -> None:
@@ -164,12 +176,45 @@ class Publisher:
                     missing = wanted - await asyncio.wait_for(kafka.topic_names(producer), PROBE_TIMEOUT_S)
                 self._topics_known = not missing
                 self._reason = "topics_missing" if missing else ""
+                if not missing:
+                    await self._check_topics()
             except (TimeoutError, KafkaError, OSError) as exc:
                 self._connected = False
                 self._reason = "broker_unreachable"
                 log.debug("metadata probe failed: %s", type(exc).__name__)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._replace.wait(), PROBE_INTERVAL_S)
+
+    async def _check_topics(self) -> None:
+        """Every ``topic_check_interval_s`` seconds, what the cluster says of the topics'
+        settings (:mod:`bridge.topic_check`); each change of the findings is logged once — ERROR
+        for what refuses readiness, WARNING for the rest."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._topic_checked_at < self._topic_check_interval_s:
+            return
+        s = self._settings
+        self._topic_checked_at = loop.time()
+        try:
+            described, brokers = await asyncio.wait_for(kafka.describe_topics(s, self._topics.all()), PROBE_TIMEOUT_S)
+        except (TimeoutError, KafkaError, OSError) as exc:  # e.g. no DescribeConfigs ACL: serve unchecked
+            log.warning(
+                "topic settings could not be checked: %s; retrying in %.0fs",
+                type(exc).__name__,
+                self._topic_check_interval_s,
+            )
+            return
+        ttl = s.dedup_ttl_s if s.dedup_store == DedupStore.KAFKA else None
+        findings = check_topics(described, dedup_ttl_s=ttl, brokers=brokers)
+        if findings == self._findings:
+            return
+        for f in findings:
+            if f not in self._findings:
+                level = logging.ERROR if f.severity == "refuse" else logging.WARNING
+                what = "not ready" if f.severity == "refuse" else "serving"
+                log.log(level, "topic %s: %s=%s: %s (%s)", f.topic, f.setting, f.value, f.why, what)
+        if any(f.severity == "refuse" for f in self._findings) and not any(f.severity == "refuse" for f in findings):
+            log.info("topic settings now keep exactly-once after a restart; ready")
+        self._findings = findings
 
     def _mark_fatal(self, exc: BaseException) -> None:
         name = type(exc).__name__

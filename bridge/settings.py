@@ -233,6 +233,13 @@ class Settings(BaseSettings):
     kafka_topic_replication_factor: int | None = Field(
         None, ge=1, description="Replication of topics the bridge creates (unset: broker default)."
     )
+    kafka_topic_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of topics the bridge creates (unset: one less than their "
+        "replication, at least 1 — 2 with 3 replicas: an acknowledged record is on two brokers and "
+        "writes go on with one down).",
+    )
 
     # --- Topics -------------------------------------------------------------------------------
     topic_room_created: str = Field("lark.vc.room.created_v1", min_length=1, description="Topic of vc.room.created_v1.")
@@ -346,7 +353,7 @@ class Settings(BaseSettings):
             raise ValueError("must not carry credentials: use BRIDGE_SCHEMA_REGISTRY_USERNAME/_PASSWORD")
         return v.rstrip("/")
 
-    @field_validator("kafka_topic_replication_factor", mode="before")
+    @field_validator("kafka_topic_replication_factor", "kafka_topic_min_insync_replicas", mode="before")
     @classmethod
     def _blank_int_is_unset(cls, v: Any) -> Any:
         return None if v == "" else v

@@ -42,6 +42,7 @@ UNSET_SAMPLES: dict[str, Any] = {
     "BRIDGE_KAFKA_SASL_USERNAME": "bridge-user",
     "BRIDGE_KAFKA_SSL_CAFILE": "/etc/ssl/kafka/ca.pem",
     "BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR": 3,
+    "BRIDGE_KAFKA_TOPIC_MIN_INSYNC_REPLICAS": 2,
     "BRIDGE_SCHEMA_REGISTRY_URL": "https://registry.example.com/apis/ccompat/v7",
     "BRIDGE_SCHEMA_REGISTRY_USERNAME": "bridge-registry-user",
     "BRIDGE_SCHEMA_REGISTRY_CAFILE": "/etc/ssl/registry/ca.pem",
