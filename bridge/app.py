@@ -147,6 +147,8 @@ def create_app(
             max_record_bytes=settings.kafka_max_record_bytes - (WIRE_PREFIX_BYTES if schema_ids is not None else 0),
             ledger_ready=(lambda: feed.ready) if feed is not None else None,
             close_timeout_s=settings.answer_deadline_s,
+            barrier=feed.caught_up if feed is not None else None,
+            barrier_age_s=settings.dedup_barrier_age_s,
         )
         sink = delivery
     long_connection: LongConnection | None = None

@@ -37,10 +37,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from bridge import kafka
 from bridge.dedup import LOG, DeliveryLedger
@@ -68,6 +69,10 @@ FETCH_MAX_BYTES: Final = 8 << 20
 MAX_PARTITION_FETCH_BYTES: Final = 256 << 10
 #: Most records one poll returns.
 MAX_POLL_RECORDS: Final = 5000
+#: A fetch (or offsets request) not answered in this many ms fails, and the consumer asks the
+#: metadata again (aiokafka's default: 40 s): a feed fetching from a hung or moved leader catches
+#: up within seconds of a new leader, not a minute later.
+REQUEST_TIMEOUT_MS: Final = 5_000
 #: Backoff between attempts to (re)connect the consumer, seconds: the first wait, and the longest.
 CONNECT_BACKOFF_S: Final = (0.2, 5.0)
 
@@ -92,6 +97,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         fetch_max_bytes=FETCH_MAX_BYTES,
         max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         max_poll_records=MAX_POLL_RECORDS,
+        request_timeout_ms=REQUEST_TIMEOUT_MS,
     )
 
 
@@ -142,6 +148,8 @@ class LedgerFeed:
         self._replay_started: float | None = None
         self._ids_replayed = 0
         self._give_up: asyncio.TimerHandle | None = None
+        self._consumer: AIOKafkaConsumer | None = None  # the one reading now, if any
+        self._progress = asyncio.Event()  # set (and replaced) after each fetch
         self.replayed = False  # the replay reached the end offsets seen at start
         self.ready = False  # replayed, or gave up waiting for it after the bound
 
@@ -226,16 +234,64 @@ class LedgerFeed:
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
         loop = asyncio.get_running_loop()
         await self._check_replay(consumer, loop.time())
-        while True:
-            batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_POLL_RECORDS)
-            now_s = self._clock()
-            for tp, messages in batches.items():
-                for message in messages:
-                    self._mark(message, now_s)
-                if messages:
-                    self._positions[tp] = messages[-1].offset + 1
-            if not self.replayed:
-                await self._check_replay(consumer, loop.time())
+        self._consumer = consumer
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_POLL_RECORDS)
+                now_s = self._clock()
+                for tp, messages in batches.items():
+                    for message in messages:
+                        self._mark(message, now_s)
+                    if messages:
+                        self._positions[tp] = messages[-1].offset + 1
+                if not self.replayed:
+                    await self._check_replay(consumer, loop.time())
+                self._progress.set()  # wake the barriers, which look again
+                self._progress = asyncio.Event()
+        finally:
+            self._consumer = None
+
+    async def caught_up(self, topics: Collection[str], deadline_s: float) -> bool:
+        """The barrier before publishing a retry: wait until this feed has read every partition of
+        ``topics`` up to the offsets the broker has as of now (their high watermarks), so that
+        any record of an earlier attempt — on this replica or another — that is in the topics now
+        is in the ledger (docs/delivery.md, "Dedup").
+
+        Args:
+            topics: the topics the event's records go to.
+            deadline_s: the event loop's clock (``loop.time()``, seconds) by which to return.
+
+        Returns:
+            True once caught up; False when that could not be proven by ``deadline_s`` (no
+            connected consumer, the broker not answering, or the feed behind), so that the caller
+            answers 503 rather than risk a second copy. While the start's replay is unfinished:
+            whether the feed serves anyway (``BRIDGE_DEDUP_REPLAY_TIMEOUT_S`` passed) — a partial
+            ledger cannot be caught up, and serving beats losing the platform's retries.
+        """
+        if not self.replayed:  # serving anyway with a partial ledger (the replay's bound passed)
+            return self.ready
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        tps = [tp for tp in self._positions if tp.topic in topics]
+        try:
+            async with asyncio.timeout_at(deadline_s):
+                targets = await consumer.end_offsets(tps)
+                while await self._behind(consumer, tps, targets):
+                    await self._progress.wait()
+        except (TimeoutError, KafkaError, OSError, AssertionError):  # AssertionError: tp unassigned meanwhile
+            return False
+        return self._consumer is consumer
+
+    async def _behind(
+        self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], targets: dict[TopicPartition, int]
+    ) -> bool:
+        """Some partition of ``tps`` is not read up to its target (by the offsets read, or by the
+        consumer's position, which also counts records it skipped)."""
+        for tp in tps:
+            if self._positions.get(tp, 0) < targets[tp] and await consumer.position(tp) < targets[tp]:
+                return True
+        return False
 
     def _mark(self, message: Any, now_s: float) -> None:
         """Mark the event id of one record read back: delivered, or — for a record of an event

@@ -16,7 +16,7 @@ delivery knows nothing of HTTP. The contract (README "Delivery semantics"):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -24,7 +24,7 @@ import structlog
 from aiokafka.structs import RecordMetadata
 
 from bridge import envelope as ev
-from bridge.decode import decode
+from bridge.decode import decode, parse_create_time, parse_ts_seconds
 from bridge.dedup import LOCAL, DeliveryLedger
 from bridge.errors import BridgeError, DeadLetterCause, PublishFailed, Unavailable
 from bridge.inbound import InboundEvent
@@ -63,7 +63,7 @@ class EventSink(Protocol):
 class RecordPublisher(Protocol):
     """The publish stage as the delivery needs it (``bridge.publish.Publisher``)."""
 
-    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]: ...
+    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +98,17 @@ class Unwritten:
         indices = tuple(i for i in range(count) if not written >> i & 1)
         return cls(event_id, count, indices, tuple(records[i] for i in indices))
 
-    async def publish(self, publisher: RecordPublisher, ledger: DeliveryLedger) -> list[RecordMetadata]:
+    async def publish(
+        self, publisher: RecordPublisher, ledger: DeliveryLedger, *, timestamp_ms: int | None = None
+    ) -> list[RecordMetadata]:
         """Publish the records and mark in ``ledger`` what the broker acknowledged: all of them —
         the event is delivered; some of them (:class:`~bridge.errors.PublishFailed` ``acked``) —
         those indices, so that a retry publishes only the rest.
+
+        Args:
+            publisher: the publish stage.
+            ledger: the dedup ledger.
+            timestamp_ms: the records' Kafka timestamp, unix ms (default: the time of sending).
 
         Returns:
             The broker's metadata of each record published, in order.
@@ -110,13 +117,26 @@ class Unwritten:
             Unavailable: from the publisher (``PublishFailed`` after a partial failure).
         """
         try:
-            metas = await publisher.publish(self.records)
+            metas = await publisher.publish(self.records, timestamp_ms=timestamp_ms)
         except PublishFailed as exc:
             if exc.acked and self.count > 1:
                 ledger.mark_written(self.event_id, [self.indices[i] for i in exc.acked], self.count)
             raise
         ledger.mark_delivered(self.event_id)
         return metas
+
+
+def created_at_ms(event: InboundEvent) -> int | None:
+    """The event's create time, unix ms (schema 2.0 ``header.create_time``, 1.0 ``ts``;
+    docs/protocol.md §2), or None when absent or unreadable."""
+    if event.create_time is None:
+        return None
+    try:
+        if event.schema == "2.0":
+            return parse_create_time(event.create_time)
+        return parse_ts_seconds(event.create_time)
+    except ValueError:
+        return None
 
 
 log = structlog.get_logger("bridge.delivery")
@@ -166,7 +186,12 @@ class KafkaDelivery:
     ``record_bytes`` measures it (the producer's own estimate by default); an event's records
     together may take :data:`MAX_EVENT_RECORDS_FACTOR` times that. ``ledger_ready``: false while
     the ledger is still being rebuilt (:class:`bridge.dedup_feed.LedgerFeed`); events are then
-    answered 503 ``dedup_replay`` rather than risk a duplicate.
+    answered 503 ``dedup_replay`` rather than risk a duplicate. ``barrier(topics, deadline_s)``:
+    for an event the ledger does not know whose create time is more than ``barrier_age_s``
+    seconds before its arrival (a retry, or a redelivery), waits until the ledger has read
+    ``topics`` up to the broker's offsets as of now (:meth:`bridge.dedup_feed.LedgerFeed.caught_up`)
+    and says whether it could; when it could not, the event is answered 503 ``dedup_barrier``
+    rather than risk a second copy of an earlier attempt published elsewhere.
     """
 
     def __init__(
@@ -181,8 +206,12 @@ class KafkaDelivery:
         record_bytes: Callable[[Record], int] = record_bytes,
         ledger_ready: Callable[[], bool] | None = None,
         close_timeout_s: float = 2.0,
+        barrier: Callable[[Collection[str], float], Awaitable[bool]] | None = None,
+        barrier_age_s: float = 1.0,
     ) -> None:
         self._publisher = publisher
+        self._barrier = barrier
+        self._barrier_age_ms = int(barrier_age_s * 1000)
         self._topics = topics
         self._ledger = ledger
         self._metrics = metrics
@@ -207,6 +236,14 @@ class KafkaDelivery:
         event_id = event.dedup_key()
         if self._ledger.delivered(event_id):
             return self._duplicate(event_id)
+        records: list[Record] | None = None
+        if self._barrier is not None and self._is_retry(event, received_ms):
+            records, outcome = self._records_of(event, received_ms)
+            self._metrics.dedup_barriers.inc()
+            if not await self._barrier({r.topic for r in records}, deadline):
+                raise Unavailable("dedup_barrier")
+            if self._ledger.delivered(event_id):
+                return self._duplicate(event_id)
         pending = self._ledger.in_flight(event_id)
         while pending is not None:
             if not await wait_until(pending, deadline):
@@ -215,12 +252,13 @@ class KafkaDelivery:
                 return self._duplicate(event_id)
             pending = self._ledger.in_flight(event_id)
 
-        records, outcome = self._records_of(event, received_ms)
+        if records is None:
+            records, outcome = self._records_of(event, received_ms)
         unwritten = Unwritten.of(self._ledger, event_id, records)
         if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
             raise Unavailable("publish_timeout")
         self._ledger.begin(event_id)  # before any await: a concurrent duplicate sees it
-        task = asyncio.create_task(self._publish(unwritten, outcome))
+        task = asyncio.create_task(self._publish(unwritten, outcome, received_ms))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if not await wait_until(task, deadline):
@@ -272,16 +310,25 @@ class KafkaDelivery:
             record = dead_letter(event, failure, received_ms=received_ms, topics=self._topics, carry_payload=False)
         return [record], Outcome("dead_lettered", failure.reason)
 
+    def _is_retry(self, event: InboundEvent, received_ms: int) -> bool:
+        """The event was created more than ``barrier_age_s`` before it arrived — a retry or a
+        redelivery, since the platform sends a first attempt at once — or its create time is
+        unreadable (then the barrier is the safe side)."""
+        created_ms = created_at_ms(event)
+        return created_ms is None or received_ms - created_ms > self._barrier_age_ms
+
     def _duplicate(self, event_id: str) -> Outcome:
         self._metrics.duplicates_by(self._ledger.marked_by(event_id) or LOCAL).inc()
         return Outcome("duplicate")
 
-    async def _publish(self, unwritten: Unwritten, outcome: Outcome) -> list[RecordMetadata]:
+    async def _publish(self, unwritten: Unwritten, outcome: Outcome, received_ms: int) -> list[RecordMetadata]:
         """Publish what is ``unwritten`` of the event (:meth:`Unwritten.publish` marks the
         ledger); end its in-flight entry either way, waking the duplicates that wait for it."""
         delivered = False
         try:
-            metas = await unwritten.publish(self._publisher, self._ledger)
+            # timestamped with the request's arrival: the topics' message.timestamp.before.max.ms
+            # makes the broker refuse it once it is too late to be this attempt's record
+            metas = await unwritten.publish(self._publisher, self._ledger, timestamp_ms=received_ms)
             delivered = True
         finally:
             self._ledger.finish(unwritten.event_id, delivered)

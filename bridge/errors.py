@@ -16,7 +16,7 @@
     └── Unavailable         503       the event could not be delivered now; the platform retries
         │                             (``publish_timeout``, ``broker_unavailable``,
         │                             ``publish_failed``, ``shutting_down``, ``bodies_in_flight``,
-        │                             ``dedup_replay``, ``schema_ids_unknown``); carries
+        │                             ``dedup_replay``, ``dedup_barrier``, ``schema_ids_unknown``); carries
         │                             ``retry_after_s``
         └── PublishFailed     503     the broker refused or lost some of an event's records
                                       (``broker_unavailable``); carries ``acked``, the indices of
@@ -175,7 +175,7 @@ class Unavailable(BridgeError):
 
     Args:
         reason: Why (``publish_timeout``, ``broker_unavailable``, ``publish_failed``,
-            ``shutting_down``, ``bodies_in_flight``, ``dedup_replay``, ``schema_ids_unknown``).
+            ``shutting_down``, ``bodies_in_flight``, ``dedup_replay``, ``dedup_barrier``, ``schema_ids_unknown``).
         retry_after_s: Sent as the ``Retry-After`` header, in seconds (int). Default 15.
     """
 

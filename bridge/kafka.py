@@ -28,7 +28,7 @@ from typing import Any, Final, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import InvalidConfigurationError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -46,6 +46,12 @@ log = logging.getLogger("bridge.kafka")
 #: early instead would make the platform's retry publish a second copy of a batch that the broker
 #: may already have written before an outage.
 PRODUCER_REQUEST_TIMEOUT_MS: Final = 30_000
+#: The longest a record may take from its request's arrival (its timestamp, which the delivery
+#: sets) to the broker, in ms: topics the bridge creates get ``message.timestamp.before.max.ms``
+#: = this, so the broker refuses a record the producer still retries after an outage. Below the
+#: platform's first retry interval (15 s, docs/protocol.md §7): once a retry can arrive at another
+#: replica, no earlier attempt's record can still be appended.
+MAX_WRITE_DELAY_MS: Final = 10_000
 #: An admin request's timeout (topic creation, cluster and config descriptions), in ms.
 ADMIN_REQUEST_TIMEOUT_MS: Final = 5_000
 
@@ -203,33 +209,66 @@ async def default_replication(admin: AIOKafkaAdminClient) -> int:
 async def create_topics(settings: Settings, names: Sequence[str]) -> None:
     """Create ``names`` with ``BRIDGE_KAFKA_TOPIC_PARTITIONS`` partitions,
     ``BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR`` replicas (unset: the cluster's default, see
-    :func:`default_replication`) and ``min.insync.replicas`` from
+    :func:`default_replication`), ``min.insync.replicas`` from
     ``BRIDGE_KAFKA_TOPIC_MIN_INSYNC_REPLICAS`` (unset: one less than the replicas, at least 1 —
-    :func:`bridge.topic_check.min_insync_for`). A topic created meanwhile by someone else is not
-    an error.
+    :func:`bridge.topic_check.min_insync_for`) and ``message.timestamp.before.max.ms`` =
+    :data:`MAX_WRITE_DELAY_MS` (a broker older than Kafka 3.6 does not know it: the topic is then
+    created without it, and a warning says so). A topic created meanwhile by someone else is not
+    an error; any other refusal leaves the topic missing (``topics_missing``) and is logged.
 
     Raises:
-        aiokafka.errors.KafkaError, OSError: the broker refused or could not be reached.
+        aiokafka.errors.KafkaError, OSError: the broker could not be asked.
     """
     async with admin_client(settings) as admin:
         replication = settings.kafka_topic_replication_factor or await default_replication(admin)
-        configs = {"min.insync.replicas": str(min_insync_for(replication, settings.kafka_topic_min_insync_replicas))}
-        new = [
-            NewTopic(
-                name,
-                num_partitions=settings.kafka_topic_partitions,
-                replication_factor=replication,
-                topic_configs=configs,
+        configs = {
+            "min.insync.replicas": str(min_insync_for(replication, settings.kafka_topic_min_insync_replicas)),
+            "message.timestamp.type": "CreateTime",
+            "message.timestamp.before.max.ms": str(MAX_WRITE_DELAY_MS),
+        }
+
+        async def create(topics: Sequence[str], topic_configs: dict[str, str]) -> dict[str, tuple[int, str]]:
+            new = [
+                NewTopic(
+                    name,
+                    num_partitions=settings.kafka_topic_partitions,
+                    replication_factor=replication,
+                    topic_configs=topic_configs,
+                )
+                for name in topics
+            ]
+            response = await admin.create_topics(new)
+            return {
+                e["topic"]: (e["error_code"], e.get("error_message") or "")
+                for e in response.to_object()["topic_errors"]
+                if e["error_code"] not in (0, TopicAlreadyExistsError.errno)
+            }
+
+        errors = await create(names, configs)
+        old_broker = [t for t, (code, _) in errors.items() if code == InvalidConfigurationError.errno]
+        if old_broker:
+            log.warning(
+                "the broker refused message.timestamp.before.max.ms (Kafka < 3.6?): topics %s created "
+                "without the write-delay bound",
+                ",".join(old_broker),
             )
-            for name in names
-        ]
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(new)
-    log.info("created topics %s", ",".join(names))
+            del configs["message.timestamp.before.max.ms"]
+            errors = {**{t: e for t, e in errors.items() if t not in old_broker}, **await create(old_broker, configs)}
+    for topic, (code, message) in sorted(errors.items()):
+        log.error("topic %s not created: error %d %s", topic, code, message[:200])
+    created = [n for n in names if n not in errors]
+    if created:
+        log.info("created topics %s", ",".join(created))
 
 
 #: The topic settings :func:`describe_topics` reads.
-_DESCRIBED: Final = ("min.insync.replicas", "retention.ms", "cleanup.policy")
+_DESCRIBED: Final = (
+    "min.insync.replicas",
+    "retention.ms",
+    "cleanup.policy",
+    "message.timestamp.type",
+    "message.timestamp.before.max.ms",
+)
 
 
 async def describe_topics(settings: Settings, names: Sequence[str]) -> tuple[list[TopicDescription], int]:
@@ -272,6 +311,10 @@ async def describe_topics(settings: Settings, names: Sequence[str]) -> tuple[lis
                 min_insync_replicas=int(c.get("min.insync.replicas", "1")),
                 retention_ms=int(c.get("retention.ms", str(7 * 24 * 3600 * 1000))),
                 cleanup_policy=c.get("cleanup.policy", "delete"),
+                timestamp_type=c.get("message.timestamp.type", "CreateTime"),
+                timestamp_before_max_ms=int(c["message.timestamp.before.max.ms"])
+                if "message.timestamp.before.max.ms" in c
+                else None,
             )
         )
     return out, len(cluster.get("brokers", ()))

@@ -203,6 +203,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.dedup_barriers = Counter(
+            "bridge_dedup_barriers_total",
+            "Retries (events created more than BRIDGE_DEDUP_BARRIER_AGE_S before they arrived) that "
+            "waited for the dedup feed to catch up with the broker before publishing.",
+            registry=r,
+        )
         # Cached children of the metrics written for every event (see Children).
         self.requests_by: Children[Counter] = Children(self.requests)
         self.request_latency_by: Children[Histogram] = Children(self.request_latency)

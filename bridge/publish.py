@@ -204,7 +204,9 @@ class Publisher:
             )
             return
         ttl = s.dedup_ttl_s if s.dedup_store == DedupStore.KAFKA else None
-        findings = check_topics(described, dedup_ttl_s=ttl, brokers=brokers)
+        findings = check_topics(
+            described, dedup_ttl_s=ttl, brokers=brokers, max_write_delay_ms=kafka.MAX_WRITE_DELAY_MS
+        )
         if findings == self._findings:
             return
         for f in findings:
@@ -224,12 +226,16 @@ class Publisher:
             self._connected = False
             self._replace.set()
 
-    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
         """Send ``records`` in order and wait for every broker ack. No timeout of its own (the
         caller bounds it).
 
         Args:
             records: one event's records, in the order they must be written.
+            timestamp_ms: their Kafka timestamp (CreateTime), unix ms; default: the time of
+                sending. The delivery passes the request's arrival: a topic's
+                ``message.timestamp.before.max.ms`` then makes the broker refuse a record that
+                reaches it too long after its request (:data:`bridge.kafka.MAX_WRITE_DELAY_MS`).
 
         Returns:
             The broker's metadata of each record (topic, partition, offset), in order.
@@ -249,9 +255,9 @@ class Publisher:
         if self._prefixes is not None and (prefixes := self._prefixes()) is None:
             raise Unavailable("schema_ids_unknown")
         if not self._tracing.enabled:
-            return await self._send(producer, records, prefixes, [])
+            return await self._send(producer, records, prefixes, [], timestamp_ms)
         with self._tracing.publish_span(records[0].topic, len(records)) as span:
-            results = await self._send(producer, records, prefixes, Tracing.headers(span))
+            results = await self._send(producer, records, prefixes, Tracing.headers(span), timestamp_ms)
             set_acked(span, [(m.partition, m.offset) for m in results[:1]])
             return results
 
@@ -261,6 +267,7 @@ class Publisher:
         records: Sequence[Record],
         prefixes: Mapping[str, bytes] | None,
         trace_headers: list[tuple[str, bytes]],
+        timestamp_ms: int | None,
     ) -> list[RecordMetadata]:
         started = time.perf_counter()
         futures: list[asyncio.Future[RecordMetadata]] = []
@@ -268,7 +275,9 @@ class Publisher:
             for r in records:
                 value = r.value if prefixes is None else prefixes[r.topic] + r.value
                 headers = [*r.headers, *trace_headers]
-                futures.append(await producer.send(r.topic, value, key=r.key, headers=headers))
+                futures.append(
+                    await producer.send(r.topic, value, key=r.key, headers=headers, timestamp_ms=timestamp_ms)
+                )
             results = list(await asyncio.gather(*futures))
         except KafkaError as exc:
             if isinstance(exc, _FATAL):

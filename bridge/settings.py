@@ -274,6 +274,13 @@ class Settings(BaseSettings):
     )
 
     # --- Dedup --------------------------------------------------------------------------------
+    dedup_barrier_age_s: float = Field(
+        1.0,
+        ge=0,
+        description="An event the ledger does not know that was created more than this many seconds "
+        "before it arrived (a retry, or a redelivery) is published only once the dedup feed has read "
+        "its topics up to the broker's offsets as of its arrival; else 503. 0: every event.",
+    )
     dedup_ttl_s: int = Field(
         86_400,
         ge=60,

@@ -10,9 +10,13 @@ while a topic has them:
 * ``cleanup.policy`` with ``compact``: compaction keeps one record per key, so the record of an
   earlier delivery of a room can vanish, and a retry of it is published again.
 
-Two more only weaken durability, so they are warned about (on a cluster of more than one
-broker): a replication factor of 1 (a broker lost is the topic's records lost) and
-``min.insync.replicas`` below 2 (an ``acks=all`` write acknowledged by one broker alone).
+Three more are warned about. A topic whose broker accepts a record however late it comes
+(``message.timestamp.type=LogAppendTime``, or ``message.timestamp.before.max.ms`` above the
+bridge's write-delay bound): a publish the producer still retries after an outage can then land
+after the platform's retry reached another replica, as a second copy. And, on a cluster of more
+than one broker, what weakens durability: a replication factor of 1 (a broker lost is the
+topic's records lost) and ``min.insync.replicas`` below 2 (an ``acks=all`` write acknowledged by
+one broker alone).
 
 Pure: :func:`check_topics` takes the descriptions (:func:`bridge.kafka.describe_topics` reads
 them) and returns the findings.
@@ -38,6 +42,9 @@ class TopicDescription:
         min_insync_replicas: its ``min.insync.replicas``.
         retention_ms: its ``retention.ms`` in milliseconds (-1: for ever).
         cleanup_policy: its ``cleanup.policy`` (``delete``, ``compact`` or both, comma-separated).
+        timestamp_type: its ``message.timestamp.type`` (``CreateTime`` or ``LogAppendTime``).
+        timestamp_before_max_ms: its ``message.timestamp.before.max.ms``, ms; None when the
+            broker has no such setting (Kafka < 3.6).
     """
 
     name: str
@@ -45,6 +52,8 @@ class TopicDescription:
     min_insync_replicas: int
     retention_ms: int
     cleanup_policy: str
+    timestamp_type: str = "CreateTime"
+    timestamp_before_max_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +76,13 @@ class Finding:
     why: str
 
 
-def check_topics(topics: Iterable[TopicDescription], *, dedup_ttl_s: float | None, brokers: int) -> list[Finding]:
+def check_topics(
+    topics: Iterable[TopicDescription],
+    *,
+    dedup_ttl_s: float | None,
+    brokers: int,
+    max_write_delay_ms: int = 10_000,
+) -> list[Finding]:
     """The findings about ``topics`` (module docstring), in topic order.
 
     Args:
@@ -76,6 +91,9 @@ def check_topics(topics: Iterable[TopicDescription], *, dedup_ttl_s: float | Non
             not rebuilt from the topics (``BRIDGE_DEDUP_STORE=memory``): retention and
             compaction are then not the ledger's concern.
         brokers: how many brokers the cluster has; the durability warnings need more than one.
+        max_write_delay_ms: the longest a record may take from its request to the broker, ms
+            (:data:`bridge.kafka.MAX_WRITE_DELAY_MS`); a topic whose broker would take it later is
+            warned about.
 
     Returns:
         One :class:`Finding` per problem; empty when there is none.
@@ -105,6 +123,28 @@ def check_topics(topics: Iterable[TopicDescription], *, dedup_ttl_s: float | Non
                         "record was compacted away is published again",
                     )
                 )
+        if dedup_ttl_s is not None and (
+            t.timestamp_type != "CreateTime"
+            or t.timestamp_before_max_ms is None
+            or t.timestamp_before_max_ms > max_write_delay_ms
+        ):
+            setting, value = (
+                ("message.timestamp.type", t.timestamp_type)
+                if t.timestamp_type != "CreateTime"
+                else ("message.timestamp.before.max.ms", str(t.timestamp_before_max_ms))
+            )
+            found.append(
+                Finding(
+                    t.name,
+                    setting,
+                    value,
+                    "warn",
+                    f"the broker does not refuse a record written more than {max_write_delay_ms} ms after its "
+                    "request: a publish still retried after an outage can land after the platform's retry "
+                    "reached another replica, as a second copy (CreateTime and "
+                    f"message.timestamp.before.max.ms <= {max_write_delay_ms} close it)",
+                )
+            )
         if brokers > 1 and t.replication_factor < 2:
             found.append(
                 Finding(

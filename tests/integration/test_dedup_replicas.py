@@ -8,6 +8,7 @@ import functools
 import json
 import random
 import signal
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -291,3 +292,45 @@ async def test_a_partly_published_fan_out_is_completed_by_the_retry_without_dupl
     for bridge in (a, b):
         assert await bridge.send(bridge.platform.request(body)) == (200, {"msg": "success"})
     assert len(await read_topic(broker.bootstrap_servers, topic, expect=4)) == 4
+
+
+class StallableConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+    """The feed's consumer; its reads hang while ``running`` is clear (a hung or moved leader)."""
+
+    running: asyncio.Event
+
+    async def getmany(self, *partitions: Any, **kwargs: Any) -> Any:
+        await self.running.wait()
+        return await super().getmany(*partitions, **kwargs)
+
+
+async def test_a_retry_is_published_only_once_the_feed_has_caught_up_with_the_broker(
+    broker: Any, start_bridge: Any
+) -> None:
+    topics = shared_topics()
+    running = asyncio.Event()
+    running.set()
+
+    def stallable(settings: Any) -> AIOKafkaConsumer:
+        consumer = build_consumer(settings)
+        consumer.__class__ = StallableConsumer
+        consumer.running = running
+        return consumer
+
+    a = await start_bridge(broker.bootstrap_servers, **topics)
+    b = await start_bridge(broker.bootstrap_servers, consumer_factory=stallable, **topics)
+    running.clear()  # B's feed stops reading: it cannot know what A publishes now
+    body = sample_event("vc.room.created_v1", event_id="retry-1")  # created long ago: a retry
+    assert (await a.send(a.platform.request(body)))[0] == 200
+    status, _ = await b.send(b.platform.request(body))
+    assert status == 503  # not provably new: the platform retries rather than B writing a copy
+    assert b.metrics.registry.get_sample_value("bridge_requests_total", {"outcome": "unavailable", "status": "503"})
+    fresh = sample_event("vc.room.created_v1", event_id="fresh-1")
+    fresh["header"]["create_time"] = str(int(time.time() * 1000))  # a first attempt: no barrier
+    assert (await b.send(b.platform.request(fresh)))[0] == 200
+    running.set()
+    assert (await b.send(b.platform.request(body)))[0] == 200
+    assert duplicates(b, "log") == 1
+    records = await read_topic(broker.bootstrap_servers, topics["BRIDGE_TOPIC_ROOM_CREATED"], expect=2)
+    ids = sorted(dict(r.headers)["lark_event_id"].decode() for r in records)
+    assert ids == ["fresh-1", "retry-1"]

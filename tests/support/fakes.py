@@ -37,11 +37,13 @@ class RecordingPublisher:
     def __init__(self, *, partition: int = 0) -> None:
         self.partition = partition
         self.calls: list[list[Record]] = []
+        self.timestamps: list[int | None] = []  # the timestamp_ms of each call
         self.acked: list[Record] = []
         self._next: dict[str, int] = {}
 
-    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
         self.calls.append(list(records))
+        self.timestamps.append(timestamp_ms)
         return self.ack(records)
 
     def ack(self, records: Sequence[Record]) -> list[RecordMetadata]:
@@ -74,8 +76,9 @@ class FailingPublisher(RecordingPublisher):
         self.error = error or Unavailable("broker_unavailable")
         self.times = times
 
-    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
         self.calls.append(list(records))
+        self.timestamps.append(timestamp_ms)
         if self.times is None or len(self.calls) <= self.times:
             raise self.error
         return self.ack(records)
@@ -89,8 +92,9 @@ class PartialPublisher(RecordingPublisher):
         super().__init__()
         self.lose = lose
 
-    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
         self.calls.append(list(records))
+        self.timestamps.append(timestamp_ms)
         if len(self.calls) > 1:
             return self.ack(records)
         kept = [i for i, r in enumerate(records) if r.key not in self.lose]
@@ -120,8 +124,9 @@ class GatedPublisher(RecordingPublisher):
     def waiting(self) -> int:
         return len(self._held)
 
-    async def publish(self, records: Sequence[Record]) -> list[RecordMetadata]:
+    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
         self.calls.append(list(records))
+        self.timestamps.append(timestamp_ms)
         if self.delay_s is not None:
             self.entered.set()
             await asyncio.sleep(self.delay_s)

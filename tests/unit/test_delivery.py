@@ -435,3 +435,68 @@ async def test_unwritten_of_a_single_record_event_marks_it_delivered_only_when_a
     assert not ledger.delivered("ev-1") and ledger.written("ev-1", 1) == 0
     await one.publish(RecordingPublisher(), ledger)
     assert ledger.delivered("ev-1")
+
+
+class Barrier:
+    """A fake of the dedup feed's barrier: records each call; answers ``result`` after running
+    ``meanwhile`` (what the feed would read while the caller waits)."""
+
+    def __init__(self, result: bool, meanwhile: Any = None) -> None:
+        self.result = result
+        self.meanwhile = meanwhile
+        self.calls: list[set[str]] = []
+
+    async def __call__(self, topics: Any, deadline_s: float) -> bool:
+        self.calls.append(set(topics))
+        if self.meanwhile is not None:
+            self.meanwhile()
+        return self.result
+
+
+def with_barrier(barrier: Barrier, publisher: Any | None = None) -> Harness:
+    h = Harness(publisher or RecordingPublisher())
+    h.delivery = KafkaDelivery(
+        h.publisher, TOPICS, h.ledger, h.metrics, timeout_s=5.0, barrier=barrier, barrier_age_s=1.0
+    )
+    return h
+
+
+def created_ms_before_arrival(ms: int) -> str:
+    return str(RECEIVED_MS - ms)
+
+
+async def test_a_first_attempt_is_published_without_the_barrier_and_stamped_with_its_arrival() -> None:
+    barrier = Barrier(True)
+    h = with_barrier(barrier)
+    out = await h.deliver(inbound(create_time=created_ms_before_arrival(300)))
+    assert out.kind == "published" and barrier.calls == [] and h.publisher.timestamps == [RECEIVED_MS]
+
+
+async def test_a_retry_waits_for_the_feed_and_is_a_duplicate_when_it_learns_of_an_earlier_copy() -> None:
+    h = with_barrier(Barrier(True))
+    h.delivery._barrier = Barrier(True, meanwhile=lambda: h.ledger.mark_delivered("d-1", source="log"))
+    out = await h.deliver(inbound(create_time=created_ms_before_arrival(15_000)))
+    assert out.kind == "duplicate" and h.publisher.calls == []
+    assert h.metric("bridge_dedup_barriers_total") == 1
+
+
+async def test_a_retry_the_feed_has_nothing_of_is_published_once_the_barrier_passed() -> None:
+    barrier = Barrier(True)
+    h = with_barrier(barrier)
+    out = await h.deliver(inbound(THIRD_PARTY_CREATED, ts="1700000000.5"))  # schema 1.0, long before
+    assert out.kind == "published" and barrier.calls == [{"t.3p"}] and len(h.publisher.calls) == 1
+
+
+async def test_a_retry_whose_barrier_cannot_pass_is_answered_503_and_not_published() -> None:
+    h = with_barrier(Barrier(False))
+    with pytest.raises(Unavailable) as caught:
+        await h.deliver(inbound(create_time=created_ms_before_arrival(15_000)))
+    assert caught.value.reason == "dedup_barrier" and h.publisher.calls == [] and not h.ledger.delivered("d-1")
+
+
+@pytest.mark.parametrize("create_time", ["not-a-time", "123"])
+async def test_an_unreadable_create_time_takes_the_barrier(create_time: str) -> None:
+    barrier = Barrier(True)
+    h = with_barrier(barrier)
+    await h.deliver(inbound(create_time=create_time))
+    assert len(barrier.calls) == 1

@@ -17,6 +17,7 @@ def topic(**changes: object) -> TopicDescription:
         "min_insync_replicas": 2,
         "retention_ms": 7 * DAY_MS,
         "cleanup_policy": "delete",
+        "timestamp_before_max_ms": 10_000,
     }
     base.update(changes)
     return TopicDescription(**base)  # type: ignore[arg-type]
@@ -36,6 +37,10 @@ def topic(**changes: object) -> TopicDescription:
         (topic(retention_ms=1000, cleanup_policy="compact"), None, 3, []),
         (topic(replication_factor=1, min_insync_replicas=1), 86_400, 3, [("replication.factor", "warn")]),
         (topic(min_insync_replicas=1), 86_400, 3, [("min.insync.replicas", "warn")]),
+        (topic(timestamp_before_max_ms=None), 86_400, 1, [("message.timestamp.before.max.ms", "warn")]),
+        (topic(timestamp_before_max_ms=10_001), 86_400, 1, [("message.timestamp.before.max.ms", "warn")]),
+        (topic(timestamp_type="LogAppendTime"), 86_400, 1, [("message.timestamp.type", "warn")]),
+        (topic(timestamp_before_max_ms=None), None, 1, []),  # no ledger from the topics: no concern
         # one broker: nothing better is possible, nothing to warn about
         (topic(replication_factor=1, min_insync_replicas=1), 86_400, 1, []),
         (
