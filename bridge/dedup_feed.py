@@ -47,6 +47,7 @@ from bridge import kafka
 from bridge.dedup import LOG, DeliveryLedger
 from bridge.envelope import EVENT_ID_HEADER, RECORD_PART_HEADER, parse_part
 from bridge.lifecycle import TaskRunner
+from bridge.logs import Outage
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.settings import Settings
@@ -149,6 +150,7 @@ class LedgerFeed:
         self._ids_replayed = 0
         self._give_up: asyncio.TimerHandle | None = None
         self._consumer: AIOKafkaConsumer | None = None  # the one reading now, if any
+        self._outage = Outage(log, "dedup feed", "retries are answered 503 and other replicas' ids wait")
         self._progress = asyncio.Event()  # set (and replaced) after each fetch
         self.replayed = False  # the replay reached the end offsets seen at start
         self.ready = False  # replayed, or gave up waiting for it after the bound
@@ -189,9 +191,8 @@ class LedgerFeed:
                     await asyncio.wait_for(consumer.stop(), 5.0)
             await asyncio.sleep(CONNECT_BACKOFF_S[0])
 
-    @staticmethod
-    def _retry_log(exc: BaseException, wait_s: float) -> None:
-        log.warning("dedup feed: %s; retrying in %.1fs", type(exc).__name__, wait_s)
+    def _retry_log(self, exc: BaseException, wait_s: float) -> None:
+        self._outage.failed(type(exc).__name__)
 
     async def _connect(self) -> AIOKafkaConsumer:
         """A started consumer assigned every partition at the offsets to read next, retried with
@@ -235,6 +236,7 @@ class LedgerFeed:
         loop = asyncio.get_running_loop()
         await self._check_replay(consumer, loop.time())
         self._consumer = consumer
+        self._outage.recovered()
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_POLL_RECORDS)

@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
 
@@ -70,8 +71,9 @@ def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) 
 
     Process-wide by nature (the logging module is); call once at start. Every line carries the
     level, the logger's name, an ISO 8601 UTC timestamp, structlog's context variables and
-    ``request_id`` (:func:`add_request_id`). aiokafka logs at WARNING or above, aiohttp's access
-    log at WARNING.
+    ``request_id`` (:func:`add_request_id`). aiokafka logs at WARNING or above, never ERROR, each
+    kind of its lines at most once per :data:`CLIENT_LOG_INTERVAL_S` (:class:`ClientLogFilter`);
+    aiohttp's access log at WARNING.
 
     Args:
         level: The root level, any case (``info``, ``WARNING``, …).
@@ -98,6 +100,7 @@ def configure_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) 
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(ClientLogFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -169,6 +172,104 @@ class Throttle:
             return None
         held, self._last, self._suppressed = self._suppressed, now, 0
         return held
+
+
+#: aiokafka's lines of one kind (logger + message template) are written at most once per this
+#: many seconds; the count held back goes into the next one.
+CLIENT_LOG_INTERVAL_S: Final = 30.0
+#: Most kinds of aiokafka line throttled at once (the oldest forgotten first): the filter's memory
+#: stays bounded whatever the client logs.
+MAX_CLIENT_LOG_KINDS: Final = 256
+
+
+class ClientLogFilter(logging.Filter):
+    """The Kafka client's lines as one story, not hundreds: aiokafka logs every failed connection
+    and request, at ERROR, for outages the bridge rides out (the bridge's own lines say when the
+    broker is away and back, with counts). On the handler, for records of ``aiokafka.*``: ERROR
+    and above become WARNING, and each kind of line (logger and message template) is written at
+    most once per ``interval_s`` seconds with how many were held back. Other records pass as
+    they are.
+
+    Args:
+        interval_s: Least time between two lines of one kind, seconds.
+        clock: Returns monotonic seconds. Default :func:`time.monotonic`.
+    """
+
+    def __init__(self, interval_s: float = CLIENT_LOG_INTERVAL_S, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        self._throttles: OrderedDict[tuple[str, str], Throttle] = OrderedDict()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to write ``record`` (rewritten in place when it is aiokafka's)."""
+        if not record.name.startswith("aiokafka"):
+            return True
+        key = (record.name, str(record.msg))
+        throttle = self._throttles.get(key)
+        if throttle is None:
+            throttle = self._throttles[key] = Throttle(self._interval_s, self._clock)
+            if len(self._throttles) > MAX_CLIENT_LOG_KINDS:
+                self._throttles.popitem(last=False)
+        else:
+            self._throttles.move_to_end(key)
+        held = throttle.admit()
+        if held is None:
+            return False
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if held:
+            record.msg, record.args = f"{record.getMessage()} ({held} more like it since the last line)", None
+        return True
+
+
+class Outage:
+    """One story per outage in the log: the first failure is a WARNING naming what is away and
+    why, the failures after it are counted (DEBUG), and the recovery is one INFO line with how
+    long it lasted and how many failures it held.
+
+    Args:
+        log: The logger of the part that sees the outage.
+        what: What is away, for the lines (``kafka producer``, ``dedup feed``).
+        consequence: What it means meanwhile, for the first line (``events are answered 503``).
+        clock: Returns monotonic seconds. Default :func:`time.monotonic`.
+    """
+
+    __slots__ = ("_clock", "_consequence", "_log", "_since", "_what", "failures")
+
+    def __init__(self, log: logging.Logger, what: str, consequence: str, clock: Any = time.monotonic) -> None:
+        self._log = log
+        self._what = what
+        self._consequence = consequence
+        self._clock = clock
+        self._since: float | None = None
+        self.failures = 0
+
+    @property
+    def ongoing(self) -> bool:
+        """A failure was seen and no recovery since."""
+        return self._since is not None
+
+    def failed(self, reason: str) -> None:
+        """Count one failure; the first of an outage is logged at WARNING.
+
+        Args:
+            reason: A short identifier or exception class name (never request data or secrets).
+        """
+        self.failures += 1
+        if self._since is None:
+            self._since = self._clock()
+            self._log.warning("%s: unavailable (%s); %s until it is back", self._what, reason, self._consequence)
+        else:
+            self._log.debug("%s: still unavailable (%s)", self._what, reason)
+
+    def recovered(self) -> None:
+        """End the outage, if one is ongoing, with one INFO line; else do nothing."""
+        if self._since is None:
+            return
+        lasted = self._clock() - self._since
+        self._log.info("%s: back after %.1fs (%d failures meanwhile)", self._what, lasted, self.failures)
+        self._since, self.failures = None, 0
 
 
 class RequestIds:

@@ -35,6 +35,7 @@ from aiokafka.structs import RecordMetadata
 from bridge import kafka
 from bridge.errors import PublishFailed, Unavailable
 from bridge.lifecycle import TaskRunner
+from bridge.logs import Outage
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics
 from bridge.settings import DedupStore, Settings
@@ -113,6 +114,7 @@ class Publisher:
         )
         self._topic_checked_at = -float("inf")
         self._findings: list[Finding] = []
+        self._outage = Outage(log, "kafka producer", "events are answered 503")
 
     def not_ready_reason(self) -> str | None:
         """None while the producer is connected and every topic exists; else ``starting``,
@@ -140,7 +142,7 @@ class Publisher:
 
     def _connect_failed(self, exc: BaseException, wait_s: float) -> None:
         self._reason = "broker_unreachable"
-        log.warning("kafka producer could not connect: %s; retrying in %.1fs", type(exc).__name__, wait_s)
+        self._outage.failed(f"connect: {type(exc).__name__}")
 
     async def _connect(self) -> AIOKafkaProducer:
         """A started producer, retried with backoff (:data:`CONNECT_BACKOFF_S`) until one is."""
@@ -171,6 +173,7 @@ class Publisher:
             try:
                 missing = wanted - await asyncio.wait_for(kafka.topic_names(producer), PROBE_TIMEOUT_S)
                 self._connected = True
+                self._outage.recovered()
                 if missing and self._settings.kafka_create_topics:
                     await kafka.create_topics(self._settings, sorted(missing))
                     missing = wanted - await asyncio.wait_for(kafka.topic_names(producer), PROBE_TIMEOUT_S)
@@ -181,7 +184,7 @@ class Publisher:
             except (TimeoutError, KafkaError, OSError) as exc:
                 self._connected = False
                 self._reason = "broker_unreachable"
-                log.debug("metadata probe failed: %s", type(exc).__name__)
+                self._outage.failed(f"metadata: {type(exc).__name__}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._replace.wait(), PROBE_INTERVAL_S)
 
@@ -282,6 +285,8 @@ class Publisher:
         except KafkaError as exc:
             if isinstance(exc, _FATAL):
                 self._mark_fatal(exc)
+            if self._outage.ongoing:
+                self._outage.failed(f"publish: {type(exc).__name__}")
             self._metrics.publish_failures.labels(reason=type(exc).__name__).inc()
             raise PublishFailed(await _acked(futures)) from exc
         self._metrics.ack_latency.observe(time.perf_counter() - started)

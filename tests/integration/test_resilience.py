@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from bridge.logs import ClientLogFilter
 from tests.support.credentials import TOKEN
 from tests.support.kafka import read_topic
 from tests.support.samples import sample_event
@@ -55,8 +58,34 @@ async def test_broker_absent_at_start_then_appears(spare_broker: Any, start_brid
     assert [json.loads(m.value)["id"] for m in msgs] == ["absent-1"]
 
 
+class Lines(logging.Handler):
+    """The log lines as the bridge's handler lets them through (with its client-log filter)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(ClientLogFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def lines() -> Iterator[Lines]:
+    handler = Lines()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.mark.parametrize("how", ["graceful", "crash"])
-async def test_broker_restart_under_traffic_loses_nothing(spare_broker: Any, start_bridge: Any, how: str) -> None:
+async def test_broker_restart_under_traffic_loses_nothing(
+    spare_broker: Any, start_bridge: Any, how: str, lines: Lines
+) -> None:
     await asyncio.to_thread(spare_broker.start, 120)
     bridge = await start_bridge(spare_broker.bootstrap_servers)
     ids = [f"restart-{i:04d}" for i in range(400)]
@@ -97,4 +126,13 @@ async def test_broker_restart_under_traffic_loses_nothing(spare_broker: Any, sta
     )
     got = [json.loads(m.value)["larkeventid"] for m in msgs]
     assert sorted(got) == ids, f"missing={set(ids) - set(got)} dup={len(got) - len(set(got))}"
-    print(f"\n{how} restart under traffic: {len(ids)} events, {retried} retries after 503s")
+    # The outage reads as one story: the producer's "unavailable" and "back" lines pair up, and
+    # the client's own lines are never ERROR and few (each kind at most once per 30 s).
+    said = [r.getMessage() for r in lines.records if r.name == "bridge.publish"]
+    down = [m for m in said if m.startswith("kafka producer: unavailable")]
+    back = [m for m in said if m.startswith("kafka producer: back after")]
+    client = [r for r in lines.records if r.name.startswith("aiokafka")]
+    assert 1 <= len(down) <= 2 and len(back) == len(down), said
+    assert not [r for r in client if r.levelno >= logging.ERROR]
+    assert len(client) <= 40, [r.getMessage() for r in client]
+    print(f"\n{how} restart under traffic: {len(ids)} events, {retried} retries after 503s, {len(client)} client lines")
