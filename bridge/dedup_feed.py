@@ -74,6 +74,8 @@ MAX_POLL_RECORDS: Final = 5000
 #: metadata again (aiokafka's default: 40 s): a feed fetching from a hung or moved leader catches
 #: up within seconds of a new leader, not a minute later.
 REQUEST_TIMEOUT_MS: Final = 5_000
+#: How often the feed's lag per partition is sampled (``bridge_dedup_feed_lag_*``), seconds.
+LAG_INTERVAL_S: Final = 5.0
 #: Backoff between attempts to (re)connect the consumer, seconds: the first wait, and the longest.
 CONNECT_BACKOFF_S: Final = (0.2, 5.0)
 
@@ -152,6 +154,7 @@ class LedgerFeed:
         self._consumer: AIOKafkaConsumer | None = None  # the one reading now, if any
         self._outage = Outage(log, "dedup feed", "retries are answered 503 and other replicas' ids wait")
         self._progress = asyncio.Event()  # set (and replaced) after each fetch
+        self._behind_since: dict[TopicPartition, float] = {}  # partitions behind at the last sample
         self.replayed = False  # the replay reached the end offsets seen at start
         self.ready = False  # replayed, or gave up waiting for it after the bound
 
@@ -237,6 +240,7 @@ class LedgerFeed:
         await self._check_replay(consumer, loop.time())
         self._consumer = consumer
         self._outage.recovered()
+        next_lag_s = loop.time()
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_POLL_RECORDS)
@@ -248,6 +252,9 @@ class LedgerFeed:
                         self._positions[tp] = messages[-1].offset + 1
                 if not self.replayed:
                     await self._check_replay(consumer, loop.time())
+                elif loop.time() >= next_lag_s:
+                    next_lag_s = loop.time() + LAG_INTERVAL_S
+                    await self._sample_lag(consumer, loop.time())
                 self._progress.set()  # wake the barriers, which look again
                 self._progress = asyncio.Event()
         finally:
@@ -284,6 +291,22 @@ class LedgerFeed:
         except (TimeoutError, KafkaError, OSError, AssertionError):  # AssertionError: tp unassigned meanwhile
             return False
         return self._consumer is consumer
+
+    async def _sample_lag(self, consumer: AIOKafkaConsumer, now: float) -> None:
+        """Set ``bridge_dedup_feed_lag_records`` / ``_seconds`` for every partition read: the
+        records between the feed's position and the high watermark, and since when (the loop's
+        clock, seconds) it has been behind. A failed offsets request leaves the last values."""
+        tps = list(self._positions)
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(tps), REQUEST_TIMEOUT_MS / 1000)
+        except (TimeoutError, KafkaError, OSError):
+            return
+        for tp in tps:
+            behind = max(0, ends[tp] - max(self._positions.get(tp, 0), await consumer.position(tp)))
+            since = self._behind_since.setdefault(tp, now) if behind else self._behind_since.pop(tp, None)
+            labels = (tp.topic, str(tp.partition))
+            self._metrics.dedup_feed_lag_records.labels(*labels).set(behind)
+            self._metrics.dedup_feed_lag_seconds.labels(*labels).set(now - since if behind and since else 0.0)
 
     async def _behind(
         self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], targets: dict[TopicPartition, int]

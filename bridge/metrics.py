@@ -203,6 +203,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.dedup_feed_lag_records = Gauge(
+            "bridge_dedup_feed_lag_records",
+            "Records of a partition of the bridge's topics the dedup feed has not read yet (high "
+            "watermark minus its position), sampled every 5 s.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.dedup_feed_lag_seconds = Gauge(
+            "bridge_dedup_feed_lag_seconds",
+            "How long a partition of the bridge's topics has been behind in the dedup feed (0 when "
+            "read up to its high watermark), sampled every 5 s.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.dedup_barriers = Counter(
             "bridge_dedup_barriers_total",
             "Retries (events created more than BRIDGE_DEDUP_BARRIER_AGE_S before they arrived) that "
@@ -296,6 +310,9 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
         tuple(str(Settings.model_fields[name].default) for name in topic_settings),
         note="the `BRIDGE_TOPIC_*` settings; defaults shown",
     )
+    partitions = LabelValues(
+        families=("<partition number>",), note="the partitions of the bridge's topics, as the cluster has them"
+    )
     return {
         "bridge_requests_total": {
             "outcome": LabelValues(
@@ -311,6 +328,8 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
                 "cut the request short",
             ),
         },
+        "bridge_dedup_feed_lag_records": {"topic": topics, "partition": partitions},
+        "bridge_dedup_feed_lag_seconds": {"topic": topics, "partition": partitions},
         "bridge_events_published_total": {
             "lark_type": LabelValues((*LARK_TYPES, "other"), note="`other`: any type the bridge does not forward"),
             "topic": topics,
