@@ -1,0 +1,118 @@
+"""Exactly-once on a real 3-node cluster under broker faults (tests/support/chaos.py).
+
+One cluster and one pair of bridge replicas for the module; each scenario drives platform-like
+traffic (≈ 40 deliveries/s for 20 s, each to a random replica, retried to a random replica with
+the same body after 2-5 s — harsher than the platform's 15 s — up to 4 tries) while a broker
+fault happens, then reads every topic back at both isolation levels.
+
+Every scenario: no delivery answered 200 is missing a record, none is written twice under
+``read_committed``, per-key order holds. Each leaves all nodes running and every partition in sync.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bridge_devtools.broker import LocalCluster
+from tests.support import chaos
+from tests.support.chaos import BridgePair, ChaosReport, ChaosTopics
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+#: 2-5 s between tries: above the bridge's 2 s answer deadline, far below the platform's 15 s.
+RETRY_GAPS_S = ((2.0, 5.0), (2.0, 5.0), (2.0, 5.0))
+TRAFFIC = {"rate_per_s": 40.0, "duration_s": 20.0, "retry_gaps_s": RETRY_GAPS_S, "tries": 4, "fault_after_s": 4.0}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    c = LocalCluster(size=3)
+    try:
+        c.start(timeout_s=180)
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pair(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BridgePair]:
+    topics = ChaosTopics(f"chaos-{uuid.uuid4().hex[:6]}")
+    await chaos.create_topics(cluster, topics, partitions=3)  # node 3 leads nothing: scenario (d)
+    bridges = BridgePair(
+        cluster.bootstrap_servers,
+        topics,
+        tmp_path_factory.mktemp("chaos"),
+        extra={"BRIDGE_KAFKA_TOPIC_PARTITIONS": "3"},
+    )
+    try:
+        await bridges.start()
+        yield bridges
+    finally:
+        await bridges.stop()
+
+
+def show(name: str, report: ChaosReport, log_dir: Path) -> None:
+    """The scenario's numbers on stdout (``-s``) and in ``<log dir>/<name>.json``."""
+    summary = {"scenario": name, **report.summary(), "faults": [(round(t, 2), e) for t, e in report.faults]}
+    text = json.dumps(summary, indent=1)
+    (log_dir / f"{name}.json").write_text(text)
+    print(f"\n==== {name}\n{text}")
+    if report.committed.duplicates or report.uncommitted.duplicates:
+        print(report.describe_duplicates())
+
+
+def assert_exactly_once(report: ChaosReport, pair: BridgePair) -> None:
+    c = report.committed
+    assert pair.alive(), f"a replica died (logs: {pair.log_paths()})"
+    assert report.answered_200 > 0
+    assert not c.lost, f"lost: {c.lost}"
+    assert not c.unexpected, f"records no delivery asked for: {c.unexpected[:5]}"
+    assert not c.order_violations, f"order: {c.order_violations[:5]}"
+    assert c.dead_letters == 0
+    if c.duplicates:
+        raise chaos.DuplicatesFound(f"{c.extra_records} extra records:\n{report.describe_duplicates()}")
+
+
+@pytest.mark.xfail(
+    strict=False,
+    raises=chaos.DuplicatesFound,
+    reason="without Kafka transactions a try answered 503 during the failover still lands, and the retry "
+    "on the other replica (2-5 s later) publishes again; remove once the bridge is transactional",
+)
+async def test_a_partition_leader_sigkilled_then_restarted(cluster: LocalCluster, pair: BridgePair) -> None:
+    report, _ = await chaos.run_scenario(cluster, pair, chaos.kill_leader, seed=1, **TRAFFIC)  # type: ignore[arg-type]
+    show("a_leader_sigkill", report, pair.log_dir)
+    assert_exactly_once(report, pair)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    raises=chaos.DuplicatesFound,
+    reason="without Kafka transactions a publish stuck on the hung leader lands after the retry on the "
+    "other replica published the same event again (a duplicate); remove once the bridge is transactional",
+)
+async def test_a_broker_hung_longer_than_the_retry_gap_then_resumed(cluster: LocalCluster, pair: BridgePair) -> None:
+    async def hang(c: LocalCluster, t: ChaosTopics, log: chaos.FaultLog) -> None:
+        await chaos.pause_leader(c, t, log, hang_s=10.0)  # > every retry gap (≤ 5 s)
+
+    report, _ = await chaos.run_scenario(cluster, pair, hang, seed=2, **TRAFFIC)  # type: ignore[arg-type]
+    show("b_broker_sigstop", report, pair.log_dir)
+    assert_exactly_once(report, pair)
+
+
+async def test_a_rolling_restart(cluster: LocalCluster, pair: BridgePair) -> None:
+    report, _ = await chaos.run_scenario(cluster, pair, chaos.rolling_restart, seed=3, **TRAFFIC)  # type: ignore[arg-type]
+    show("c_rolling_restart", report, pair.log_dir)
+    assert_exactly_once(report, pair)
+
+
+async def test_a_non_leader_replica_sigkilled_then_restarted(cluster: LocalCluster, pair: BridgePair) -> None:
+    report, _ = await chaos.run_scenario(cluster, pair, chaos.kill_follower, seed=4, **TRAFFIC)  # type: ignore[arg-type]
+    show("d_follower_sigkill", report, pair.log_dir)
+    assert_exactly_once(report, pair)
