@@ -44,6 +44,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bridge.kafka import MAX_WRITE_DELAY_MS
 from bridge.samples import sample
 from bridge_devtools.broker import LocalCluster, free_port
 from bridge_devtools.platform import Platform, PlatformRequest
@@ -108,8 +109,9 @@ def assignment(partitions: int, leaders: Sequence[int], follower_only: int) -> d
 async def create_topics(
     cluster: LocalCluster, topics: ChaosTopics, *, partitions: int = 3, follower_only: int | None = None
 ) -> None:
-    """Create ``topics`` with ``partitions`` partitions on every node (RF = cluster size) and
-    ``min.insync.replicas`` = RF - 1, before the bridges would (they keep existing topics).
+    """Create ``topics`` with ``partitions`` partitions on every node (RF = cluster size), the
+    settings the bridge gives topics it creates (``min.insync.replicas`` = RF - 1, the write-delay
+    bound), before the bridges would (they keep existing topics).
 
     ``follower_only``: that node is listed last in every replica list (a replica that leads
     nothing, for the "non-leader replica killed" fault); default: the last node.
@@ -117,7 +119,11 @@ async def create_topics(
     nodes = sorted(cluster.nodes)
     follower = follower_only if follower_only is not None else nodes[-1]
     leaders = [n for n in nodes if n != follower]
-    configs = {"min.insync.replicas": str(max(1, len(nodes) - 1))}
+    configs = {  # what the bridge gives the topics it creates (bridge.kafka.create_topics)
+        "min.insync.replicas": str(max(1, len(nodes) - 1)),
+        "message.timestamp.type": "CreateTime",
+        "message.timestamp.before.max.ms": str(MAX_WRITE_DELAY_MS),
+    }
     admin = AIOKafkaAdminClient(bootstrap_servers=cluster.live_bootstrap_servers, request_timeout_ms=15000)
     await admin.start()
     try:
