@@ -564,6 +564,7 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         "driver_failures": failures,
         "kafka": cluster.version,
         "wall_s": time.monotonic() - t_start,
+        "runner_peak_rss_bytes": tools.proc_status(os.getpid(), "VmHWM"),
     }
 
 
@@ -635,6 +636,14 @@ def markdown(
         f"Checker (read_committed): {c['records']:,} records, lost {c['lost_events']}, duplicated events "
         f"{c['duplicated_events']} ({c['extra_records']} extra records), unexpected {c['unexpected']}, per-key order "
         f"violations {c['order_violations']}.",
+        "",
+        "Broker RSS (nodes 1 / 2 / 3, JVM `-Xmx512m`): "
+        + " → ".join(
+            " / ".join(fmt(None if b is None else b / MIB, ".0f") for b in s.brokers_rss_bytes) + " MiB"
+            for s in (samples[0], last)
+        )
+        + " (before the traffic → end); the runner's peak RSS "
+        f"{fmt(None if res['runner_peak_rss_bytes'] is None else res['runner_peak_rss_bytes'] / MIB, '.0f')} MiB.",
         "",
         f"**Verdict: {'flat' if verdict['flat'] else 'NOT flat'} after warm-up, "
         f"{'exactly-once' if verdict['exactly_once'] else 'NOT exactly-once'}"
