@@ -170,6 +170,8 @@ class Sample:
     window_p50_ms: float = math.nan
     window_p99_ms: float = math.nan
     brokers_rss_bytes: list[int | None] = field(default_factory=list)
+    brokers_cpu_s: float | None = None  # all nodes together
+    runner_cpu_s: float | None = None  # this process: driver, sampler
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -294,6 +296,19 @@ def _read(path: str) -> str:
         return ""
 
 
+def _cpu_sum(pids: Iterable[int | None]) -> float | None:
+    """utime + stime of all ``pids`` together (None when one is gone)."""
+    total = 0.0
+    for pid in pids:
+        if pid is None:
+            return None
+        try:
+            total += tools.cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            return None
+    return total
+
+
 def count_fds(pid: int, port: int) -> tuple[int | None, int | None]:
     """(open fds, of which inbound connections to ``port``) of process ``pid``."""
     try:
@@ -341,18 +356,21 @@ def table(samples: Sequence[Sample]) -> str:
             "fds (http conns)",
             "series",
             "ledger",
-            "CPU %",
+            "CPU % replicas",
+            "CPU % brokers, runner",
         ]
     ]
     prev: Sample | None = None
     for s in samples:
-        cpu = "-"
+        cpu = other = "-"
         if prev is not None and s.t_s > prev.t_s:
             dt = s.t_s - prev.t_s
-            cpu = " / ".join(
-                fmt(None if r.cpu_s is None or p.cpu_s is None else (r.cpu_s - p.cpu_s) / dt * 100)
-                for r, p in zip(s.replicas, prev.replicas, strict=True)
-            )
+
+            def share(now: float | None, before: float | None) -> str:
+                return fmt(None if now is None or before is None else (now - before) / dt * 100)  # noqa: B023
+
+            cpu = " / ".join(share(r.cpu_s, p.cpu_s) for r, p in zip(s.replicas, prev.replicas, strict=True))
+            other = f"{share(s.brokers_cpu_s, prev.brokers_cpu_s)}, {share(s.runner_cpu_s, prev.runner_cpu_s)}"
         rows.append(
             [
                 f"{s.t_s:.0f}",
@@ -364,6 +382,7 @@ def table(samples: Sequence[Sample]) -> str:
                 per(s, lambda r: fmt(r.series)),
                 per(s, lambda r: fmt(r.ledger)),
                 cpu,
+                other,
             ]
         )
         prev = s
@@ -497,6 +516,8 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
                 p50,
                 p99,
                 [cluster.nodes[n].rss_bytes() for n in sorted(cluster.nodes)],
+                _cpu_sum(cluster.nodes[n].pid for n in sorted(cluster.nodes)),
+                _cpu_sum([os.getpid()]),
             )
             samples.append(s)
             print(
@@ -568,6 +589,20 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
     }
 
 
+def cpu_line(a: Sample, b: Sample) -> str:
+    """Average CPU shares between samples ``a`` and ``b``: each replica, the brokers, the runner."""
+    dt = b.t_s - a.t_s
+
+    def share(now: float | None, before: float | None) -> str:
+        return "?" if now is None or before is None or dt <= 0 else f"{(now - before) / dt:.0%}"
+
+    reps = " / ".join(share(r.cpu_s, p.cpu_s) for r, p in zip(b.replicas, a.replicas, strict=True))
+    return (
+        f"replicas {reps}, the three brokers {share(b.brokers_cpu_s, a.brokers_cpu_s)}, "
+        f"the runner (driver, sampler) {share(b.runner_cpu_s, a.runner_cpu_s)}"
+    )
+
+
 def markdown(
     args: argparse.Namespace, command: str, res: dict[str, Any], checks: Sequence[Check], verdict: dict[str, bool]
 ) -> str:
@@ -636,6 +671,8 @@ def markdown(
         f"Checker (read_committed): {c['records']:,} records, lost {c['lost_events']}, duplicated events "
         f"{c['duplicated_events']} ({c['extra_records']} extra records), unexpected {c['unexpected']}, per-key order "
         f"violations {c['order_violations']}.",
+        "",
+        f"CPU over the whole run (share of one core): {cpu_line(samples[0], last)}.",
         "",
         "Broker RSS (nodes 1 / 2 / 3, JVM `-Xmx512m`): "
         + " → ".join(
