@@ -420,6 +420,7 @@ class Bench:
             # their create time would make the later ones look like retries. The platform sends a
             # first attempt at once, so the bench measures first attempts (no retry barrier).
             "BRIDGE_DEDUP_BARRIER_AGE_S": "3600",
+            **dict(kv.split("=", 1) for kv in getattr(self.args, "bridge_env", None) or ()),
         }
 
     def bridge_partitions(self) -> int:
@@ -633,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed-rates", default="", help="comma-separated fixed rates (default 500,1000,2000)")
     parser.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md, the plot, results.json")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (requests, service logs)")
+    parser.add_argument(
+        "--bridge-env",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a BRIDGE_* setting for the bridge (and the passthrough), e.g. BRIDGE_KAFKA_TRANSACTIONS=true; repeatable",
+    )
     args = parser.parse_args(argv)
 
     if (os.cpu_count() or 1) < 2 or not {SERVICE_CORE, LOAD_CORE} <= os.sched_getaffinity(0):

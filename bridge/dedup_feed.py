@@ -81,7 +81,7 @@ CONNECT_BACKOFF_S: Final = (0.2, 5.0)
 
 
 def build_consumer(settings: Settings) -> AIOKafkaConsumer:
-    """Build the feed's consumer, with the fetch bounds above.
+    """Build the feed's consumer, ``read_committed``, with the fetch bounds above.
 
     Must be called with a running event loop.
 
@@ -104,6 +104,21 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
+def build_watermark_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """Build the consumer that only asks the brokers for high watermarks (``read_uncommitted``
+    end offsets; the feed's own, ``read_committed``, would answer the last stable offsets): it is
+    assigned nothing and fetches nothing.
+
+    Must be called with a running event loop.
+
+    Returns:
+        A consumer without a group, not started (client id ``…-dedup-offsets``).
+    """
+    return kafka.build_consumer(
+        settings, purpose="dedup-offsets", isolation_level="read_uncommitted", request_timeout_ms=REQUEST_TIMEOUT_MS
+    )
+
+
 class LedgerFeed:
     """Replays the bridge's topics into a ledger at start, then tails them (module docstring).
 
@@ -119,6 +134,8 @@ class LedgerFeed:
         metrics: Where the replay's duration and ids, the give-ups and the tail lag go.
         consumer_factory: Builds the consumer (tests inject faults). Default:
             :func:`build_consumer` of ``settings``.
+        watermark_consumer_factory: Builds the consumer the high watermarks are asked of.
+            Default: :func:`build_watermark_consumer` of ``settings``.
         clock: Returns the current time, unix seconds. Default :func:`time.time`.
         include_dead_letters: ``False`` reads the event topics only (the dead-letter replay, for
             which a dead letter is not a delivery). Default ``True``.
@@ -136,6 +153,7 @@ class LedgerFeed:
         metrics: Metrics,
         *,
         consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
+        watermark_consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
         clock: Callable[[], float] = time.time,
         include_dead_letters: bool = True,
     ) -> None:
@@ -144,6 +162,8 @@ class LedgerFeed:
         self._ledger = ledger
         self._metrics = metrics
         self._factory = consumer_factory or (lambda: build_consumer(settings))
+        self._watermark_factory = watermark_consumer_factory or (lambda: build_watermark_consumer(settings))
+        self._watermarks: AIOKafkaConsumer | None = None  # started with the first connection
         self._clock = clock
         self._task = TaskRunner("bridge-dedup-feed")
         self._positions: dict[TopicPartition, int] = {}  # next offset to read, once known
@@ -182,17 +202,24 @@ class LedgerFeed:
     async def _run(self) -> None:
         """Connect, assign, read — until closed. A failed connection is retried with backoff
         (:data:`CONNECT_BACKOFF_S`); a consumer lost while reading is replaced after the first
-        backoff step, resuming from the offsets already read."""
-        while True:
-            consumer = await self._connect()
-            try:
-                await self._read(consumer)
-            except Exception as exc:  # broker away or refusing: reconnect, resuming where we were
-                self._retry_log(exc, CONNECT_BACKOFF_S[0])
-            finally:
+        backoff step, resuming from the offsets already read. The watermark consumer is started
+        once (its client reconnects by itself) and stopped on close."""
+        try:
+            while True:
+                consumer = await self._connect()
+                try:
+                    await self._read(consumer)
+                except Exception as exc:  # broker away or refusing: reconnect, resuming where we were
+                    self._retry_log(exc, CONNECT_BACKOFF_S[0])
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(consumer.stop(), 5.0)
+                await asyncio.sleep(CONNECT_BACKOFF_S[0])
+        finally:
+            watermarks, self._watermarks = self._watermarks, None
+            if watermarks is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), 5.0)
-            await asyncio.sleep(CONNECT_BACKOFF_S[0])
+                    await asyncio.wait_for(watermarks.stop(), 5.0)
 
     def _retry_log(self, exc: BaseException, wait_s: float) -> None:
         self._outage.failed(type(exc).__name__)
@@ -202,6 +229,15 @@ class LedgerFeed:
         backoff (:data:`CONNECT_BACKOFF_S`) until one is."""
 
         async def start(consumer: AIOKafkaConsumer) -> None:
+            if self._watermarks is None:
+                watermarks = self._watermark_factory()
+                try:
+                    await asyncio.wait_for(watermarks.start(), START_TIMEOUT_S)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(watermarks.stop(), 5.0)
+                    raise
+                self._watermarks = watermarks
             await asyncio.wait_for(consumer.start(), START_TIMEOUT_S)
             await self._assign(consumer)
 
@@ -262,9 +298,12 @@ class LedgerFeed:
 
     async def caught_up(self, topics: Collection[str], deadline_s: float) -> bool:
         """The barrier before publishing a retry: wait until this feed has read every partition of
-        ``topics`` up to the offsets the broker has as of now (their high watermarks), so that
-        any record of an earlier attempt — on this replica or another — that is in the topics now
-        is in the ledger (docs/delivery.md, "Dedup").
+        ``topics`` up to the offsets the broker has as of now (their high watermarks, asked of the
+        ``read_uncommitted`` watermark consumer), so that any record of an earlier attempt — on
+        this replica or another — that is in the topics now is in the ledger (docs/delivery.md,
+        "Dedup"). The feed reads ``read_committed``, so a transaction still open below those
+        offsets is waited for until it commits (its records then count) or aborts
+        (docs/delivery.md, "Transactions").
 
         Args:
             topics: the topics the event's records go to.
@@ -279,13 +318,13 @@ class LedgerFeed:
         """
         if not self.replayed:  # serving anyway with a partial ledger (the replay's bound passed)
             return self.ready
-        consumer = self._consumer
-        if consumer is None:
+        consumer, watermarks = self._consumer, self._watermarks
+        if consumer is None or watermarks is None:
             return False
         tps = [tp for tp in self._positions if tp.topic in topics]
         try:
             async with asyncio.timeout_at(deadline_s):
-                targets = await consumer.end_offsets(tps)
+                targets = await watermarks.end_offsets(tps)
                 while await self._behind(consumer, tps, targets):
                     await self._progress.wait()
         except (TimeoutError, KafkaError, OSError, AssertionError):  # AssertionError: tp unassigned meanwhile
@@ -297,8 +336,10 @@ class LedgerFeed:
         records between the feed's position and the high watermark, and since when (the loop's
         clock, seconds) it has been behind. A failed offsets request leaves the last values."""
         tps = list(self._positions)
+        if self._watermarks is None:
+            return
         try:
-            ends = await asyncio.wait_for(consumer.end_offsets(tps), REQUEST_TIMEOUT_MS / 1000)
+            ends = await asyncio.wait_for(self._watermarks.end_offsets(tps), REQUEST_TIMEOUT_MS / 1000)
         except (TimeoutError, KafkaError, OSError):
             return
         for tp in tps:

@@ -63,7 +63,9 @@ class EventSink(Protocol):
 class RecordPublisher(Protocol):
     """The publish stage as the delivery needs it (``bridge.publish.Publisher``)."""
 
-    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]: ...
+    async def publish(
+        self, records: Sequence[Record], *, timestamp_ms: int | None = None, deadline_s: float | None = None
+    ) -> list[RecordMetadata]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,12 @@ class Unwritten:
         return cls(event_id, count, indices, tuple(records[i] for i in indices))
 
     async def publish(
-        self, publisher: RecordPublisher, ledger: DeliveryLedger, *, timestamp_ms: int | None = None
+        self,
+        publisher: RecordPublisher,
+        ledger: DeliveryLedger,
+        *,
+        timestamp_ms: int | None = None,
+        deadline_s: float | None = None,
     ) -> list[RecordMetadata]:
         """Publish the records and mark in ``ledger`` what the broker acknowledged: all of them —
         the event is delivered; some of them (:class:`~bridge.errors.PublishFailed` ``acked``) —
@@ -109,6 +116,8 @@ class Unwritten:
             publisher: the publish stage.
             ledger: the dedup ledger.
             timestamp_ms: the records' Kafka timestamp, unix ms (default: the time of sending).
+            deadline_s: the answer's deadline, the event loop's clock in seconds (with
+                transactions, acks after it abort the transaction: ``Publisher.publish``).
 
         Returns:
             The broker's metadata of each record published, in order.
@@ -117,7 +126,7 @@ class Unwritten:
             Unavailable: from the publisher (``PublishFailed`` after a partial failure).
         """
         try:
-            metas = await publisher.publish(self.records, timestamp_ms=timestamp_ms)
+            metas = await publisher.publish(self.records, timestamp_ms=timestamp_ms, deadline_s=deadline_s)
         except PublishFailed as exc:
             if exc.acked and self.count > 1:
                 ledger.mark_written(self.event_id, [self.indices[i] for i in exc.acked], self.count)
@@ -258,7 +267,7 @@ class KafkaDelivery:
         if loop.time() >= deadline:  # e.g. a slow body read used it up: no publish nobody awaits
             raise Unavailable("publish_timeout")
         self._ledger.begin(event_id)  # before any await: a concurrent duplicate sees it
-        task = asyncio.create_task(self._publish(unwritten, outcome, received_ms))
+        task = asyncio.create_task(self._publish(unwritten, outcome, received_ms, deadline))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if not await wait_until(task, deadline):
@@ -321,14 +330,18 @@ class KafkaDelivery:
         self._metrics.duplicates_by(self._ledger.marked_by(event_id) or LOCAL).inc()
         return Outcome("duplicate")
 
-    async def _publish(self, unwritten: Unwritten, outcome: Outcome, received_ms: int) -> list[RecordMetadata]:
+    async def _publish(
+        self, unwritten: Unwritten, outcome: Outcome, received_ms: int, deadline_s: float
+    ) -> list[RecordMetadata]:
         """Publish what is ``unwritten`` of the event (:meth:`Unwritten.publish` marks the
         ledger); end its in-flight entry either way, waking the duplicates that wait for it."""
         delivered = False
         try:
             # timestamped with the request's arrival: the topics' message.timestamp.before.max.ms
             # makes the broker refuse it once it is too late to be this attempt's record
-            metas = await unwritten.publish(self._publisher, self._ledger, timestamp_ms=received_ms)
+            metas = await unwritten.publish(
+                self._publisher, self._ledger, timestamp_ms=received_ms, deadline_s=deadline_s
+            )
             delivered = True
         finally:
             self._ledger.finish(unwritten.event_id, delivered)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
@@ -52,6 +53,17 @@ PRODUCER_REQUEST_TIMEOUT_MS: Final = 30_000
 #: platform's first retry interval (15 s, docs/protocol.md §7): once a retry can arrive at another
 #: replica, no earlier attempt's record can still be appended.
 MAX_WRITE_DELAY_MS: Final = 10_000
+#: A transaction of the bridge's (``BRIDGE_KAFKA_TRANSACTIONS``) not ended within this many ms is
+#: aborted by the broker's transaction coordinator (``transaction.timeout.ms``): what a process
+#: that hung or died mid-transaction left open is undone, and read_committed readers wait at most
+#: this (plus the coordinator's check interval, ``transaction.abort.timed.out.transaction.cleanup.
+#: interval.ms``, 10 s by default) for the partitions it touched.
+TRANSACTION_TIMEOUT_MS: Final = 10_000
+#: The transactional producer's request timeout, in ms. Shorter than the idempotent producer's
+#: (:data:`PRODUCER_REQUEST_TIMEOUT_MS`): a transaction not acknowledged by its deadline is
+#: aborted, so that a late record is never read as written — nothing gains from retrying it for
+#: long, and the producer's one open transaction cannot end while a send is still in flight.
+TRANSACTIONAL_REQUEST_TIMEOUT_MS: Final = 5_000
 #: An admin request's timeout (topic creation, cluster and config descriptions), in ms.
 ADMIN_REQUEST_TIMEOUT_MS: Final = 5_000
 
@@ -127,13 +139,33 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-def build_producer(settings: Settings) -> AIOKafkaProducer:
+def transactional_id(settings: Settings) -> str:
+    """A new ``transactional.id`` for one process's producers: ``<BRIDGE_KAFKA_CLIENT_ID>-<16 hex
+    digits>``, random, so that two replicas (or two processes on one host) never fence each other.
+    A replacement producer of the same process reuses it, which aborts what its predecessor left
+    open at once (``InitProducerId``); a process that is gone leaves its last transaction to the
+    coordinator's timeout (:data:`TRANSACTION_TIMEOUT_MS`)."""
+    return f"{settings.kafka_client_id}-{uuid.uuid4().hex[:16]}"
+
+
+def build_producer(settings: Settings, *, transactional_id: str | None = None) -> AIOKafkaProducer:
     """The bridge's producer: idempotent (``acks=all``), compression, linger and the largest
     request from settings, :data:`PRODUCER_REQUEST_TIMEOUT_MS`.
+
+    With ``transactional_id`` (``BRIDGE_KAFKA_TRANSACTIONS``; see :func:`transactional_id`), a
+    transactional producer: :data:`TRANSACTION_TIMEOUT_MS`, and
+    :data:`TRANSACTIONAL_REQUEST_TIMEOUT_MS` as its request timeout.
 
     Must be called with a running event loop (aiokafka binds it at construction).
     """
     compression = None if settings.kafka_compression.value == "none" else settings.kafka_compression.value
+    transactional: dict[str, Any] = {"request_timeout_ms": PRODUCER_REQUEST_TIMEOUT_MS}
+    if transactional_id is not None:
+        transactional = {
+            "transactional_id": transactional_id,
+            "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+            "request_timeout_ms": TRANSACTIONAL_REQUEST_TIMEOUT_MS,
+        }
     return AIOKafkaProducer(
         **client_options(settings),
         enable_idempotence=True,
@@ -141,14 +173,15 @@ def build_producer(settings: Settings) -> AIOKafkaProducer:
         compression_type=compression,
         linger_ms=settings.kafka_linger_ms,
         max_request_size=settings.kafka_max_record_bytes,
-        request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
         retry_backoff_ms=100,
+        **transactional,
     )
 
 
 def build_consumer(settings: Settings, *, purpose: str, **options: Any) -> AIOKafkaConsumer:
-    """A consumer of the bridge's own: no group, no commits, from the earliest offset, with the
-    producer's connection and security settings.
+    """A consumer of the bridge's own: no group, no commits, from the earliest offset,
+    ``read_committed`` unless ``options`` say otherwise (a record of an aborted transaction was
+    never published), with the producer's connection and security settings.
 
     Args:
         settings: the Kafka connection settings (:func:`client_options`).
@@ -160,6 +193,7 @@ def build_consumer(settings: Settings, *, purpose: str, **options: Any) -> AIOKa
     """
     opts = client_options(settings)
     opts["client_id"] = f"{settings.kafka_client_id}-{purpose}"
+    options.setdefault("isolation_level", "read_committed")
     return AIOKafkaConsumer(**opts, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **options)
 
 

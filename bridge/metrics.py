@@ -120,6 +120,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.transactions = Counter(
+            "bridge_kafka_transactions_total",
+            "Kafka transactions ended (BRIDGE_KAFKA_TRANSACTIONS), by outcome: committed, or aborted "
+            "(a send failed, or the earliest answer deadline of its deliveries passed first).",
+            ["outcome"],
+            registry=r,
+        )
+        self.transaction_deliveries = Histogram(
+            "bridge_kafka_transaction_deliveries",
+            "Deliveries sharing one Kafka transaction (group commit).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
+        )
         self.producer_starts = Counter(
             "bridge_producer_starts_total",
             "Kafka producers started (the first, then reconnects and replacements).",
@@ -354,10 +367,13 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
                     "InvalidProducerIdMapping",
                     "ProducerFenced",
                     "UnknownProducerId",
+                    "TransactionStuck",
                 ),
-                note="the fatal idempotence error",
+                note="the fatal idempotence error; `TransactionStuck`: a transaction that could not be "
+                "aborted within its bound",
             )
         },
+        "bridge_kafka_transactions_total": {"outcome": LabelValues(("committed", "aborted"))},
         "bridge_schema_registry_failures_total": {
             "reason": LabelValues(
                 (

@@ -229,6 +229,15 @@ class Settings(BaseSettings):
         "to that much to every answer; see BENCHMARKS.md for the trade).",
     )
     kafka_create_topics: bool = Field(True, description="Create missing topics at start.")
+    kafka_transactions: bool = Field(
+        False,
+        description="Publish each delivery in a Kafka transaction (several deliveries share one: "
+        "group commit) and read the bridge's own topics read_committed, so that an attempt that "
+        "outlived its request is aborted instead of appearing beside its retry's copy "
+        '(docs/delivery.md, "Transactions"). Consumers must then read with '
+        "isolation.level=read_committed; the principal needs the TransactionalId Write and Describe "
+        "rights on ids starting with BRIDGE_KAFKA_CLIENT_ID.",
+    )
     kafka_topic_partitions: int = Field(12, ge=1, description="Partitions of topics the bridge creates.")
     kafka_topic_replication_factor: int | None = Field(
         None, ge=1, description="Replication of topics the bridge creates (unset: broker default)."

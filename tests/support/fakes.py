@@ -41,7 +41,9 @@ class RecordingPublisher:
         self.acked: list[Record] = []
         self._next: dict[str, int] = {}
 
-    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
+    async def publish(
+        self, records: Sequence[Record], *, timestamp_ms: int | None = None, deadline_s: float | None = None
+    ) -> list[RecordMetadata]:
         self.calls.append(list(records))
         self.timestamps.append(timestamp_ms)
         return self.ack(records)
@@ -76,7 +78,9 @@ class FailingPublisher(RecordingPublisher):
         self.error = error or Unavailable("broker_unavailable")
         self.times = times
 
-    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
+    async def publish(
+        self, records: Sequence[Record], *, timestamp_ms: int | None = None, deadline_s: float | None = None
+    ) -> list[RecordMetadata]:
         self.calls.append(list(records))
         self.timestamps.append(timestamp_ms)
         if self.times is None or len(self.calls) <= self.times:
@@ -92,7 +96,9 @@ class PartialPublisher(RecordingPublisher):
         super().__init__()
         self.lose = lose
 
-    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
+    async def publish(
+        self, records: Sequence[Record], *, timestamp_ms: int | None = None, deadline_s: float | None = None
+    ) -> list[RecordMetadata]:
         self.calls.append(list(records))
         self.timestamps.append(timestamp_ms)
         if len(self.calls) > 1:
@@ -124,7 +130,9 @@ class GatedPublisher(RecordingPublisher):
     def waiting(self) -> int:
         return len(self._held)
 
-    async def publish(self, records: Sequence[Record], *, timestamp_ms: int | None = None) -> list[RecordMetadata]:
+    async def publish(
+        self, records: Sequence[Record], *, timestamp_ms: int | None = None, deadline_s: float | None = None
+    ) -> list[RecordMetadata]:
         self.calls.append(list(records))
         self.timestamps.append(timestamp_ms)
         if self.delay_s is not None:

@@ -8,11 +8,18 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
-async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 20.0) -> list[Any]:
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout_s: float = 20.0, isolation_level: str = "read_uncommitted"
+) -> list[Any]:
     """All records of ``topic`` from the beginning; waits until at least ``expect`` arrived (and
-    then a short quiet period, so that extra records would be seen too)."""
+    then a short quiet period, so that extra records would be seen too). ``isolation_level``:
+    ``read_uncommitted`` (every record appended, aborted ones too) or ``read_committed``."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     try:

@@ -78,7 +78,7 @@ def test_request_outcomes_and_statuses_are_those_the_webhook_and_delivery_set() 
 
 def test_producer_replacement_reasons_are_the_fatal_errors() -> None:
     fatal = {cls.__name__ for cls in publish._FATAL}
-    assert set(declared("bridge_producer_replacements_total", "reason").values) == fatal
+    assert set(declared("bridge_producer_replacements_total", "reason").values) == fatal | {publish.TRANSACTION_STUCK}
     assert fatal <= set(declared("bridge_publish_failures_total", "reason").values)
 
 
