@@ -157,6 +157,7 @@ async def _check_one(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 << 20,
+        isolation_level="read_committed",  # what consumers read (with BRIDGE_KAFKA_TRANSACTIONS: not the aborted)
     )
     await consumer.start()
     per_request: dict[tuple[int, int], int] = defaultdict(int)  # (step, index) -> records
@@ -185,7 +186,8 @@ async def _check_one(
                         foreign += 1
                         continue
                     per_request[(parsed[1], parsed[2])] += 1
-                if msgs and msgs[-1].offset + 1 >= end[tp]:
+            for tp in list(remaining):  # the position, not the last record: it also counts transaction markers
+                if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
     finally:
         await consumer.stop()
