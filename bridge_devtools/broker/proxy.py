@@ -31,7 +31,7 @@ import threading
 _BUFFER_BYTES = 1 << 20
 #: Bytes read per ``recv`` call.
 _CHUNK_BYTES = 1 << 16
-#: Seconds :meth:`BlackHoleProxy.__init__` waits for the broker's port to accept a connection.
+#: Seconds an accepted connection waits for the broker's port to accept the forwarded one.
 _CONNECT_TIMEOUT_S = 1.0
 
 

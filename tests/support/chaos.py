@@ -932,6 +932,16 @@ async def isolate_leader(
     partitions: records appended to them meanwhile wait for their ``acks=all`` until the
     followers leave the ISR (``replica.lag.time.max.ms``, 30 s by default, checked every 15 s)
     or come back. Needs a cluster started attached (the proxies live in this process).
+
+    What it does to the bridge without transactions (traced with the platform's 15 s gaps and
+    ``isolate_s`` = 35): aiokafka keeps one produce request in flight per broker, so each replica
+    appends to the isolated leader only the records of its first request after the isolation; the
+    later ones wait behind it and the write-delay bound refuses them once they are sent. That
+    first request times out after 30 s (the producer's request timeout), the publish counts as
+    failed and the producer is replaced (``OutOfOrderSequenceNumber``); the delivery's third try
+    (≈ 34 s after its first) then finds a free producer and appends a second copy, and both become
+    committed when the followers come back (or the ISR shrinks): about one duplicated event per
+    replica, unless the ISR shrinks (30-45 s after the isolation) before the third try.
     """
     topic = topic or topics.by_kind[THIRD_PARTY_CREATED]
     node = await leader_of(cluster, topic)
