@@ -39,6 +39,8 @@ one cluster id and a static quorum, replication factor 3 and min ISR 2 (see
         leader = await cluster.leader_of("t", 0)   # node ids are 1..size
         cluster.kill(leader)                        # or pause()/resume(), stop(), restart()
         cluster.start(leader)                       # same data dir, same ports
+        cluster.isolate_replication(leader)         # its followers' fetches hang; it stays in
+        cluster.restore_replication(leader)         # the quorum (attached clusters only)
 
 Environment:
 
@@ -64,7 +66,8 @@ This module only uses the standard library, so the CLI runs without the
 project's virtualenv.
 
 Layout: ``fetch`` (versions, cache, Maven), ``probe`` (ports, the wire-protocol readiness probe),
-``process`` (:class:`LocalBroker`), ``cluster`` (:class:`LocalCluster`), ``__main__`` (the CLI).
+``process`` (:class:`LocalBroker`), ``cluster`` (:class:`LocalCluster`), ``proxy`` (the pausable
+TCP proxy in front of a cluster node's inter-broker listener), ``__main__`` (the CLI).
 """
 
 from __future__ import annotations
@@ -83,10 +86,12 @@ from bridge_devtools.broker.fetch import (
 )
 from bridge_devtools.broker.probe import ProbeResult, free_port, free_ports, probe
 from bridge_devtools.broker.process import LocalBroker
+from bridge_devtools.broker.proxy import BlackHoleProxy
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
     "VERSION_ENV",
+    "BlackHoleProxy",
     "BrokerError",
     "LocalBroker",
     "LocalCluster",

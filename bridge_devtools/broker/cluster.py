@@ -3,7 +3,9 @@
 Each node is a :class:`~bridge_devtools.broker.process.LocalBroker` (combined broker+controller
 on 127.0.0.1, its own state dir, ports and logs); the cluster gives them one cluster id and one
 static quorum (``controller.quorum.voters``, accepted by Kafka 3.9 and 4.x alike), starts and
-stops them in parallel and offers per-node faults: SIGKILL, SIGSTOP/SIGCONT, graceful stop.
+stops them in parallel and offers per-node faults: SIGKILL, SIGSTOP/SIGCONT, graceful stop, and
+(attached clusters only) a node cut off from its peers' replication traffic while it stays in the
+quorum (:meth:`LocalCluster.isolate_replication`, through :class:`~.proxy.BlackHoleProxy`).
 
 Standard library only, except :meth:`LocalCluster.describe_partition` and
 :meth:`LocalCluster.leader_of`, which import aiokafka when called.
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 from bridge_devtools.broker.fetch import _BOOTSTRAP_FILE, BrokerError, fetch, kafka_version
 from bridge_devtools.broker.probe import free_ports, probe
 from bridge_devtools.broker.process import LocalBroker, _new_cluster_id
+from bridge_devtools.broker.proxy import BlackHoleProxy
 
 _CLUSTER_STATE_FILE = "cluster.json"
 
@@ -43,8 +46,9 @@ def cluster_properties(size: int) -> dict[str, object]:
     :meth:`LocalCluster.leader_of`), broker heartbeat 500 ms and session 3 s (a killed or paused
     node is fenced, and so dropped from every ISR, after ≈ 3 s instead of 9 s), no initial
     rebalance delay. Kafka's defaults are kept for the rest, e.g. ``replica.lag.time.max.ms``
-    (30 s: only matters for a follower that stays registered but stops fetching, which these
-    faults do not produce) and ``unclean.leader.election.enable=false``.
+    (30 s: only matters for a follower that stays registered but stops fetching, which only
+    :meth:`LocalCluster.isolate_replication` produces; pass a lower one in ``extra_properties``
+    to shrink ISRs sooner) and ``unclean.leader.election.enable=false``.
     """
     rf = min(3, size)
     min_isr = max(1, rf - 1)
@@ -89,6 +93,16 @@ class LocalCluster:
     Nodes are numbered 1 … *size*: the number is the Kafka ``node.id``, so what
     :meth:`leader_of` returns can be passed to :meth:`kill`, :meth:`pause`, :meth:`stop`, ….
 
+    Every node has three listeners: ``PLAINTEXT`` (clients: :attr:`bootstrap_servers`),
+    ``CONTROLLER`` (the quorum) and ``REPLICATION`` (inter-broker: followers' fetches, the
+    transaction coordinator's markers). When the whole cluster is started attached (the default),
+    each node advertises for ``REPLICATION`` not its own port but a :class:`BlackHoleProxy` this
+    object runs in front of it (in a thread of this process), so that
+    :meth:`isolate_replication` can cut the node off from its peers; the proxies keep their ports
+    across node restarts and live until the whole cluster stops. A detached cluster (the CLI's
+    ``cluster start``) outlives this process and so cannot rely on its proxies: it advertises the
+    real ports, and :meth:`isolate_replication` refuses. So does ``replication_proxy=False``.
+
     Layout of *state_dir*: ``cluster.json`` (version, size, cluster id, ports: a later
     ``LocalCluster(state_dir=...)`` or the CLI reuses them), ``bootstrap`` while running, and
     ``node-<id>/`` per node, a :class:`LocalBroker` state dir (``config/``, ``data/``,
@@ -102,6 +116,8 @@ class LocalCluster:
     :param jvm_opts: JVM flags of every node (default :data:`DEFAULT_JVM_OPTS`: ``-Xmx512m``).
     :param extra_properties: ``server.properties`` entries overriding :func:`cluster_properties`.
     :param auto_create_topics: value of ``auto.create.topics.enable``.
+    :param replication_proxy: put a :class:`BlackHoleProxy` in front of each node's
+        ``REPLICATION`` listener when started attached (default true; see above).
 
     Usable as a context manager: ``__enter__`` calls :meth:`start`, ``__exit__`` :meth:`cleanup`.
     """
@@ -115,6 +131,7 @@ class LocalCluster:
         jvm_opts: Sequence[str] | None = None,
         extra_properties: Mapping[str, object] | None = None,
         auto_create_topics: bool = True,
+        replication_proxy: bool = True,
     ) -> None:
         self._owns_state_dir = state_dir is None
         self.state_dir = Path(
@@ -136,6 +153,7 @@ class LocalCluster:
                 self.state_dir / f"node-{n}",
                 ports.get(str(n), {}).get("port"),
                 controller_port=ports.get(str(n), {}).get("controller_port"),
+                replication_port=ports.get(str(n), {}).get("replication_port"),
                 node_id=n,
                 cluster_id=self.cluster_id,
                 jvm_opts=jvm_opts,
@@ -145,6 +163,13 @@ class LocalCluster:
             for n in range(1, self.size + 1)
         }
         self._detach = False
+        #: ``{node id: port of the proxy in front of its REPLICATION listener}``, recorded.
+        self._proxy_ports: dict[int, int] = {
+            int(n): int(p["replication_proxy_port"]) for n, p in ports.items() if p.get("replication_proxy_port")
+        }
+        self._use_proxies = replication_proxy
+        #: The running proxies (attached whole-cluster start to whole-cluster stop).
+        self._proxies: dict[int, BlackHoleProxy] = {}
         #: Seconds the last successful whole-cluster :meth:`start` took (launch to all registered).
         self.last_start_s: float | None = None
 
@@ -201,16 +226,107 @@ class LocalCluster:
 
     def _write_state(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        nodes = {str(n): {"port": b.port, "controller_port": b.controller_port} for n, b in self._nodes.items()}
+        nodes = {
+            str(n): {
+                "port": b.port,
+                "controller_port": b.controller_port,
+                "replication_port": b.replication_port,
+                "replication_proxy_port": self._proxy_ports.get(n),
+            }
+            for n, b in self._nodes.items()
+        }
         state = {"version": self.version, "size": self.size, "cluster_id": self.cluster_id, "nodes": nodes}
         (self.state_dir / _CLUSTER_STATE_FILE).write_text(json.dumps(state, indent=1))
 
     def _choose_ports(self) -> None:
-        if all(b.port and b.controller_port for b in self._nodes.values()):
+        """Pick the ports not chosen yet (all of them on the first start; the replication and
+        proxy ports of a cluster recorded before they existed), distinct from the recorded ones."""
+        taken = {
+            p
+            for n, b in self._nodes.items()
+            for p in (b.port, b.controller_port, b.replication_port, self._proxy_ports.get(n))
+            if p
+        }
+        if not all(b.port and b.controller_port for b in self._nodes.values()):
+            taken = set()
+            fresh = iter(free_ports(2 * self.size))
+            for b in self._nodes.values():
+                b.port, b.controller_port = next(fresh), next(fresh)
+                taken |= {b.port, b.controller_port}
+        missing = sum(1 for b in self._nodes.values() if not b.replication_port) + sum(
+            1 for n in self._nodes if not self._proxy_ports.get(n)
+        )
+        if not missing:
             return
-        ports = iter(free_ports(2 * self.size))
+        fresh = iter(p for p in free_ports(missing + len(taken)) if p not in taken)
+        for n, b in self._nodes.items():
+            if not b.replication_port:
+                b.replication_port = next(fresh)
+            if not self._proxy_ports.get(n):
+                self._proxy_ports[n] = next(fresh)
+
+    # -- replication proxies -----------------------------------------------------
+
+    def _start_proxies(self) -> None:
+        """Run a proxy in front of every node's REPLICATION listener and advertise it."""
+        for n, b in self._nodes.items():
+            if n not in self._proxies:
+                assert b.replication_port is not None
+                try:
+                    proxy = BlackHoleProxy(self._proxy_ports[n], b.replication_port, name=f"replication-{n}")
+                except OSError as exc:
+                    raise BrokerError(f"node {n}: replication proxy port {self._proxy_ports[n]}: {exc}") from exc
+                self._proxies[n] = proxy
+            b.replication_advertised_port = self._proxy_ports[n]
+
+    def _stop_proxies(self) -> None:
+        for proxy in self._proxies.values():
+            proxy.close()
+        self._proxies.clear()
         for b in self._nodes.values():
-            b.port, b.controller_port = next(ports), next(ports)
+            b.replication_advertised_port = None
+
+    def isolate_replication(self, node: int) -> None:
+        """Cut *node* off from its peers' replication traffic; it stays in the quorum, unfenced.
+
+        The proxy in front of *node*'s ``REPLICATION`` listener stops forwarding in both
+        directions on its connections and accepts new ones without forwarding them (a black
+        hole: nothing is reset or closed). So followers' fetches from *node* hang (after
+        ``replica.lag.time.max.ms``, default 30 s, *node*, if leader, shrinks its partitions'
+        ISRs to itself; ``acks=all`` records it appended meanwhile wait for that), and so do the
+        transaction coordinator's marker writes to it. Its clients (PLAINTEXT) and its heartbeats
+        to the controller (CONTROLLER) are not touched, nor is its own fetching from the other
+        nodes (that goes through *their* proxies). Survives a restart of *node*; undone by
+        :meth:`restore_replication`.
+
+        :raises BrokerError: no proxy in front of *node*: the cluster was started detached, or
+            with ``replication_proxy=False``, or is not running.
+        """
+        self._proxy(node).isolate()
+
+    def restore_replication(self, node: int) -> None:
+        """Undo :meth:`isolate_replication`: the proxy closes the connections it held (the
+        brokers reconnect within their reconnect backoff, ≈ 0.1-1 s) and forwards new ones; the
+        followers catch up and rejoin the ISR. No-op when *node* is not isolated.
+
+        :raises BrokerError: as :meth:`isolate_replication`.
+        """
+        self._proxy(node).restore()
+
+    def is_isolated(self, node: int) -> bool:
+        """Is *node* cut off by :meth:`isolate_replication`?"""
+        proxy = self._proxies.get(node)
+        return proxy is not None and proxy.isolated
+
+    def _proxy(self, node: int) -> BlackHoleProxy:
+        self.node(node)
+        proxy = self._proxies.get(node)
+        if proxy is None:
+            raise BrokerError(
+                f"node {node} has no replication proxy: isolation needs a cluster started attached "
+                "(not the CLI's detached one) with replication_proxy=True"
+            )
+        return proxy
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -258,11 +374,16 @@ class LocalCluster:
         if not detach:
             _ATTACHED.add(self)
         try:
+            if self._use_proxies and not detach:
+                self._start_proxies()
+            else:
+                self._stop_proxies()
             self._each(lambda b: b.start(timeout_s, detach=detach))
             self.wait_ready(max(1.0, timeout_s - (time.monotonic() - t0)))
         except BaseException:
             with contextlib.suppress(BrokerError):
                 self._each(lambda b: b.kill())
+            self._stop_proxies()
             _ATTACHED.discard(self)
             raise
         if detach:
@@ -294,7 +415,9 @@ class LocalCluster:
     def stop(self, node: int | None = None, *, timeout_s: float = 30.0) -> None:
         """Gracefully stop one node, or every node in parallel: SIGTERM (controlled shutdown), then SIGKILL.
 
-        Paused nodes are resumed first. Data, config and ports are kept for :meth:`start`.
+        Paused nodes are resumed first. Data, config and ports are kept for :meth:`start`. The
+        whole cluster stopped, the replication proxies close (the next :meth:`start` reopens them
+        on the same ports); one node stopped, they stay.
 
         :param timeout_s: seconds to wait after SIGTERM before SIGKILL.
         :raises BrokerError: a JVM survived SIGKILL.
@@ -306,6 +429,7 @@ class LocalCluster:
             self._each(lambda b: b.stop(timeout_s))
         finally:
             if not any(b.is_running() for b in self._nodes.values()):
+                self._stop_proxies()
                 _ATTACHED.discard(self)
                 with contextlib.suppress(FileNotFoundError):
                     (self.state_dir / _BOOTSTRAP_FILE).unlink()

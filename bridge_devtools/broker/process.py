@@ -146,6 +146,14 @@ class LocalBroker:
         first :meth:`start` (or the one recorded in *state_dir*) and kept
         across :meth:`restart`.
     :param controller_port: CONTROLLER listener port, same rules as *port*.
+    :param replication_port: if given, a third listener, ``REPLICATION`` on this port, carries
+        the inter-broker traffic (``inter.broker.listener.name``: followers' fetches, the
+        transaction coordinator's markers) instead of PLAINTEXT; clients keep PLAINTEXT and the
+        quorum CONTROLLER. Default (``None``, or the one recorded in *state_dir*): no such
+        listener, inter-broker traffic on PLAINTEXT, as a single broker always had.
+    :param replication_advertised_port: the port advertised for ``REPLICATION`` (where the other
+        brokers connect), e.g. a proxy's in front of *replication_port*; default
+        *replication_port* itself. Not recorded: set it again before each :meth:`start`.
     :param node_id: the KRaft ``node.id`` (default 1, or the one recorded in *state_dir*).
     :param quorum_voters: ``{node id: CONTROLLER port}`` of every voter of the quorum, all on
         127.0.0.1 (``controller.quorum.voters``, a static quorum, which Kafka 3.9 and 4.x both
@@ -169,6 +177,8 @@ class LocalBroker:
         port: int | None = None,
         *,
         controller_port: int | None = None,
+        replication_port: int | None = None,
+        replication_advertised_port: int | None = None,
         node_id: int | None = None,
         quorum_voters: Mapping[int, int] | None = None,
         cluster_id: str | None = None,
@@ -184,6 +194,10 @@ class LocalBroker:
         self.version = kafka_version(version or recorded.get("version"))
         self.port: int | None = port or recorded.get("port")
         self.controller_port: int | None = controller_port or recorded.get("controller_port")
+        #: Port of the ``REPLICATION`` (inter-broker) listener; ``None``: inter-broker on PLAINTEXT.
+        self.replication_port: int | None = replication_port or recorded.get("replication_port")
+        #: Port advertised for ``REPLICATION``; ``None``: :attr:`replication_port` itself.
+        self.replication_advertised_port: int | None = replication_advertised_port
         self.node_id: int = node_id or recorded.get("node_id") or _NODE_ID
         voters = quorum_voters or {int(k): int(v) for k, v in (recorded.get("quorum_voters") or {}).items()}
         #: ``{node id: CONTROLLER port}``; empty means "this node alone" (see :meth:`server_properties`).
@@ -281,6 +295,7 @@ class LocalBroker:
                     "version": self.version,
                     "port": self.port,
                     "controller_port": self.controller_port,
+                    "replication_port": self.replication_port,
                     "node_id": self.node_id,
                     "quorum_voters": {str(k): v for k, v in self.quorum_voters.items()},
                 },
@@ -313,15 +328,24 @@ class LocalBroker:
         """The ``server.properties`` entries :meth:`start` writes (ports must be chosen)."""
         assert self.port is not None and self.controller_port is not None
         voters = self.quorum_voters or {self.node_id: self.controller_port}
+        listeners = f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
+        inter_broker = "PLAINTEXT"
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        if self.replication_port is not None:
+            listeners += f",REPLICATION://127.0.0.1:{self.replication_port}"
+            advertised += f",REPLICATION://127.0.0.1:{self.replication_advertised_port or self.replication_port}"
+            inter_broker = "REPLICATION"
+            protocols += ",REPLICATION:PLAINTEXT"
         props: dict[str, object] = {
             "process.roles": "broker,controller",
             "node.id": self.node_id,
             "controller.quorum.voters": ",".join(f"{n}@127.0.0.1:{p}" for n, p in sorted(voters.items())),
             "controller.listener.names": "CONTROLLER",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": listeners,
+            "advertised.listeners": advertised,
+            "inter.broker.listener.name": inter_broker,
+            "listener.security.protocol.map": protocols,
             "log.dirs": str(self.data_dir),
             "num.partitions": 1,
             "default.replication.factor": 1,

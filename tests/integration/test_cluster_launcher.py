@@ -1,12 +1,15 @@
 """The project's 3-node cluster launcher (bridge_devtools.broker.cluster): three KRaft nodes on
 127.0.0.1 form one cluster; replicated topics keep taking ``acks=all`` writes when a node is
-killed, paused or restarted, and the node rejoins the ISR afterwards.
+killed, paused or restarted, and the node rejoins the ISR afterwards; a leader cut off from its
+followers' replication traffic (``isolate_replication``) keeps leading, shrinks the ISR to itself
+and takes its followers back after ``restore_replication``.
 
 One cluster for the module; every test leaves all three nodes running and in sync.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bridge_devtools.broker import LocalCluster, probe
+from bridge_devtools.broker import BrokerError, LocalCluster, probe
 from bridge_devtools.broker.cluster import PartitionState
 from tests.support.kafka import read_topic
 from tests.support.waits import wait_until
@@ -26,11 +29,14 @@ ALL = (1, 2, 3)
 # A killed or paused node is fenced after broker.session.timeout.ms (3 s); leader election and
 # a restarted JVM (≈ 5 s on 2 cores) come on top.
 FAULT_WAIT_S = 45.0
+#: ``replica.lag.time.max.ms`` of this module's cluster (Kafka's default: 30 s), in seconds: an
+#: isolated leader drops its followers from the ISR after this, checked every half of it.
+REPLICA_LAG_S = 8.0
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster(size=3)
+    c = LocalCluster(size=3, extra_properties={"replica.lag.time.max.ms": int(REPLICA_LAG_S * 1000)})
     try:
         c.start(timeout_s=180)
         yield c
@@ -63,16 +69,21 @@ async def wait_partition(
 ) -> PartitionState:
     """Poll the partition's metadata until ``check`` holds; return that state."""
     seen: list[PartitionState] = []
+    errors: list[str] = []
 
     async def holds() -> bool:
         try:
             seen.append(await cluster.describe_partition(topic))
-        except Exception:  # a node just killed/paused may still be in the metadata: ask again
+        except Exception as exc:  # a node just killed/paused may still be in the metadata: ask again
+            errors.append(repr(exc))
             return False
         return check(seen[-1])
 
     await wait_until(
-        holds, timeout_s=FAULT_WAIT_S, interval_s=0.2, message=f"{topic}: never {what}; last seen {seen[-1:]}"
+        holds,
+        timeout_s=FAULT_WAIT_S,
+        interval_s=0.2,
+        message=f"{topic}: never {what}; last seen {seen[-1:]}, last error {errors[-1:]}",
     )
     return seen[-1]
 
@@ -206,3 +217,58 @@ async def test_graceful_stop_and_restart_rejoin_the_isr(cluster: LocalCluster) -
     await produce(cluster, topic, b"after restart")
     records = await read_topic(cluster.bootstrap_servers, topic, expect=2)
     assert [r.value for r in records] == [b"one node stopped", b"after restart"]
+
+
+async def test_leader_cut_off_from_its_followers_shrinks_the_isr_and_stays_leader(cluster: LocalCluster) -> None:
+    topic = await new_topic(cluster)
+    await produce(cluster, topic, b"before")
+    leader = await leader_of(cluster, topic)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=cluster.bootstrap_servers, acks="all", enable_idempotence=True, request_timeout_ms=90000
+    )
+    await producer.start()
+    t0 = time.monotonic()
+    cluster.isolate_replication(leader)
+    try:
+        assert cluster.is_isolated(leader)
+        # appended by the leader, acknowledged by no follower: its ack waits (only a follower
+        # behind the leader's end is dropped from the ISR; an idle partition keeps its ISR)
+        during = asyncio.create_task(producer.send_and_wait(topic, b"during"))
+        await asyncio.sleep(1.0)
+        assert not during.done()
+        # the followers' fetches hang: after replica.lag.time.max.ms (checked every half of it)
+        # the leader alone is in sync, and it still leads: it heartbeats to the controller
+        state = await wait_partition(cluster, topic, lambda s: s.isr == (leader,), f"ISR shrunk to node {leader}")
+        shrunk_s = time.monotonic() - t0
+        assert state.leader == leader
+        assert REPLICA_LAG_S * 0.9 < shrunk_s < REPLICA_LAG_S * 1.5 + 5, f"ISR shrunk after {shrunk_s:.1f}s"
+        expected = {(n, "127.0.0.1", cluster.node(n).port) for n in ALL}
+        for n in ALL:  # registered and unfenced: every node's metadata lists all three brokers
+            answer = probe("127.0.0.1", cluster.node(n).port or 0)
+            assert answer is not None
+            assert set(answer.brokers) == expected
+    finally:
+        cluster.restore_replication(leader)
+    try:
+        assert not cluster.is_isolated(leader)
+        state = await wait_partition(cluster, topic, lambda s: s.isr == ALL, "all 3 replicas back in the ISR")
+        assert state.leader == leader
+        # retried (NOT_ENOUGH_REPLICAS while the ISR was 1 < min.insync.replicas), then acked once
+        await asyncio.wait_for(during, FAULT_WAIT_S)
+    finally:
+        await producer.stop()
+    await produce(cluster, topic, b"after")
+    records = await read_topic(cluster.bootstrap_servers, topic, expect=3)
+    assert [r.value for r in records] == [b"before", b"during", b"after"]
+
+
+def test_isolation_needs_the_proxies_of_an_attached_cluster(cluster: LocalCluster) -> None:
+    for n in ALL:
+        props = cluster.node(n).server_properties()
+        assert props["inter.broker.listener.name"] == "REPLICATION"
+        assert f"REPLICATION://127.0.0.1:{cluster.node(n).replication_port}" in props["listeners"]
+        assert f"PLAINTEXT://127.0.0.1:{cluster.node(n).port}" in props["advertised.listeners"]
+        assert str(cluster.node(n).replication_port) not in props["advertised.listeners"]  # the proxy's
+    detached = LocalCluster(size=3, state_dir=cluster.state_dir, replication_proxy=False)
+    with pytest.raises(BrokerError, match="no replication proxy"):
+        detached.isolate_replication(1)

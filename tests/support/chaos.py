@@ -17,7 +17,7 @@ Used by ``tests/integration/test_cluster_exactly_once.py`` and ``benchmarks/chao
   offset, timestamp, producer id and the attempt — replica, try, answer — that wrote it), partial
   never-answered deliveries, per-key order.
 * Faults on a :class:`~bridge_devtools.broker.LocalCluster` (:func:`kill_leader`,
-  :func:`pause_leader`, :func:`rolling_restart`, :func:`kill_follower`) run the blocking cluster
+  :func:`pause_leader`, :func:`isolate_leader`, :func:`rolling_restart`, :func:`kill_follower`) run the blocking cluster
   calls in threads (the driver keeps sending meanwhile) and return when every partition of the
   topics is fully in sync again; :func:`run_scenario` ties driver, fault, settling and checks.
 """
@@ -916,6 +916,51 @@ async def pause_leader(
     finally:
         cluster.resume(node)
     log.note(f"SIGCONT node {node}")
+    await wait_in_sync(cluster, topics.all)
+    log.note("all in sync")
+
+
+async def isolate_leader(
+    cluster: LocalCluster, topics: ChaosTopics, log: FaultLog, *, isolate_s: float = 35.0, topic: str | None = None
+) -> None:
+    """Cut the leader of ``topic`` (default the third-party topic) partition 0 off from its
+    followers' replication traffic for ``isolate_s`` seconds
+    (:meth:`~bridge_devtools.broker.LocalCluster.isolate_replication`), restore it, wait until
+    all in sync.
+
+    The node keeps heartbeating to the controller, so it is not fenced and keeps leading its
+    partitions: records appended to them meanwhile wait for their ``acks=all`` until the
+    followers leave the ISR (``replica.lag.time.max.ms``, 30 s by default, checked every 15 s)
+    or come back. Needs a cluster started attached (the proxies live in this process).
+
+    What it does to the bridge without transactions (traced with the platform's 15 s gaps and
+    ``isolate_s`` = 35): aiokafka keeps one produce request in flight per broker, so each replica
+    appends to the isolated leader only the records of its first request after the isolation; the
+    later ones wait behind it and the write-delay bound refuses them once they are sent. That
+    first request times out after 30 s (the producer's request timeout), the publish counts as
+    failed and the producer is replaced (``OutOfOrderSequenceNumber``); the delivery's third try
+    (≈ 34 s after its first) then finds a free producer and appends a second copy, and both become
+    committed when the followers come back (or the ISR shrinks): about one duplicated event per
+    replica, unless the ISR shrinks (30-45 s after the isolation) before the third try.
+    """
+    topic = topic or topics.by_kind[THIRD_PARTY_CREATED]
+    node = await leader_of(cluster, topic)
+    led = sorted(
+        f"{t.rsplit('.', 1)[-1]}[{p}]"
+        for (t, p), (leader, _) in (await describe(cluster, topics.all)).items()
+        if leader == node
+    )
+    cluster.isolate_replication(node)
+    log.note(f"replication of node {node} isolated (leader of {', '.join(led)})")
+    try:
+        await asyncio.sleep(isolate_s)
+        with contextlib.suppress(Exception):
+            state = await describe(cluster, topics.all)
+            shrunk = sorted(f"{t.rsplit('.', 1)[-1]}[{p}]" for (t, p), (_, isr) in state.items() if isr == [node])
+            log.note(f"before restore, ISR = [{node}] alone on: {', '.join(shrunk) or 'none'}")
+    finally:
+        cluster.restore_replication(node)
+    log.note(f"replication of node {node} restored")
     await wait_in_sync(cluster, topics.all)
     log.note("all in sync")
 
