@@ -99,7 +99,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         topics = chaos.ChaosTopics(f"chaos-{uuid.uuid4().hex[:6]}")
         await chaos.create_topics(cluster, topics, partitions=args.partitions)
-        pair = chaos.BridgePair(cluster.bootstrap_servers, topics, state / "bridges")
+        extra = dict(kv.split("=", 1) for kv in args.bridge_env or ())
+        pair = chaos.BridgePair(cluster.bootstrap_servers, topics, state / "bridges", extra=extra)
         await pair.start()
         print(f"cluster and replicas up in {time.monotonic() - t_start:.0f}s; logs in {state}", flush=True)
 
@@ -245,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", type=int, default=20, help="duplicated records to print (default 20)")
     parser.add_argument("--state-dir", help="cluster data and bridge logs (default: a new temp dir, kept)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON here")
+    parser.add_argument(
+        "--bridge-env",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a BRIDGE_* setting of both replicas, e.g. BRIDGE_KAFKA_TRANSACTIONS=true; repeatable",
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
     if args.json:

@@ -638,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bridge-env",
         action="append",
         metavar="NAME=VALUE",
-        help="a BRIDGE_* setting for the bridge (and the passthrough), e.g. BRIDGE_KAFKA_TRANSACTIONS=true; repeatable",
+        help="a BRIDGE_* setting of the bridge under test, e.g. BRIDGE_KAFKA_TRANSACTIONS=true; repeatable",
     )
     args = parser.parse_args(argv)
 

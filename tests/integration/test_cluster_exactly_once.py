@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bridge.settings import Settings
 from bridge_devtools.broker import LocalCluster
 from tests.support import chaos
 from tests.support.chaos import BridgePair, ChaosReport, ChaosTopics
@@ -135,14 +134,6 @@ async def test_a_non_leader_replica_sigkilled_then_restarted(cluster: LocalClust
     assert_exactly_once(report, pair)
 
 
-@pytest.mark.xfail(
-    "kafka_transactions" not in Settings.model_fields,
-    reason="BRIDGE_KAFKA_TRANSACTIONS is not a setting yet: the replicas publish without transactions, "
-    "and a record the isolated leader appended for a try whose produce request timed out (30 s) is "
-    "committed next to a later try's copy",
-    raises=chaos.DuplicatesFound,
-    strict=False,
-)
 async def test_a_leader_cut_off_from_its_followers_longer_than_the_retry_gap(
     cluster: LocalCluster, transactional_pair: BridgePair
 ) -> None:
