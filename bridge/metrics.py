@@ -370,7 +370,7 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
                     "TransactionStuck",
                 ),
                 note="the fatal idempotence error; `TransactionStuck`: a transaction that could not be "
-                "aborted within its bound",
+                "ended within its bound, or failed unforeseen",
             )
         },
         "bridge_kafka_transactions_total": {"outcome": LabelValues(("committed", "aborted"))},

@@ -248,7 +248,7 @@ class Publisher:
         self._findings = findings
 
     def _transaction_broken(self, exc: BaseException) -> None:
-        self._mark_fatal(exc, TRANSACTION_STUCK if isinstance(exc, KafkaTimeoutError) else None)
+        self._mark_fatal(exc, None if isinstance(exc, _FATAL) else TRANSACTION_STUCK)
 
     def _mark_fatal(self, exc: BaseException, reason: str | None = None) -> None:
         name = reason or type(exc).__name__
@@ -453,9 +453,13 @@ class GroupCommit:
             try:
                 if live:
                     await self._transact(live)
-            except BaseException:
+            except asyncio.CancelledError:
                 self._fail(live, None)
                 raise
+            except Exception as exc:  # a bug or an unforeseen error: replace the producer, go on
+                log.exception("transaction failed")
+                self._fail(live, exc)
+                self._break(exc)
         self._fail(self._queue, None)
         self._queue = []
 

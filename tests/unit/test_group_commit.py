@@ -186,3 +186,17 @@ async def test_close_fails_the_deliveries_waiting(group: Any) -> None:
     await g.close()
     with pytest.raises(PublishFailed):
         await waiting
+
+
+async def test_an_unforeseen_error_fails_the_transaction_and_breaks_the_producer(group: Any) -> None:
+    g, producer, broken, _ = group
+
+    async def bug() -> None:
+        raise RuntimeError("a bug")
+
+    producer.begin_transaction = bug
+    with pytest.raises(PublishFailed):
+        await g.publish([rec("t", b"x")], None, [], None, deadline(5))
+    assert [type(e) for e in broken] == [RuntimeError]
+    with pytest.raises(PublishFailed):  # refused, not left waiting for a runner that is gone
+        await asyncio.wait_for(g.publish([rec("t", b"y")], None, [], None, deadline(5)), 1)
