@@ -37,6 +37,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from bridge_devtools.broker import LocalCluster
 from tests.support import chaos
 
@@ -61,6 +64,48 @@ def sub_log(log: chaos.DriverLog, ids: set[str]) -> chaos.DriverLog:
         log.started,
         log.ended,
     )
+
+
+#: The histogram of the delay from a record's timestamp to its id in a replica's ledger.
+TAIL_LAG = "bridge_dedup_tail_lag_seconds"
+
+
+async def tail_lag_buckets(ports: list[int]) -> dict[float, float]:
+    """``{le: cumulative count}`` of :data:`TAIL_LAG`, summed over the replicas on ``ports`` (a
+    replica not answering is left out)."""
+    totals: dict[float, float] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for port in ports:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+            for family in text_string_to_metric_families(text):
+                if family.name != TAIL_LAG:
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_bucket"):
+                        le = float(sample.labels["le"])
+                        totals[le] = totals.get(le, 0.0) + sample.value
+    return totals
+
+
+def lag_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, str]:
+    """p50, p99 and max of the tail lag between two :func:`tail_lag_buckets` snapshots, as the
+    upper bound of the bucket each falls in (``≤ 100 ms``; ``> 10 s`` past the last finite one)."""
+    les = sorted(after)
+    cum = [after[le] - before.get(le, 0.0) for le in les]
+    total = cum[-1] if cum else 0.0
+    out = {}
+    for name, q in (("tail_lag_p50", 0.5), ("tail_lag_p99", 0.99), ("tail_lag_max", 1.0)):
+        if total <= 0:
+            out[name] = "-"
+            continue
+        le = next(le for le, c in zip(les, cum, strict=True) if c >= q * total)
+        finite = [x for x in les if x != float("inf")]
+        out[name] = f"> {finite[-1] * 1000:.0f} ms" if le == float("inf") else f"≤ {le * 1000:.0f} ms"
+    return out
 
 
 def row(
@@ -106,6 +151,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         flog = chaos.FaultLog()
         phase_starts: list[tuple[float, str]] = []
+        lag_snapshots: list[dict[float, float]] = [await tail_lag_buckets(pair.ports)]  # one per phase start
 
         async def kill(c: LocalCluster, t: chaos.ChaosTopics, log: chaos.FaultLog) -> None:
             await chaos.kill_leader(c, t, log, down_s=args.kill_down_s)
@@ -134,6 +180,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 phase_starts.append((time.time(), name))
+                lag_snapshots.append(await tail_lag_buckets(pair.ports))
                 print(f"+{time.monotonic() - t0:5.0f}s {name}", flush=True)
                 await fault(cluster, topics, flog)
                 print(f"+{time.monotonic() - t0:5.0f}s {name}: over ({flog.events[-2][1]})", flush=True)
@@ -157,6 +204,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await schedule
         print(f"+{time.monotonic() - t0:5.0f}s every delivery settled", flush=True)
         await chaos.settle(cluster.bootstrap_servers, topics.all, quiet_s=5.0, timeout_s=180)
+        lag_snapshots.append(await tail_lag_buckets(pair.ports))
         committed = await chaos.read_records(
             cluster.bootstrap_servers, topics.all, isolation_level=chaos.READ_COMMITTED
         )
@@ -179,10 +227,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         part = sub_log(log, ids)
         c = chaos.check_level(part, committed, chaos.READ_COMMITTED, tag)
         u = chaos.check_level(part, uncommitted, chaos.READ_UNCOMMITTED, tag)
-        rows.append(row(name, part, c, u))
+        rows.append({**row(name, part, c, u), **lag_quantiles(lag_snapshots[i], lag_snapshots[i + 1])})
     c = chaos.check_level(log, committed, chaos.READ_COMMITTED, tag)
     u = chaos.check_level(log, uncommitted, chaos.READ_UNCOMMITTED, tag)
-    rows.append(row("all", log, c, u))
+    rows.append({**row("all", log, c, u), **lag_quantiles(lag_snapshots[0], lag_snapshots[-1])})
     statuses: dict[str, int] = {}
     for a in log.attempts:
         k = str(a.status) if a.status is not None else (a.error or "none")

@@ -137,3 +137,18 @@ def test_unexpected_records_and_a_long_run() -> None:
     assert time.monotonic() - t0 < 20
     assert report.unexpected == [stray]
     assert not report.lost and not report.duplicates and not report.order_violations
+
+
+def test_the_tail_lag_of_a_phase_is_read_from_the_histograms_difference() -> None:
+    from benchmarks.chaos import lag_quantiles
+
+    inf = float("inf")
+    before = {0.1: 10.0, 1.0: 10.0, 10.0: 10.0, inf: 10.0}
+    after = {0.1: 108.0, 1.0: 109.0, 10.0: 110.0, inf: 110.0}  # 98 ≤ 100 ms, 1 ≤ 1 s, 1 ≤ 10 s
+    assert lag_quantiles(before, after) == {
+        "tail_lag_p50": "≤ 100 ms",
+        "tail_lag_p99": "≤ 1000 ms",
+        "tail_lag_max": "≤ 10000 ms",
+    }
+    assert lag_quantiles(after, {**after, inf: 111.0})["tail_lag_max"] == "> 10000 ms"
+    assert lag_quantiles(after, after)["tail_lag_p50"] == "-"
