@@ -977,7 +977,7 @@ class LarkApi:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_retryable),
             wait=self._wait,
-            stop=lambda state: self._clock() + state.upcoming_sleep > deadline,
+            stop=lambda state: self._clock() + state.upcoming_sleep >= deadline,
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,
@@ -1124,7 +1124,7 @@ class LarkApi:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_retryable),
             wait=self._wait,
-            stop=lambda state: self._clock() + state.upcoming_sleep > deadline,
+            stop=lambda state: self._clock() + state.upcoming_sleep >= deadline,
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,

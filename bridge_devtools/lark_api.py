@@ -25,7 +25,8 @@ State a test changes: :meth:`~FakeLarkApi.add_level`, :meth:`~FakeLarkApi.add_ro
 :meth:`~FakeLarkApi.update_room`, :meth:`~FakeLarkApi.remove_room`,
 :meth:`~FakeLarkApi.set_reserve_config`, :meth:`~FakeLarkApi.populate`. Faults:
 :meth:`~FakeLarkApi.rate_limit_next`, :meth:`~FakeLarkApi.fail_next` (a 5xx),
-:meth:`~FakeLarkApi.answer_next` (any code), :meth:`~FakeLarkApi.expire_tokens`. Every request is
+:meth:`~FakeLarkApi.answer_next` (any code), :meth:`~FakeLarkApi.expire_tokens`,
+:meth:`~FakeLarkApi.clear_faults`. Every request is
 recorded in :attr:`~FakeLarkApi.calls`.
 
 The fake's own choices, where the docs say nothing:
@@ -335,6 +336,10 @@ class FakeLarkApi:
         """The next ``n`` calls (of ``endpoint``, or any API call) get ``{"code", "msg"}`` with
         HTTP ``status``; ``endpoint="auth.tenant_access_token"`` targets the token endpoint."""
         self._faults.append(_Fault(n, status, code, msg, dict(headers or {}), endpoint))
+
+    def clear_faults(self) -> None:
+        """Drop the faults not served yet."""
+        self._faults.clear()
 
     def expire_tokens(self) -> None:
         """Every token handed out so far becomes invalid at once (API calls with it get 99991663)."""
