@@ -630,8 +630,8 @@ class RateLimiter:
         """
         if not self._buckets:
             return True
-        async with self._lock:
-            while True:
+        async with _bounded(self._lock, deadline - self._clock()) as held:
+            while held:
                 now = self._clock()
                 wait = max(bucket.wait_s(now) for bucket in self._buckets)
                 if wait <= 0:
@@ -641,6 +641,25 @@ class RateLimiter:
                 if now + wait > deadline:
                     return False
                 await self._sleep(wait)
+        return False
+
+
+@contextlib.asynccontextmanager
+async def _bounded(lock: asyncio.Lock, timeout_s: float) -> AsyncIterator[bool]:
+    """Hold ``lock`` if it comes within ``timeout_s`` seconds: yields True when held, False when
+    the wait ran out (so that no caller waits past its own bound behind another)."""
+    try:
+        if lock.locked():
+            await asyncio.wait_for(lock.acquire(), timeout=max(0.0, timeout_s))
+        else:
+            await lock.acquire()
+    except TimeoutError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 # ---- the client --------------------------------------------------------------------------------
@@ -695,12 +714,12 @@ class LarkApi:
         "_call_timeout_s",
         "_clock",
         "_domain",
+        "_fetching",
         "_limiters",
         "_refresh_early_s",
         "_session",
         "_sleep",
         "_token",
-        "_token_lock",
     )
 
     def __init__(
@@ -731,7 +750,7 @@ class LarkApi:
         self._sleep = sleep
         self._limiters = {ep.name: RateLimiter(ep.limits, clock=clock, sleep=sleep) for ep in _ENDPOINTS}
         self._token: _Token | None = None
-        self._token_lock = asyncio.Lock()
+        self._fetching: asyncio.Future[_Token] | None = None
 
     @classmethod
     def from_settings(cls, session: aiohttp.ClientSession, settings: Settings, **options: Any) -> LarkApi:
@@ -975,7 +994,8 @@ class LarkApi:
         deadline = self._clock() + self._call_timeout_s
         path = endpoint.path.format_map({k: _path_segment(v) for k, v in (path_params or {}).items()})
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_retryable),
+            # A failed token fetch was retried already, within the same bound.
+            retry=retry_if_exception(lambda e: _retryable(e) and getattr(e, "endpoint", "") != TENANT_TOKEN.name),
             wait=self._wait,
             stop=lambda state: self._clock() + state.upcoming_sleep >= deadline,
             sleep=self._sleep,
@@ -984,16 +1004,21 @@ class LarkApi:
         )
         async for attempt in retrying:
             with attempt:
-                raw = await self._attempt(endpoint, path, query or {}, deadline)
+                raw, log_id = await self._attempt(endpoint, path, query or {}, deadline)
                 try:
                     return _DATA_DECODERS[data_type].decode(raw)  # type: ignore[no-any-return]
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    raise LarkTransportError(endpoint=endpoint.name, http_status=200, name="bad_data") from None
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    # Not retried: the same data would not decode the next time either.
+                    raise LarkApiError(
+                        endpoint=endpoint.name, http_status=200, log_id=log_id, name="bad_data", msg=str(exc)
+                    ) from None
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
-    async def _attempt(self, endpoint: Endpoint, path: str, query: Mapping[str, str], deadline: float) -> bytes:
+    async def _attempt(
+        self, endpoint: Endpoint, path: str, query: Mapping[str, str], deadline: float
+    ) -> tuple[bytes, str | None]:
         """One try (and, after an invalid-token answer, one more with a new token); the
-        answer's raw ``data`` when its ``code`` is 0."""
+        answer's raw ``data`` when its ``code`` is 0, and its log id."""
         token = await self._current_token(deadline)
         for last in (False, True):
             if not await self._limiters[endpoint.name].acquire(deadline):
@@ -1011,7 +1036,7 @@ class LarkApi:
                 continue
             if head.code != 0 or status != 200:
                 raise self._error(endpoint, status, headers, head, log_id)
-            return bytes(head.data) or b"{}"
+            return bytes(head.data) or b"{}", log_id
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
@@ -1106,18 +1131,34 @@ class LarkApi:
         return await self._refresh_token(token, deadline)
 
     async def _refresh_token(self, stale: _Token | None, deadline: float) -> _Token:
-        """A token newer than ``stale``: fetched here, or by the caller that was already
-        fetching one (one fetch at a time)."""
-        async with self._token_lock:
-            current = self._token
-            if current is not None and current is not stale and self._clock() < current.refresh_at:
-                return current
-            value, expire_s = await self._fetch_token(deadline)
-            # Refresh early, but never so early that a short-lived token is fetched on every call.
-            lifetime = max(expire_s - self._refresh_early_s, expire_s / 2)
-            self._token = _Token(value, self._clock() + lifetime)
-            log.info("lark api: new tenant_access_token, valid for %d s", expire_s)
-            return self._token
+        """A token newer than ``stale``: the one another caller fetched meanwhile, the fetch in
+        flight (one at a time: every caller that needs a token meanwhile shares it, its result
+        or its error), or a new fetch, bounded by the caller's ``deadline``."""
+        current = self._token
+        if current is not None and current is not stale and self._clock() < current.refresh_at:
+            return current
+        if self._fetching is None:
+            fetching = asyncio.ensure_future(self._fetch_and_keep(deadline))
+            fetching.add_done_callback(self._fetched)
+            self._fetching = fetching
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._fetching), timeout=max(0.0, deadline - self._clock()))
+        except TimeoutError:
+            raise LarkDeadlineExceeded(endpoint=TENANT_TOKEN.name, name="deadline_exceeded") from None
+
+    def _fetched(self, fetching: asyncio.Future[_Token]) -> None:
+        if self._fetching is fetching:
+            self._fetching = None
+        if not fetching.cancelled():
+            fetching.exception()  # retrieved: callers that gave up waiting leave no warning behind
+
+    async def _fetch_and_keep(self, deadline: float) -> _Token:
+        value, expire_s = await self._fetch_token(deadline)
+        # Refresh early, but never so early that a short-lived token is fetched on every call.
+        lifetime = max(expire_s - self._refresh_early_s, expire_s / 2)
+        self._token = _Token(value, self._clock() + lifetime)
+        log.info("lark api: new tenant_access_token, valid for %d s", expire_s)
+        return self._token
 
     async def _fetch_token(self, deadline: float) -> tuple[str, int]:
         """``POST /open-apis/auth/v3/tenant_access_token/internal``, retried like any call."""

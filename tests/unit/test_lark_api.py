@@ -444,6 +444,28 @@ async def test_errors_carry_code_msg_status_and_log_id_and_are_not_retried(fake,
     assert (caught.value.name, caught.value.code) == ("code_1234567", 1234567)
 
 
+async def test_an_answer_that_does_not_fit_the_model_is_named_and_not_retried(fake, session, clock) -> None:
+    room = fake.add_room("odd", capacity="many")["room_id"]
+    api = client(session, fake, clock)
+    with pytest.raises(LarkApiError) as caught:
+        await api.get_room(room)
+    assert type(caught.value) is LarkApiError and caught.value.name == "bad_data"
+    assert "capacity" in caught.value.msg and caught.value.log_id == fake.calls[-1].log_id
+    assert len(fake.api_calls()) == 1
+
+
+async def test_callers_needing_a_token_during_an_outage_share_one_fetch_and_its_error(fake, session, clock) -> None:
+    api = client(session, fake, clock, call_timeout_s=10.0)
+    fake.answer_next(121001, "internal error", status=500, endpoint="auth.tenant_access_token", n=1000)
+    results = await asyncio.gather(*(api.get_room_level("0") for _ in range(5)), return_exceptions=True)
+    # One fetch, retried with backoff until the first caller's bound; every caller gets its error
+    # (no caller starts a fetch of its own, nor retries the failed one again).
+    assert all(r is results[0] for r in results) and isinstance(results[0], LarkServerError)
+    assert results[0].endpoint == "auth.tenant_access_token" and results[0].name == "INTERNAL_ERROR"
+    assert len(fake.api_calls("auth.tenant_access_token")) == len(clock.sleeps) + 1 <= 6
+    assert not fake.api_calls()
+
+
 async def test_secret_and_token_never_appear_in_errors_logs_or_reprs(fake, session, clock, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     api = client(session, fake, clock, call_timeout_s=10.0)
