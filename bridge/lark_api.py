@@ -13,9 +13,9 @@ What it does for each call (the pages it follows, in the platform docs' server-A
   https://open.feishu.cn/document/server-docs/authentication-management/access-token/tenant_access_token_internal):
   the answer's ``expire`` is seconds; the token is cached and fetched again
   :data:`REFRESH_EARLY_S` before it expires (the platform hands out a new token once less than
-  30 min are left, while the old one stays valid), one fetch at a time however many calls need
-  it. An answer that says the token is invalid (:data:`INVALID_TOKEN_CODES`) makes the call fetch
-  a new token once and try once more.
+  30 min are left, while the old one stays valid); one fetch at a time, shared (its token or
+  its error) by every call that needs a token meanwhile. An answer that says the token is
+  invalid (:data:`INVALID_TOKEN_CODES`) makes the call fetch a new token once and try once more.
 - **Rate limits** — one token bucket per endpoint and documented limit (the limits are per API,
   per app, per tenant: "频控策略",
   https://open.feishu.cn/document/server-docs/api-call-guide/frequency-control), sized so that
@@ -32,12 +32,13 @@ What it does for each call (the pages it follows, in the platform docs' server-A
   log id (the ``X-Tt-Logid`` header, else the body's ``error.log_id``), and a ``name``:
 
   ```
-  LarkApiError               any refusal or failure (name: ErrorCode name, code_<n>, http_<status>)
+  LarkApiError               any refusal (name: ErrorCode name, code_<n>, http_<status>), or data
+                             that does not fit the model (bad_data, not retried)
   ├── LarkAuthError          the token endpoint refused the app, or a token stayed invalid
   ├── LarkRateLimited        rate-limit answers until the call's time was up
   ├── LarkServerError        5xx / internal-error codes until the call's time was up
   ├── LarkTransportError     network error, timeout of one attempt, an answer that is not JSON
-  └── LarkDeadlineExceeded   the call's bound passed while it waited for its turn
+  └── LarkDeadlineExceeded   the call's bound passed while it waited for its turn or a token
   ```
 
   The app secret and the token never appear in an error's text, a log line or a ``repr``.
@@ -464,6 +465,9 @@ class ReserveConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _ErrorDetail(msgspec.Struct, kw_only=True):
+    """An error answer's ``error`` object: the "调用 API" page spells its log id ``logid``, the
+    SDK's ``Error`` model and answers seen in the wild ``log_id``; both are read."""
+
     log_id: str | None = None
     logid: str | None = None
 
@@ -1009,8 +1013,9 @@ class LarkApi:
                     return _DATA_DECODERS[data_type].decode(raw)  # type: ignore[no-any-return]
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     # Not retried: the same data would not decode the next time either.
+                    why = capped(str(exc)) or ""
                     raise LarkApiError(
-                        endpoint=endpoint.name, http_status=200, log_id=log_id, name="bad_data", msg=str(exc)
+                        endpoint=endpoint.name, http_status=200, log_id=log_id, name="bad_data", msg=why
                     ) from None
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
