@@ -17,7 +17,15 @@ from bridge.samples import sample
 from bridge_devtools.platform import compact
 
 TOPICS = Topics.from_names(
-    room_created="t.room", reserve_config_updated="t.cfg", third_party="t.3p", dead_letter="t.dlq"
+    room_created="t.room",
+    room_updated="t.room_updated",
+    room_deleted="t.room_deleted",
+    room_level_created="t.level_created",
+    room_level_updated="t.level_updated",
+    room_level_deleted="t.level_deleted",
+    reserve_config_updated="t.cfg",
+    third_party="t.3p",
+    dead_letter="t.dlq",
 )
 TOKENS = ("rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV", "41a9425ea7df4536a7623e38fa321bae")
 

@@ -20,7 +20,17 @@ from bridge_devtools.platform import compact
 from tests.support.schemas import SCHEMAS_DIR, validator
 
 ROOT = SCHEMAS_DIR
-TOPICS = Topics.from_names(room_created="a", reserve_config_updated="b", third_party="c", dead_letter="d")
+TOPICS = Topics.from_names(
+    room_created="a",
+    room_updated="a.room_updated",
+    room_deleted="a.room_deleted",
+    room_level_created="a.level_created",
+    room_level_updated="a.level_updated",
+    room_level_deleted="a.level_deleted",
+    reserve_config_updated="b",
+    third_party="c",
+    dead_letter="d",
+)
 
 
 def test_checked_in_files_equal_generated() -> None:
