@@ -36,14 +36,23 @@ SCHEMA_ID_BASE: Final = "urn:lark-bridge:schema"
 
 #: The Lark event types the bridge forwards (docs/protocol.md §9), verbatim.
 ROOM_CREATED: Final = "vc.room.created_v1"
+ROOM_UPDATED: Final = "vc.room.updated_v1"
+ROOM_DELETED: Final = "vc.room.deleted_v1"
+ROOM_LEVEL_CREATED: Final = "vc.room_level.created_v1"
+ROOM_LEVEL_UPDATED: Final = "vc.room_level.updated_v1"
+ROOM_LEVEL_DELETED: Final = "vc.room_level.deleted_v1"
 RESERVE_CONFIG_UPDATED: Final = "vc.reserve_config.updated_v1"
 THIRD_PARTY_CREATED: Final = "third_party_meeting_room_event_created"
 THIRD_PARTY_UPDATED: Final = "third_party_meeting_room_event_updated"
 THIRD_PARTY_DELETED: Final = "third_party_meeting_room_event_deleted"
 #: The three third-party types (schema 1.0, docs/protocol.md §9.1); they share one topic.
 THIRD_PARTY_TYPES: Final = (THIRD_PARTY_CREATED, THIRD_PARTY_UPDATED, THIRD_PARTY_DELETED)
+#: The three room types (docs/protocol.md §9.2, §9.4, §9.5), keyed by ``room.room_id``.
+ROOM_TYPES: Final = (ROOM_CREATED, ROOM_UPDATED, ROOM_DELETED)
+#: The three room-level types (docs/protocol.md §9.6–§9.8), keyed by the room level's id.
+ROOM_LEVEL_TYPES: Final = (ROOM_LEVEL_CREATED, ROOM_LEVEL_UPDATED, ROOM_LEVEL_DELETED)
 #: Every Lark type the bridge forwards.
-LARK_TYPES: Final = (ROOM_CREATED, RESERVE_CONFIG_UPDATED, *THIRD_PARTY_TYPES)
+LARK_TYPES: Final = (*ROOM_TYPES, *ROOM_LEVEL_TYPES, RESERVE_CONFIG_UPDATED, *THIRD_PARTY_TYPES)
 #: The CloudEvents ``type`` of a dead-letter record.
 DEAD_LETTER_TYPE: Final = "lark.bridge.dead_letter"
 #: Kafka header of every record the bridge writes whose event id is known: the platform's
@@ -191,6 +200,61 @@ class RoomCreatedData(_Data, kw_only=True):
     room: Room
 
 
+# ---- vc.room.updated_v1, vc.room.deleted_v1 (DOC-ROOM-UPD, DOC-ROOM-DEL, docs/protocol.md §9.4, §9.5) --
+
+
+class RoomUpdatedData(_Data, kw_only=True):
+    """``data`` of ``vc.room.updated_v1``: Lark's ``event`` object (the room as it is now)."""
+
+    room: Room
+
+
+class DeletedRoom(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A deleted meeting room: only its id (``omm_…``), the partition key."""
+
+    room_id: NonEmptyStr
+
+
+class RoomDeletedData(_Data, kw_only=True):
+    """``data`` of ``vc.room.deleted_v1``: Lark's ``event`` object."""
+
+    room: DeletedRoom
+
+
+# ---- vc.room_level.{created,updated,deleted}_v1 (DOC-LEVEL-*, docs/protocol.md §9.6-§9.8) -----------
+
+
+class RoomLevel(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A room level (building, floor, …; ``omb_…``); ``room_level_id`` is the partition key."""
+
+    room_level_id: NonEmptyStr
+    name: str | None = None
+    parent_id: Annotated[str, Meta(description="Id of the parent room level.")] | None = None
+    path: Annotated[list[str], Meta(description="Room level ids from the root down.")] | None = None
+    has_child: Annotated[bool, Meta(description="Whether it has child room levels.")] | None = None
+    custom_group_id: Annotated[str, Meta(description="Customer-defined room level id.")] | None = None
+
+
+class RoomLevelCreatedData(_Data, kw_only=True):
+    """``data`` of ``vc.room_level.created_v1``: Lark's ``event`` object."""
+
+    room_level: RoomLevel
+
+
+class RoomLevelUpdatedData(_Data, kw_only=True):
+    """``data`` of ``vc.room_level.updated_v1``: Lark's ``event`` object (the level as it is now)."""
+
+    room_level: RoomLevel
+
+
+class RoomLevelDeletedData(_Data, kw_only=True):
+    """``data`` of ``vc.room_level.deleted_v1``: Lark's ``event`` object; ``room_level_id`` is the
+    partition key."""
+
+    room_level_id: Annotated[str, Meta(min_length=1, description="The deleted room level (omb_…).")]
+    delete_child: Annotated[bool, Meta(description="Whether its child levels were deleted too.")] | None = None
+
+
 # ---- vc.reserve_config.updated_v1 (DOC-RCFG, docs/protocol.md §9.3) --------------------------------
 
 
@@ -291,8 +355,27 @@ class ThirdPartyMeetingRoomEventData(_Data, kw_only=True):
     meeting_room: MeetingRoom | None = None
 
 
-EventData = RoomCreatedData | ReserveConfigUpdatedData | ThirdPartyMeetingRoomEventData
-D = TypeVar("D", RoomCreatedData, ReserveConfigUpdatedData, ThirdPartyMeetingRoomEventData)
+EventData = (
+    RoomCreatedData
+    | RoomUpdatedData
+    | RoomDeletedData
+    | RoomLevelCreatedData
+    | RoomLevelUpdatedData
+    | RoomLevelDeletedData
+    | ReserveConfigUpdatedData
+    | ThirdPartyMeetingRoomEventData
+)
+D = TypeVar(
+    "D",
+    RoomCreatedData,
+    RoomUpdatedData,
+    RoomDeletedData,
+    RoomLevelCreatedData,
+    RoomLevelUpdatedData,
+    RoomLevelDeletedData,
+    ReserveConfigUpdatedData,
+    ThirdPartyMeetingRoomEventData,
+)
 
 RFC3339 = Annotated[
     str,
@@ -339,6 +422,36 @@ class RoomCreatedEnvelope(CloudEvent[RoomCreatedData], frozen=True, kw_only=True
     type: Literal["vc.room.created_v1"]
 
 
+class RoomUpdatedEnvelope(CloudEvent[RoomUpdatedData], frozen=True, kw_only=True):
+    """Envelope v1 of ``vc.room.updated_v1``; keyed by ``data.room.room_id``."""
+
+    type: Literal["vc.room.updated_v1"]
+
+
+class RoomDeletedEnvelope(CloudEvent[RoomDeletedData], frozen=True, kw_only=True):
+    """Envelope v1 of ``vc.room.deleted_v1``; keyed by ``data.room.room_id``."""
+
+    type: Literal["vc.room.deleted_v1"]
+
+
+class RoomLevelCreatedEnvelope(CloudEvent[RoomLevelCreatedData], frozen=True, kw_only=True):
+    """Envelope v1 of ``vc.room_level.created_v1``; keyed by ``data.room_level.room_level_id``."""
+
+    type: Literal["vc.room_level.created_v1"]
+
+
+class RoomLevelUpdatedEnvelope(CloudEvent[RoomLevelUpdatedData], frozen=True, kw_only=True):
+    """Envelope v1 of ``vc.room_level.updated_v1``; keyed by ``data.room_level.room_level_id``."""
+
+    type: Literal["vc.room_level.updated_v1"]
+
+
+class RoomLevelDeletedEnvelope(CloudEvent[RoomLevelDeletedData], frozen=True, kw_only=True):
+    """Envelope v1 of ``vc.room_level.deleted_v1``; keyed by ``data.room_level_id``."""
+
+    type: Literal["vc.room_level.deleted_v1"]
+
+
 class ReserveConfigUpdatedEnvelope(CloudEvent[ReserveConfigUpdatedData], frozen=True, kw_only=True):
     """Envelope v1 of ``vc.reserve_config.updated_v1``; keyed by ``data.scope_id``."""
 
@@ -358,11 +471,21 @@ class ThirdPartyMeetingRoomEventEnvelope(CloudEvent[ThirdPartyMeetingRoomEventDa
 
 DATA_TYPES: Final[dict[str, type[Any]]] = {
     ROOM_CREATED: RoomCreatedData,
+    ROOM_UPDATED: RoomUpdatedData,
+    ROOM_DELETED: RoomDeletedData,
+    ROOM_LEVEL_CREATED: RoomLevelCreatedData,
+    ROOM_LEVEL_UPDATED: RoomLevelUpdatedData,
+    ROOM_LEVEL_DELETED: RoomLevelDeletedData,
     RESERVE_CONFIG_UPDATED: ReserveConfigUpdatedData,
     **dict.fromkeys(THIRD_PARTY_TYPES, ThirdPartyMeetingRoomEventData),
 }
 ENVELOPE_TYPES: Final[dict[str, type[Any]]] = {
     ROOM_CREATED: RoomCreatedEnvelope,
+    ROOM_UPDATED: RoomUpdatedEnvelope,
+    ROOM_DELETED: RoomDeletedEnvelope,
+    ROOM_LEVEL_CREATED: RoomLevelCreatedEnvelope,
+    ROOM_LEVEL_UPDATED: RoomLevelUpdatedEnvelope,
+    ROOM_LEVEL_DELETED: RoomLevelDeletedEnvelope,
     RESERVE_CONFIG_UPDATED: ReserveConfigUpdatedEnvelope,
     **dict.fromkeys(THIRD_PARTY_TYPES, ThirdPartyMeetingRoomEventEnvelope),
 }

@@ -315,6 +315,11 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
 
     topic_settings = (
         "topic_room_created",
+        "topic_room_updated",
+        "topic_room_deleted",
+        "topic_room_level_created",
+        "topic_room_level_updated",
+        "topic_room_level_deleted",
         "topic_reserve_config_updated",
         "topic_third_party_meeting_room_event",
         "topic_dead_letter",

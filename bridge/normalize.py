@@ -99,6 +99,11 @@ class Topics:
         """
         return cls.from_names(
             room_created=settings.topic_room_created,
+            room_updated=settings.topic_room_updated,
+            room_deleted=settings.topic_room_deleted,
+            room_level_created=settings.topic_room_level_created,
+            room_level_updated=settings.topic_room_level_updated,
+            room_level_deleted=settings.topic_room_level_deleted,
             reserve_config_updated=settings.topic_reserve_config_updated,
             third_party=settings.topic_third_party_meeting_room_event,
             dead_letter=settings.topic_dead_letter,
@@ -106,12 +111,27 @@ class Topics:
 
     @classmethod
     def from_names(
-        cls, *, room_created: str, reserve_config_updated: str, third_party: str, dead_letter: str
+        cls,
+        *,
+        room_created: str,
+        room_updated: str,
+        room_deleted: str,
+        room_level_created: str,
+        room_level_updated: str,
+        room_level_deleted: str,
+        reserve_config_updated: str,
+        third_party: str,
+        dead_letter: str,
     ) -> Topics:
-        """Build the map from the four configured names.
+        """Build the map from the nine configured names.
 
         Args:
             room_created: The topic of ``vc.room.created_v1`` events.
+            room_updated: The topic of ``vc.room.updated_v1`` events.
+            room_deleted: The topic of ``vc.room.deleted_v1`` events.
+            room_level_created: The topic of ``vc.room_level.created_v1`` events.
+            room_level_updated: The topic of ``vc.room_level.updated_v1`` events.
+            room_level_deleted: The topic of ``vc.room_level.deleted_v1`` events.
             reserve_config_updated: The topic of ``vc.reserve_config.updated_v1`` events.
             third_party: The one topic all three third-party kinds share.
             dead_letter: The dead-letter topic.
@@ -119,7 +139,15 @@ class Topics:
         Returns:
             The topic map.
         """
-        by_type = {ev.ROOM_CREATED: room_created, ev.RESERVE_CONFIG_UPDATED: reserve_config_updated}
+        by_type = {
+            ev.ROOM_CREATED: room_created,
+            ev.ROOM_UPDATED: room_updated,
+            ev.ROOM_DELETED: room_deleted,
+            ev.ROOM_LEVEL_CREATED: room_level_created,
+            ev.ROOM_LEVEL_UPDATED: room_level_updated,
+            ev.ROOM_LEVEL_DELETED: room_level_deleted,
+            ev.RESERVE_CONFIG_UPDATED: reserve_config_updated,
+        }
         by_type.update(dict.fromkeys(ev.THIRD_PARTY_TYPES, third_party))
         return cls(by_type=by_type, dead_letter=dead_letter)
 
@@ -179,7 +207,9 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     ``lark_record_part: i/n`` (:data:`bridge.envelope.RECORD_PART_HEADER`); the order is a
     function of the event alone, so a redelivery gives the same records at the same indices.
 
-    Keys: ``room.room_id`` (room created), ``scope_id`` (reserve config), each
+    Keys: ``room.room_id`` (room created, updated, deleted), ``room_level.room_level_id`` (room
+    level created, updated), ``room_level_id`` (room level deleted), ``scope_id`` (reserve
+    config), each
     ``meeting_rooms[i].open_id`` (third-party; a room listed twice gives one record; the list
     itself is carried only up to :data:`MAX_LISTED_ROOMS` rooms), or ``uid`` when no room is
     listed. Source: docs/envelope.md ("Topics and keys", "Envelope v1"; CloudEvents 1.0).
@@ -209,8 +239,12 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
         "appid": event.app_id,
         "envelopeversion": ev.ENVELOPE_VERSION,
     }
-    if isinstance(data, ev.RoomCreatedData):
+    if isinstance(data, ev.RoomCreatedData | ev.RoomUpdatedData | ev.RoomDeletedData):
         keyed: list[tuple[str, str, Any]] = [(event.event_id, data.room.room_id, data)]
+    elif isinstance(data, ev.RoomLevelCreatedData | ev.RoomLevelUpdatedData):
+        keyed = [(event.event_id, data.room_level.room_level_id, data)]
+    elif isinstance(data, ev.RoomLevelDeletedData):
+        keyed = [(event.event_id, data.room_level_id, data)]
     elif isinstance(data, ev.ReserveConfigUpdatedData):
         keyed = [(event.event_id, data.scope_id, data)]
     elif data.meeting_rooms:

@@ -252,6 +252,17 @@ class Settings(BaseSettings):
 
     # --- Topics -------------------------------------------------------------------------------
     topic_room_created: str = Field("lark.vc.room.created_v1", min_length=1, description="Topic of vc.room.created_v1.")
+    topic_room_updated: str = Field("lark.vc.room.updated_v1", min_length=1, description="Topic of vc.room.updated_v1.")
+    topic_room_deleted: str = Field("lark.vc.room.deleted_v1", min_length=1, description="Topic of vc.room.deleted_v1.")
+    topic_room_level_created: str = Field(
+        "lark.vc.room_level.created_v1", min_length=1, description="Topic of vc.room_level.created_v1."
+    )
+    topic_room_level_updated: str = Field(
+        "lark.vc.room_level.updated_v1", min_length=1, description="Topic of vc.room_level.updated_v1."
+    )
+    topic_room_level_deleted: str = Field(
+        "lark.vc.room_level.deleted_v1", min_length=1, description="Topic of vc.room_level.deleted_v1."
+    )
     topic_reserve_config_updated: str = Field(
         "lark.vc.reserve_config.updated_v1",
         min_length=1,

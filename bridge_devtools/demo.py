@@ -1,13 +1,13 @@
 """``python -m bridge_devtools.demo`` (``make demo``): the main job, end to end, on this machine.
 
 Starts the project's local Kafka broker and ``python -m bridge serve`` (with an encrypt key),
-sends the three documented sample events as the platform would (encrypted and signed), reads the
+sends the eight documented sample events as the platform would (encrypted and signed), reads the
 records back from Kafka, prints them (key, partition, offset, envelope), then stops both.
 
 With ``--long-connection`` the events come over the long connection instead
 (docs/long_connection.md): the demo also starts the fake Lark platform
 (:class:`bridge_devtools.lark_ws.FakeLongConnectionPlatform`), runs the bridge with
-``BRIDGE_LARK_SUBSCRIPTION_MODE=long_connection`` against it, pushes the three samples as
+``BRIDGE_LARK_SUBSCRIPTION_MODE=long_connection`` against it, pushes the eight samples as
 plaintext data frames (no token, no encryption: §5), prints each ack (code, ``biz_rt`` in ms) and
 then the records as above.
 """
@@ -38,10 +38,15 @@ TOPICS = (
     "lark.vc.room.created_v1",
     "lark.vc.reserve_config.updated_v1",
     "lark.third_party_meeting_room_event",
+    "lark.vc.room.updated_v1",
+    "lark.vc.room.deleted_v1",
+    "lark.vc.room_level.created_v1",
+    "lark.vc.room_level.updated_v1",
+    "lark.vc.room_level.deleted_v1",
     "lark.bridge.dead_letter",
 )
-#: Records the three samples make (the third-party sample fans out to two rooms).
-EXPECTED_RECORDS = 4
+#: Records the eight samples make (the third-party sample fans out to two rooms).
+EXPECTED_RECORDS = 9
 #: Seconds to wait for one ack of the bridge on the long connection.
 ACK_TIMEOUT_S = 10.0
 
@@ -50,7 +55,7 @@ def _with_token(body: dict[str, Any], token: str | None = DEMO_TOKEN) -> dict[st
     """Put ``token`` where ``body``'s schema keeps it (schema 2.0 ``header.token``, 1.0 top-level
     ``token``; ``None`` removes it, as the long connection carries none) and a fresh event id
     (``header.event_id`` / ``uuid``, 32 hex). Changes ``body`` in place and returns it."""
-    # A fresh event id per run: the two documented 2.0 samples share one event_id, and the
+    # A fresh event id per run: the documented 2.0 samples share one event_id, and the
     # bridge would rightly answer the second as a duplicate.
     target = body.get("header", body)
     if token is None:
@@ -106,7 +111,7 @@ async def _read_back(bootstrap: str) -> int:
 
 
 async def _exercise(base: str, path: str, bootstrap: str) -> int:
-    """The webhook run: handshake, the three samples encrypted and signed, then :func:`_read_back`."""
+    """The webhook run: handshake, the eight samples encrypted and signed, then :func:`_read_back`."""
     platform = Platform(encrypt_key=DEMO_KEY)
     async with aiohttp.ClientSession() as session:
         await _wait_ready(session, base, 60)
@@ -151,7 +156,7 @@ def _stop_bridge(bridge: subprocess.Popen[bytes]) -> None:
 
 
 async def _exercise_long_connection(bootstrap: str, port: int) -> int:
-    """The long-connection run: the fake platform, the bridge connected to it, the three samples
+    """The long-connection run: the fake platform, the bridge connected to it, the eight samples
     pushed as plaintext frames (each ack printed: code, ``biz_rt`` in ms), then
     :func:`_read_back`; returns the exit code (0 when every ack is 200 and all records came)."""
     fake = FakeLongConnectionPlatform()
@@ -187,7 +192,7 @@ async def _exercise_long_connection(bootstrap: str, port: int) -> int:
 
 def run_demo(*, kafka_version: str | None = None, long_connection: bool = False) -> int:
     """Run the demo (webhook, or the long connection when ``long_connection``); returns the exit
-    code (0 when all four records were read back and, on the long connection, every ack was 200)."""
+    code (0 when all nine records were read back and, on the long connection, every ack was 200)."""
     broker = LocalBroker(version=kafka_version)
     print(f"starting Kafka {broker.version} (first run downloads it from Maven Central)...", flush=True)
     broker.start(timeout_s=180)

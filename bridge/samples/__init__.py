@@ -14,6 +14,11 @@ SAMPLE_TYPES = (
     "vc.room.created_v1",
     "vc.reserve_config.updated_v1",
     "third_party_meeting_room_event_created",
+    "vc.room.updated_v1",
+    "vc.room.deleted_v1",
+    "vc.room_level.created_v1",
+    "vc.room_level.updated_v1",
+    "vc.room_level.deleted_v1",
 )
 
 

@@ -31,6 +31,11 @@ def cli_env(settings: Settings) -> dict[str, str]:
     return bridge_env(
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
         BRIDGE_TOPIC_ROOM_CREATED=settings.topic_room_created,
+        BRIDGE_TOPIC_ROOM_UPDATED=settings.topic_room_updated,
+        BRIDGE_TOPIC_ROOM_DELETED=settings.topic_room_deleted,
+        BRIDGE_TOPIC_ROOM_LEVEL_CREATED=settings.topic_room_level_created,
+        BRIDGE_TOPIC_ROOM_LEVEL_UPDATED=settings.topic_room_level_updated,
+        BRIDGE_TOPIC_ROOM_LEVEL_DELETED=settings.topic_room_level_deleted,
         BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED=settings.topic_reserve_config_updated,
         BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT=settings.topic_third_party_meeting_room_event,
         BRIDGE_TOPIC_DEAD_LETTER=settings.topic_dead_letter,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ from bridge_devtools.lark_ws import (
 )
 from bridge_devtools.platform import compact
 from tests.support.processes import REPO_ROOT
-from tests.support.sdk_ws_client import EVENT_LINE, FAIL_PREFIX
+from tests.support.sdk_ws_client import EVENT_LINE, FAIL_PREFIX, TYPED_LINE
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
@@ -61,6 +62,16 @@ class SdkProcess:
     def output(self) -> str:
         """The last lines printed, for failure messages."""
         return "\n".join(self.lines[-60:])
+
+    def typed(self) -> list[tuple[str, str, Any]]:
+        """``(event class, event_id, event as JSON)`` of each event a typed handler ran for."""
+        prefix = TYPED_LINE + " "
+        out = []
+        for line in self.lines:
+            if line.startswith(prefix):
+                cls, event_id, typed = line[len(prefix) :].split(" ", 2)
+                out.append((cls, event_id, json.loads(typed)))
+        return out
 
     def events(self) -> list[str]:
         """The ``event_id`` of each event its handler ran for, in order."""
@@ -217,6 +228,34 @@ async def test_sdk_connects_pings_and_acks_in_the_documented_shape() -> None:
         assert sdk.events() == ["evt-single", "evt-split", f"{FAIL_PREFIX}-evt"]
         assert [a.message_id for a in fake.acks] == ["msg-single", "msg-split", "msg-fail"]
         assert fake.other_messages == []
+
+
+#: The room and room-level kinds and the SDK's event class for each (``lark_oapi.api.vc.v1``).
+TYPED_KINDS = {
+    "vc.room.updated_v1": "P2VcRoomUpdatedV1",
+    "vc.room.deleted_v1": "P2VcRoomDeletedV1",
+    "vc.room_level.created_v1": "P2VcRoomLevelCreatedV1",
+    "vc.room_level.updated_v1": "P2VcRoomLevelUpdatedV1",
+    "vc.room_level.deleted_v1": "P2VcRoomLevelDeletedV1",
+}
+
+
+async def test_the_room_and_room_level_samples_reach_the_sdks_typed_handlers_through_the_fake() -> None:
+    # What the fake pushes of these kinds, the SDK routes by header.event_type to its typed model
+    # and acks 200 (§6); whole for four, split in two parts for one (§5).
+    async with FakeLongConnectionPlatform() as fake, sdk_client(fake) as sdk:
+        await connected(fake, sdk)
+        for n, kind in enumerate(TYPED_KINDS):
+            body = sample(kind)
+            body["header"]["event_id"] = f"typed-{n}"
+            message_id = await fake.push(compact(body), parts=2 if n == 0 else 1, message_id=f"msg-typed-{n}")
+            assert (await fake.wait_ack(message_id)).code == 200, sdk.output()
+        await wait_until(
+            lambda: len(sdk.typed()) == len(TYPED_KINDS), timeout_s=10, message=f"typed events missing\n{sdk.output()}"
+        )
+        assert sdk.typed() == [
+            (cls, f"typed-{n}", sample(kind)["event"]) for n, (kind, cls) in enumerate(TYPED_KINDS.items())
+        ]
 
 
 async def test_sdk_reconnects_through_retryable_failures_with_a_new_endpoint_call() -> None:

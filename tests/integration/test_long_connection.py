@@ -136,6 +136,11 @@ async def test_each_kind_split_or_whole_and_an_unknown_type_give_the_webhook_pat
         ("vc.room.created_v1", 1),
         ("vc.reserve_config.updated_v1", 1),
         ("third_party_meeting_room_event_created", 3),  # a schema 1.0 fan-out, split, out of order
+        ("vc.room.updated_v1", 1),
+        ("vc.room.deleted_v1", 1),
+        ("vc.room_level.created_v1", 3),  # split, out of order
+        ("vc.room_level.updated_v1", 1),
+        ("vc.room_level.deleted_v1", 1),
     ):
         body, _ = payload(kind)
         records = normalize(decode(read_inbound(body)), topics)

@@ -11,21 +11,23 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from bridge import envelope as ev
+from bridge.decode import decode
 from bridge.envelope import THIRD_PARTY_TYPES
+from bridge.inbound import read_inbound
+from bridge.normalize import Topics, normalize
 from bridge.samples import SAMPLE_TYPES
+from bridge_devtools.platform import compact
 from tests.support.credentials import TOKEN
 from tests.support.kafka import read_topic
 from tests.support.samples import sample_event
+from tests.support.schemas import dead_letter_validator, envelope_validators
 
 pytestmark = pytest.mark.integration
 
 
 def topic_of(settings: Any, lark_type: str) -> str:
-    if lark_type == "vc.room.created_v1":
-        return settings.topic_room_created
-    if lark_type == "vc.reserve_config.updated_v1":
-        return settings.topic_reserve_config_updated
-    return settings.topic_third_party_meeting_room_event
+    return Topics.from_settings(settings).by_type[lark_type]
 
 
 async def test_each_sample_lands_with_key_topic_and_envelope(broker: Any, start_bridge: Any) -> None:
@@ -41,7 +43,13 @@ async def test_each_sample_lands_with_key_topic_and_envelope(broker: Any, start_
             b"omm_c4e2da9493fbd2ceea4f37aae6b3ee78",
             b"omm_a5ab469c8e012e2a0b48fe4a8e344f94",
         ],
+        "vc.room.updated_v1": [b"omm_4de32cf10a4358788ff4e09e37ebbf9b"],
+        "vc.room.deleted_v1": [b"omm_4de32cf10a4358788ff4e09e37ebbf9b"],
+        "vc.room_level.created_v1": ["层级ID".encode()],  # the doc sample's placeholder id
+        "vc.room_level.updated_v1": ["层级ID".encode()],
+        "vc.room_level.deleted_v1": [b"omb_8d020b12fe49e82847c2af3c193d5754"],
     }
+    assert set(expected_keys) == set(SAMPLE_TYPES)
     partitioner = DefaultPartitioner()
     for kind, keys in expected_keys.items():
         msgs = await read_topic(broker.bootstrap_servers, topic_of(bridge.settings, kind), expect=len(keys))
@@ -68,6 +76,47 @@ async def test_fan_out_and_all_third_party_kinds_share_a_topic(broker: Any, star
         by_room.setdefault(m.key, []).append(json.loads(m.value)["type"])
     # Per room, created → updated → deleted in order, in one partition.
     assert all(types == list(THIRD_PARTY_TYPES) for types in by_room.values()) and len(by_room) == 2
+
+
+#: The room and room-level kinds, each with a change to its sample that no model admits and the
+#: JSON path its dead letter names.
+ROOM_AND_LEVEL_KINDS = {
+    ev.ROOM_UPDATED: (lambda e: e["room"].update(capacity="many"), "$.event.room.capacity"),
+    ev.ROOM_DELETED: (lambda e: e["room"].pop("room_id"), "$.event.room"),
+    ev.ROOM_LEVEL_CREATED: (lambda e: e["room_level"].update(room_level_id=""), "$.event.room_level.room_level_id"),
+    ev.ROOM_LEVEL_UPDATED: (lambda e: e.pop("room_level"), "$.event"),
+    ev.ROOM_LEVEL_DELETED: (lambda e: e.update(delete_child="maybe"), "$.event.delete_child"),
+}
+
+
+async def test_room_and_room_level_kinds_land_on_their_own_topics_and_malformed_ones_are_dead_letters(
+    broker: Any, start_bridge: Any
+) -> None:
+    bridge = await start_bridge(broker.bootstrap_servers)
+    topics = Topics.from_settings(bridge.settings)
+    validators = envelope_validators()
+    expected: dict[str, tuple[str, bytes, dict[str, Any]]] = {}
+    for n, (kind, (break_it, _)) in enumerate(ROOM_AND_LEVEL_KINDS.items()):
+        body = sample_event(kind, event_id=f"new-kind-{n}")
+        [record] = normalize(decode(read_inbound(compact(body))), topics)
+        expected[kind] = (record.topic, record.key or b"", json.loads(record.value))
+        assert await bridge.send(bridge.platform.request(body)) == (200, {"msg": "success"})
+        broken = sample_event(kind, event_id=f"new-kind-bad-{n}")
+        break_it(broken["event"])
+        assert await bridge.send(bridge.platform.request(broken)) == (200, {"msg": "success"})
+    assert len({topic for topic, _, _ in expected.values()}) == len(ROOM_AND_LEVEL_KINDS)  # a topic each
+    for kind, (topic, key, envelope) in expected.items():
+        [m] = await read_topic(broker.bootstrap_servers, topic, expect=1)
+        assert m.key == key and json.loads(m.value) == envelope, kind
+        assert dict(m.headers)[ev.EVENT_ID_HEADER] == envelope["larkeventid"].encode()
+        validators[kind].validate(json.loads(m.value))
+    dead = await read_topic(broker.bootstrap_servers, topics.dead_letter, expect=len(ROOM_AND_LEVEL_KINDS))
+    got = {json.loads(m.value)["data"]["lark_type"]: (m.key, json.loads(m.value)) for m in dead}
+    for n, (kind, (_, path)) in enumerate(ROOM_AND_LEVEL_KINDS.items()):
+        key, letter = got[kind]
+        assert key == f"new-kind-bad-{n}".encode()
+        assert (letter["data"]["reason"], letter["data"]["path"]) == ("invalid_event", path)
+        dead_letter_validator().validate(letter)
 
 
 async def test_sequential_and_concurrent_duplicates_give_one_record(broker: Any, start_bridge: Any) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from aiohttp.test_utils import TestServer
@@ -18,16 +18,24 @@ from tests.support.credentials import KEY, TOKEN
 from tests.support.processes import bridge_env
 from tests.support.waits import wait_status
 
+#: The name after ``{prefix}.`` of each topic a test deployment uses, by its ``BRIDGE_TOPIC_*``.
+TOPIC_SUFFIXES: Final = {
+    "BRIDGE_TOPIC_ROOM_CREATED": "room",
+    "BRIDGE_TOPIC_ROOM_UPDATED": "room_updated",
+    "BRIDGE_TOPIC_ROOM_DELETED": "room_deleted",
+    "BRIDGE_TOPIC_ROOM_LEVEL_CREATED": "level_created",
+    "BRIDGE_TOPIC_ROOM_LEVEL_UPDATED": "level_updated",
+    "BRIDGE_TOPIC_ROOM_LEVEL_DELETED": "level_deleted",
+    "BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED": "cfg",
+    "BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT": "3p",
+    "BRIDGE_TOPIC_DEAD_LETTER": "dlq",
+}
+
 
 def topic_settings(prefix: str) -> dict[str, str]:
-    """``BRIDGE_TOPIC_*`` naming the four topics ``{prefix}.room|cfg|3p|dlq`` (replicas of one
-    deployment share them)."""
-    return {
-        "BRIDGE_TOPIC_ROOM_CREATED": f"{prefix}.room",
-        "BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED": f"{prefix}.cfg",
-        "BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT": f"{prefix}.3p",
-        "BRIDGE_TOPIC_DEAD_LETTER": f"{prefix}.dlq",
-    }
+    """``BRIDGE_TOPIC_*`` naming every topic ``{prefix}.room|room_updated|…|cfg|3p|dlq``
+    (:data:`TOPIC_SUFFIXES`; replicas of one deployment share them)."""
+    return {name: f"{prefix}.{suffix}" for name, suffix in TOPIC_SUFFIXES.items()}
 
 
 def bridge_settings(bootstrap: str, **env: str) -> Settings:
@@ -39,6 +47,11 @@ def bridge_settings(bootstrap: str, **env: str) -> Settings:
         "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "BRIDGE_KAFKA_TOPIC_PARTITIONS": "3",
         "BRIDGE_TOPIC_ROOM_CREATED": f"{prefix}.room_created",
+        "BRIDGE_TOPIC_ROOM_UPDATED": f"{prefix}.room_updated",
+        "BRIDGE_TOPIC_ROOM_DELETED": f"{prefix}.room_deleted",
+        "BRIDGE_TOPIC_ROOM_LEVEL_CREATED": f"{prefix}.room_level_created",
+        "BRIDGE_TOPIC_ROOM_LEVEL_UPDATED": f"{prefix}.room_level_updated",
+        "BRIDGE_TOPIC_ROOM_LEVEL_DELETED": f"{prefix}.room_level_deleted",
         "BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED": f"{prefix}.reserve_config_updated",
         "BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT": f"{prefix}.third_party",
         "BRIDGE_TOPIC_DEAD_LETTER": f"{prefix}.dead_letter",
@@ -79,7 +92,7 @@ class RunningBridge:
 
 
 def spawn_bridge(bootstrap: str, port: int, prefix: str, log_file: Any, **extra: str) -> subprocess.Popen[str]:
-    """``python -m bridge serve`` on ``127.0.0.1:port`` with topics ``{prefix}.room|cfg|3p|dlq``,
+    """``python -m bridge serve`` on ``127.0.0.1:port`` with the topics of :func:`topic_settings`,
     its output (JSON log lines) to ``log_file``; ``extra`` settings override the defaults."""
     env = bridge_env(
         BRIDGE_LARK_VERIFICATION_TOKEN=TOKEN,
@@ -88,10 +101,7 @@ def spawn_bridge(bootstrap: str, port: int, prefix: str, log_file: Any, **extra:
         BRIDGE_HTTP_HOST="127.0.0.1",
         BRIDGE_HTTP_PORT=str(port),
         BRIDGE_KAFKA_TOPIC_PARTITIONS="3",
-        BRIDGE_TOPIC_ROOM_CREATED=f"{prefix}.room",
-        BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED=f"{prefix}.cfg",
-        BRIDGE_TOPIC_THIRD_PARTY_MEETING_ROOM_EVENT=f"{prefix}.3p",
-        BRIDGE_TOPIC_DEAD_LETTER=f"{prefix}.dlq",
+        **topic_settings(prefix),
         BRIDGE_SHUTDOWN_TIMEOUT_S="10",
         BRIDGE_LOG_LEVEL="DEBUG",
     )

@@ -49,7 +49,7 @@ from bridge.kafka import MAX_WRITE_DELAY_MS
 from bridge.samples import sample
 from bridge_devtools.broker import LocalCluster, free_port
 from bridge_devtools.platform import Platform, PlatformRequest
-from tests.support.bridges import spawn_bridge
+from tests.support.bridges import spawn_bridge, topic_settings
 from tests.support.credentials import KEY, TOKEN
 from tests.support.waits import wait_http_status, wait_until
 
@@ -76,7 +76,9 @@ Gap = float | tuple[float, float]
 
 @dataclass(frozen=True)
 class ChaosTopics:
-    """The four topics of one deployment ``{prefix}.room|cfg|3p|dlq`` (:func:`spawn_bridge`'s names)."""
+    """The topics of one deployment (:func:`spawn_bridge`'s names, ``{prefix}.room|cfg|3p|dlq|…``):
+    those of the kinds the traffic sends (:attr:`by_kind`), the dead-letter topic, and those of the
+    kinds it does not send (created all the same, like the others, before the bridges start)."""
 
     prefix: str
 
@@ -94,7 +96,9 @@ class ChaosTopics:
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.by_kind.values(), self.dead_letter)
+        named = {*self.by_kind.values(), self.dead_letter}
+        quiet = [t for t in topic_settings(self.prefix).values() if t not in named]
+        return (*self.by_kind.values(), self.dead_letter, *quiet)
 
 
 def assignment(partitions: int, leaders: Sequence[int], follower_only: int) -> dict[int, list[int]]:

@@ -21,7 +21,17 @@ from bridge_devtools.platform import compact
 from tests.support.credentials import TOKEN
 from tests.support.samples import fresh_id, sample_event
 
-TOPICS = Topics.from_names(room_created="room", reserve_config_updated="cfg", third_party="3p", dead_letter="dlq")
+TOPICS = Topics.from_names(
+    room_created="room",
+    room_updated="room_updated",
+    room_deleted="room_deleted",
+    room_level_created="level_created",
+    room_level_updated="level_updated",
+    room_level_deleted="level_deleted",
+    reserve_config_updated="cfg",
+    third_party="3p",
+    dead_letter="dlq",
+)
 
 
 @dataclass

@@ -13,11 +13,19 @@ from bridge.decode import decode, parse_create_time, parse_ts_seconds
 from bridge.errors import DeadLetterCause
 from bridge.inbound import InboundEvent, read_inbound
 from bridge.normalize import MAX_FANOUT_ROOMS, MAX_LISTED_ROOMS, Topics, dead_letter, normalize, rfc3339_ms
-from bridge.samples import sample
+from bridge.samples import SAMPLE_TYPES, sample
 from bridge_devtools.platform import compact
 
 TOPICS = Topics.from_names(
-    room_created="t.room", reserve_config_updated="t.cfg", third_party="t.3p", dead_letter="t.dlq"
+    room_created="t.room",
+    room_updated="t.room_updated",
+    room_deleted="t.room_deleted",
+    room_level_created="t.level_created",
+    room_level_updated="t.level_updated",
+    room_level_deleted="t.level_deleted",
+    reserve_config_updated="t.cfg",
+    third_party="t.3p",
+    dead_letter="t.dlq",
 )
 TOKENS = ("rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV", "41a9425ea7df4536a7623e38fa321bae")
 
@@ -135,7 +143,7 @@ def test_unmodelled_fields_are_carried_with_json_pointers_and_tokens_dropped() -
 
 
 def test_token_never_in_envelope() -> None:
-    for t in ("vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"):
+    for t in SAMPLE_TYPES:
         for _, _, env in records(sample(t)):
             text = json.dumps(env)
             assert not any(tok in text for tok in TOKENS) and '"token"' not in text
@@ -285,15 +293,13 @@ def test_a_malformed_top_level_is_still_an_inbound_event_and_one_dead_letter(
     assert env["id"] == event_id if event_id else env["id"].startswith("sha256:")
 
 
-@pytest.mark.parametrize(
-    "kind", ["vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"]
-)
+@pytest.mark.parametrize("kind", SAMPLE_TYPES)
 def test_vendored_envelope_models_pin_their_type(kind: str) -> None:
     model = ev.ENVELOPE_TYPES[kind]
     for _, _, env in records(sample(kind)):
         assert msgspec.convert(env, model).type == kind
         with pytest.raises(msgspec.ValidationError, match=r"\$\.type"):
-            msgspec.convert({**env, "type": "vc.room.deleted_v1"}, model)
+            msgspec.convert({**env, "type": "vc.room.moved_v1"}, model)
 
 
 def third_party_with_rooms(n: int) -> dict[str, Any]:
@@ -340,3 +346,145 @@ def test_fan_out_records_carry_their_index_of_count_and_single_records_do_not() 
 )
 def test_a_malformed_part_header_is_ignored(value: bytes) -> None:
     assert ev.parse_part(value) is None
+
+
+# ---- the room and room-level kinds (docs/protocol.md §9.4-§9.8) ------------------------------------
+
+#: Each new kind: its topic in TOPICS and the key its documented sample gets.
+NEW_KINDS = {
+    ev.ROOM_UPDATED: ("t.room_updated", "omm_4de32cf10a4358788ff4e09e37ebbf9b"),
+    ev.ROOM_DELETED: ("t.room_deleted", "omm_4de32cf10a4358788ff4e09e37ebbf9b"),
+    ev.ROOM_LEVEL_CREATED: ("t.level_created", "层级ID"),  # the doc sample's placeholder id, verbatim
+    ev.ROOM_LEVEL_UPDATED: ("t.level_updated", "层级ID"),
+    ev.ROOM_LEVEL_DELETED: ("t.level_deleted", "omb_8d020b12fe49e82847c2af3c193d5754"),
+}
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_room_and_room_level_samples_become_one_keyed_record_on_their_topic(kind: str) -> None:
+    body = sample(kind)
+    [record] = normalize(decode(authenticate(body)), TOPICS)
+    env = json.loads(record.value)
+    topic, key = NEW_KINDS[kind]
+    assert (record.topic, record.key, record.lark_type, record.event_id) == (
+        topic,
+        key.encode(),
+        kind,
+        "5e3702a84e847582be8db7fb73283c02",
+    )
+    assert dict(record.headers) == {
+        "content-type": ev.CONTENT_TYPE.encode(),
+        ev.EVENT_ID_HEADER: b"5e3702a84e847582be8db7fb73283c02",
+    }
+    assert env["type"] == kind and env["dataschema"] == ev.dataschema_id(kind)
+    assert env["id"] == env["larkeventid"] == "5e3702a84e847582be8db7fb73283c02"
+    assert env["subject"] == env["partitionkey"] == key
+    assert env["source"] == "/lark/apps/cli_9f5343c580712544/tenants/2ca1d211f64f6438"
+    assert env["time"] == "2020-12-23T12:19:49.000Z"
+    assert (env["specversion"], env["envelopeversion"], env["datacontenttype"]) == ("1.0", 1, "application/json")
+    assert (env["tenantkey"], env["appid"]) == ("2ca1d211f64f6438", "cli_9f5343c580712544")
+    # Lark's event object, field for field (no field of the documented samples is unmodelled).
+    if kind == ev.ROOM_UPDATED:
+        status = dict(body["event"]["room"]["room_status"], disable_start_time=1652356050, disable_end_time=1652442450)
+        assert env["data"] == {"room": {**body["event"]["room"], "room_status": status}}
+    else:
+        assert env["data"] == body["event"]
+    assert "token" not in record.value.decode()
+
+
+def test_room_deleted_carries_fields_beyond_the_room_id_as_unmodelled() -> None:
+    # The doc page has room.room_id alone; the SDK's model is the whole room (docs/protocol.md §9.5).
+    body = sample(ev.ROOM_DELETED)
+    body["event"]["room"]["name"] = "测试会议室"
+    body["event"]["room"]["room_status"] = {"status": False}
+    [(_, key, env)] = records(body)
+    assert key == b"omm_4de32cf10a4358788ff4e09e37ebbf9b"
+    assert env["data"]["room"] == {"room_id": "omm_4de32cf10a4358788ff4e09e37ebbf9b"}
+    assert env["data"]["_unmodelled"] == {
+        "/event/room/name": "测试会议室",
+        "/event/room/room_status": {"status": False},
+    }
+
+
+def test_room_level_deleted_without_delete_child_omits_it() -> None:
+    body = sample(ev.ROOM_LEVEL_DELETED)
+    del body["event"]["delete_child"]
+    [(topic, key, env)] = records(body)
+    assert (topic, key) == ("t.level_deleted", b"omb_8d020b12fe49e82847c2af3c193d5754")
+    assert env["data"] == {"room_level_id": "omb_8d020b12fe49e82847c2af3c193d5754"}
+    body["event"]["delete_child"] = True
+    assert records(body)[0][2]["data"]["delete_child"] is True
+
+
+def test_room_level_records_are_keyed_by_the_level_not_its_parent() -> None:
+    body = sample(ev.ROOM_LEVEL_UPDATED)
+    body["event"]["room_level"]["room_level_id"] = "omb_0123456789abcdef0123456789abcdef"
+    [(_, key, env)] = records(body)
+    assert key == b"omb_0123456789abcdef0123456789abcdef" != body["event"]["room_level"]["parent_id"].encode()
+    assert env["data"]["room_level"]["path"] == ["omb_4ad1a2c7a2fbc5fc9570f38456931293"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "mutate", "path"),
+    [
+        (ev.ROOM_UPDATED, lambda e: e.pop("room"), "$.event"),
+        (ev.ROOM_UPDATED, lambda e: e["room"].update(room_id=""), "$.event.room.room_id"),
+        (ev.ROOM_UPDATED, lambda e: e["room"].update(capacity="many"), "$.event.room.capacity"),
+        (ev.ROOM_UPDATED, lambda e: e["room"].update(path="omb_x"), "$.event.room.path"),
+        (
+            ev.ROOM_UPDATED,
+            lambda e: e["room"]["room_status"].update(disable_end_time="forever"),
+            "$.event.room.room_status.disable_end_time",
+        ),
+        (
+            ev.ROOM_UPDATED,
+            lambda e: e["room"]["room_status"]["contact_ids"].append("ou_x"),
+            "$.event.room.room_status.contact_ids[1]",
+        ),
+        (ev.ROOM_DELETED, lambda e: e.pop("room"), "$.event"),
+        (ev.ROOM_DELETED, lambda e: e["room"].pop("room_id"), "$.event.room"),
+        (ev.ROOM_DELETED, lambda e: e["room"].update(room_id=""), "$.event.room.room_id"),
+        (ev.ROOM_DELETED, lambda e: e["room"].update(room_id=42), "$.event.room.room_id"),
+        (ev.ROOM_DELETED, lambda e: e.update(room="omm_4de32cf10a4358788ff4e09e37ebbf9b"), "$.event.room"),
+        (ev.ROOM_LEVEL_CREATED, lambda e: e.pop("room_level"), "$.event"),
+        (ev.ROOM_LEVEL_CREATED, lambda e: e["room_level"].pop("room_level_id"), "$.event.room_level"),
+        (ev.ROOM_LEVEL_CREATED, lambda e: e["room_level"].update(room_level_id=""), "$.event.room_level.room_level_id"),
+        (ev.ROOM_LEVEL_CREATED, lambda e: e["room_level"].update(has_child="maybe"), "$.event.room_level.has_child"),
+        (ev.ROOM_LEVEL_CREATED, lambda e: e["room_level"]["path"].append(7), "$.event.room_level.path[1]"),
+        (ev.ROOM_LEVEL_UPDATED, lambda e: e["room_level"].update(parent_id=["omb_x"]), "$.event.room_level.parent_id"),
+        (ev.ROOM_LEVEL_UPDATED, lambda e: e.update(room_level=None), "$.event.room_level"),
+        (ev.ROOM_LEVEL_DELETED, lambda e: e.pop("room_level_id"), "$.event"),
+        (ev.ROOM_LEVEL_DELETED, lambda e: e.update(room_level_id=""), "$.event.room_level_id"),
+        (ev.ROOM_LEVEL_DELETED, lambda e: e.update(delete_child="maybe"), "$.event.delete_child"),
+        # The level's fields nested as in the created/updated events: not the deleted event's shape.
+        (ev.ROOM_LEVEL_DELETED, lambda e: e.update(room_level={"room_level_id": e.pop("room_level_id")}), "$.event"),
+    ],
+)
+def test_malformed_room_and_room_level_events_are_one_dead_letter(kind: str, mutate: Any, path: str) -> None:
+    body = sample(kind)
+    mutate(body["event"])
+    inbound = authenticate(body)
+    f = failure(body)
+    assert (f.reason, f.path) == ("invalid_event", path) and path in f.error
+    rec = dead_letter(inbound, f, received_ms=1_700_000_000_123, topics=TOPICS)
+    env = json.loads(rec.value)
+    assert (rec.topic, rec.key, rec.lark_type) == ("t.dlq", b"5e3702a84e847582be8db7fb73283c02", kind)
+    assert env["type"] == ev.DEAD_LETTER_TYPE
+    assert (env["data"]["reason"], env["data"]["path"], env["data"]["lark_type"]) == ("invalid_event", path, kind)
+    assert env["data"]["payload"]["event"] == body["event"]
+    assert env["data"]["payload"]["header"]["token"] == "[REDACTED]"
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_the_new_kinds_under_schema_1_0_are_unknown_types(kind: str) -> None:
+    body = sample("third_party_meeting_room_event_created")
+    body["event"]["type"] = kind
+    f = failure(body)
+    assert (f.reason, f.path) == ("unknown_event_type", "$.event.type")
+
+
+def test_a_room_level_payload_under_the_room_type_is_invalid() -> None:
+    body = sample(ev.ROOM_LEVEL_CREATED)
+    body["header"]["event_type"] = ev.ROOM_UPDATED
+    f = failure(body)
+    assert (f.reason, f.path) == ("invalid_event", "$.event")

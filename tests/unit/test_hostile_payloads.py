@@ -21,7 +21,17 @@ from bridge_devtools.platform import Platform, compact
 from tests.support.samples import with_token
 from tests.support.schemas import dead_letter_validator, envelope_validators
 
-TOPICS = Topics.from_names(room_created="t", reserve_config_updated="t", third_party="t", dead_letter="dlq")
+TOPICS = Topics.from_names(
+    room_created="t",
+    room_updated="t",
+    room_deleted="t",
+    room_level_created="t",
+    room_level_updated="t",
+    room_level_deleted="t",
+    reserve_config_updated="t",
+    third_party="t",
+    dead_letter="dlq",
+)
 TOKEN = sample("vc.room.created_v1")["header"]["token"]
 KEY = "ek-hostile"
 
@@ -102,6 +112,47 @@ def test_invalid_utf8_in_a_modelled_string_is_an_invalid_event_at_event() -> Non
     assert (info.value.reason, info.value.path) == ("invalid_event", "$.event")
     env = json.loads(dead_letter(inbound, info.value, received_ms=1, topics=TOPICS).value)
     assert env["data"]["payload"] == {}
+
+
+NEW_KIND_STRINGS = [
+    ("vc.room.updated_v1", b'"name":"'),
+    ("vc.room.deleted_v1", b'"room_id":"'),
+    ("vc.room_level.created_v1", b'"name":"'),
+    ("vc.room_level.updated_v1", b'"custom_group_id":"'),
+    ("vc.room_level.deleted_v1", b'"room_level_id":"'),
+]
+
+
+@pytest.mark.parametrize(("kind", "field"), NEW_KIND_STRINGS, ids=[k for k, _ in NEW_KIND_STRINGS])
+def test_invalid_utf8_in_a_modelled_string_of_the_room_and_level_kinds(kind: str, field: bytes) -> None:
+    raw = compact(sample(kind)).replace(field, field + b"\xff", 1)
+    inbound = read_inbound(raw)
+    assert isinstance(inbound, InboundEvent) and inbound.lark_type == kind
+    with pytest.raises(DeadLetterCause) as info:
+        decode(inbound)
+    assert (info.value.reason, info.value.path) == ("invalid_event", "$.event")
+    rec = dead_letter(inbound, info.value, received_ms=1, topics=TOPICS)
+    env = json.loads(rec.value)
+    assert (rec.topic, rec.lark_type, env["data"]["payload"]) == ("dlq", kind, {})
+    dead_letter_validator().validate(env)
+
+
+@pytest.mark.parametrize("depth", [900, MAX_DEPTH + 1])
+@pytest.mark.parametrize("kind", [k for k, _ in NEW_KIND_STRINGS])
+def test_a_deep_unknown_field_inside_the_event_of_the_room_and_level_kinds_is_one_dead_letter(
+    kind: str, depth: int
+) -> None:
+    raw = compact(sample(kind)).replace(b'"event":{', b'"event":{"x":' + nested(depth) + b",", 1)
+    inbound = read_inbound(raw)
+    assert isinstance(inbound, InboundEvent) and inbound.event_id
+    with pytest.raises(DeadLetterCause) as info:
+        normalize(decode(inbound), TOPICS)
+    assert info.value.reason == "invalid_event"
+    rec = dead_letter(inbound, info.value, received_ms=1, topics=TOPICS)
+    env = json.loads(rec.value)
+    assert env["data"]["payload"] == {} and "sha256" in env["data"]["error"]
+    assert TOKEN not in rec.value.decode()
+    dead_letter_validator().validate(env)
 
 
 def test_nesting_up_to_the_limit_is_carried() -> None:

@@ -4,6 +4,9 @@ A few hundred generated requests — valid ones and ones with the faults both im
 check (wrong signing key, tampered body, wrong token, corrupted ciphertext) — go through the
 SDK's own ``EventDispatcherHandler.do`` and through :class:`bridge.verify.Verifier`. Faults the
 SDK does not check (freshness, plaintext with a key set) are covered in ``test_verify.py``.
+
+For the room and room-level kinds the SDK has typed models (``lark_oapi.api.vc.v1``): ours have
+their field names and types, and both read each documented sample field for field.
 """
 
 from __future__ import annotations
@@ -11,14 +14,21 @@ from __future__ import annotations
 import base64
 import json
 import random
+from collections.abc import Callable
+from typing import Any, List, get_args, get_origin  # noqa: UP035 - the SDK's annotations use typing.List
 
 import lark_oapi as lark
+import msgspec
 import pytest
+from lark_oapi.api.vc import v1 as vc
 from lark_oapi.core.utils.decryptor import AESCipher
+from msgspec import inspect as mi
 
+from bridge import envelope as ev
+from bridge.decode import decode
 from bridge.errors import AuthenticationError
-from bridge.inbound import InboundEvent
-from bridge.samples import SAMPLE_TYPES
+from bridge.inbound import InboundEvent, read_inbound
+from bridge.samples import SAMPLE_TYPES, sample_bytes
 from bridge.verify import HEADER_SIGNATURE, Handshake, Verifier, decrypt, encrypt
 from bridge_devtools.platform import Platform, compact
 from tests.support.credentials import KEY, TOKEN
@@ -32,7 +42,24 @@ def _sdk_handler() -> lark.EventDispatcherHandler:
     builder.register_p2_customized_event("vc.room.created_v1", lambda e: None)
     builder.register_p2_customized_event("vc.reserve_config.updated_v1", lambda e: None)
     builder.register_p1_customized_event("third_party_meeting_room_event_created", lambda e: None)
+    _register_typed(builder, lambda e: None)
     return builder.build()
+
+
+#: The SDK's typed registration and event class of each room and room-level kind
+#: (``lark_oapi.api.vc.v1``; docs/protocol.md §9.4-§9.8).
+SDK_TYPED = {
+    ev.ROOM_UPDATED: ("register_p2_vc_room_updated_v1", vc.P2VcRoomUpdatedV1),
+    ev.ROOM_DELETED: ("register_p2_vc_room_deleted_v1", vc.P2VcRoomDeletedV1),
+    ev.ROOM_LEVEL_CREATED: ("register_p2_vc_room_level_created_v1", vc.P2VcRoomLevelCreatedV1),
+    ev.ROOM_LEVEL_UPDATED: ("register_p2_vc_room_level_updated_v1", vc.P2VcRoomLevelUpdatedV1),
+    ev.ROOM_LEVEL_DELETED: ("register_p2_vc_room_level_deleted_v1", vc.P2VcRoomLevelDeletedV1),
+}
+
+
+def _register_typed(builder: Any, handle: Callable[[Any], None]) -> None:
+    for method, _ in SDK_TYPED.values():
+        getattr(builder, method)(handle)
 
 
 def _sdk_accepts(handler: lark.EventDispatcherHandler, body: bytes, headers: dict[str, str]) -> bool:
@@ -55,7 +82,7 @@ def test_sdk_and_bridge_make_the_same_decisions() -> None:
     tally: dict[tuple[str, bool], int] = {}
     for i in range(300):
         fault = FAULTS[i % len(FAULTS)]
-        payload = _payload(rng, SAMPLE_TYPES[rng.randrange(3)])
+        payload = _payload(rng, rng.choice(SAMPLE_TYPES))
         if fault == "wrong_token":
             if "header" in payload:
                 payload["header"]["token"] = "not-the-token"
@@ -108,3 +135,76 @@ def test_sdk_decrypts_what_we_encrypt_and_back(length: int) -> None:
     # The SDK has no encrypt; check our decrypt against its decrypt on the same ciphertext.
     token = encrypt(plaintext, KEY)
     assert decrypt(token, KEY) == AESCipher(KEY).decrypt(base64.b64decode(token))
+
+
+# ---- the room and room-level kinds: the SDK's typed models and ours ---------------------------------
+
+
+def _sdk_shape(tp: Any) -> Any:
+    """A model of the SDK (its ``_types``) as a comparable tree: ``{field: shape}``,
+    ``["list", shape]`` or a scalar's name."""
+    if get_origin(tp) in (list, List):  # noqa: UP006
+        return ["list", _sdk_shape(get_args(tp)[0])]
+    if isinstance(tp, type) and hasattr(tp, "_types"):
+        return {name: _sdk_shape(t) for name, t in tp._types.items()}
+    return tp.__name__
+
+
+def _our_shape(info: Any) -> Any:
+    """The same tree from one of our msgspec models (``_unmodelled`` left out)."""
+    if isinstance(info, mi.StructType):
+        return {f.encode_name: _our_shape(f.type) for f in info.fields if f.encode_name != "_unmodelled"}
+    if isinstance(info, mi.ListType):
+        return ["list", _our_shape(info.item_type)]
+    if isinstance(info, mi.UnionType):
+        (member,) = (t for t in info.types if not isinstance(t, mi.NoneType))
+        return _our_shape(member)
+    if isinstance(info, mi.Metadata):
+        return _our_shape(info.type)
+    scalars: dict[type, str] = {mi.StrType: "str", mi.IntType: "int", mi.BoolType: "bool", mi.FloatType: "float"}
+    return scalars[type(info)]
+
+
+@pytest.mark.parametrize("kind", SDK_TYPED)
+def test_our_models_have_the_sdks_field_names_and_types(kind: str) -> None:
+    _, event_class = SDK_TYPED[kind]
+    sdk = _sdk_shape(event_class._types["event"])
+    ours = _our_shape(mi.type_info(ev.DATA_TYPES[kind]))
+    if kind == ev.ROOM_DELETED:
+        # The one difference (docs/protocol.md §9.5): the doc page's deleted room has room_id alone,
+        # the SDK reuses its whole room model; our model is the page's, a subset of the SDK's.
+        assert ours == {"room": {"room_id": "str"}}
+        assert sdk["room"]["room_id"] == "str"
+        assert sdk["room"] == _our_shape(mi.type_info(ev.Room))
+    else:
+        # The SDK annotates room_status.disable_*_time as int, like our envelope (on the wire
+        # they are numeric strings: docs/protocol.md §9.2).
+        assert sdk == ours
+
+
+@pytest.mark.parametrize("kind", SDK_TYPED)
+def test_the_sdk_parses_each_sample_as_the_bridge_does(kind: str) -> None:
+    method, event_class = SDK_TYPED[kind]
+    seen: list[Any] = []
+    builder = lark.EventDispatcherHandler.builder("", TOKEN, lark.LogLevel.CRITICAL)
+    getattr(builder, method)(seen.append)
+    body = compact(sample_event(kind))
+    assert _sdk_accepts(builder.build(), body, {})
+    [event] = seen
+    assert isinstance(event, event_class)
+    assert (event.schema, event.header.event_type, event.header.event_id) == (
+        "2.0",
+        kind,
+        json.loads(sample_bytes(kind))["header"]["event_id"],
+    )
+    # The SDK keeps every documented field (it drops the ones its model lacks) ...
+    sdk_event = json.loads(lark.JSON.marshal(event.event))
+    assert sdk_event == json.loads(sample_bytes(kind))["event"]
+    # ... and so does the bridge, nothing left unmodelled; only the numeric strings became integers.
+    data = msgspec.to_builtins(decode(read_inbound(body)).data)
+    assert "_unmodelled" not in data
+    if kind == ev.ROOM_UPDATED:
+        status = sdk_event["room"]["room_status"]
+        for field in ("disable_start_time", "disable_end_time"):
+            status[field] = int(status[field])
+    assert data == sdk_event

@@ -18,7 +18,17 @@ from bridge.samples import SAMPLE_TYPES, sample
 from bridge_devtools.platform import compact
 from tests.support.schemas import dead_letter_validator, envelope_validators
 
-TOPICS = Topics.from_names(room_created="a", reserve_config_updated="b", third_party="c", dead_letter="dlq")
+TOPICS = Topics.from_names(
+    room_created="a",
+    room_updated="a.room_updated",
+    room_deleted="a.room_deleted",
+    room_level_created="a.level_created",
+    room_level_updated="a.level_updated",
+    room_level_deleted="a.level_deleted",
+    reserve_config_updated="b",
+    third_party="c",
+    dead_letter="dlq",
+)
 TOKEN = "vt-SECRET-9f8e7d6c5b4a"
 VALIDATORS = envelope_validators()
 DLQ = dead_letter_validator()

@@ -17,7 +17,17 @@ from bridge.registry import WIRE_PREFIX_BYTES, RegistryClient, RegistryError, sc
 from bridge.settings import SettingsError, load_settings
 from tests.support.credentials import TOKEN
 
-TOPICS = Topics.from_names(room_created="r", reserve_config_updated="c", third_party="t", dead_letter="d")
+TOPICS = Topics.from_names(
+    room_created="r",
+    room_updated="ru",
+    room_deleted="rd",
+    room_level_created="lc",
+    room_level_updated="lu",
+    room_level_deleted="ld",
+    reserve_config_updated="c",
+    third_party="t",
+    dead_letter="d",
+)
 
 
 def test_subjects_and_the_wire_prefix_follow_confluents_conventions() -> None:
@@ -30,18 +40,42 @@ def test_subjects_and_the_wire_prefix_follow_confluents_conventions() -> None:
 
 def test_one_schema_per_topic_and_the_third_party_topics_covers_its_three_types() -> None:
     texts = {topic: json.loads(text) for topic, text in schema_texts(TOPICS).items()}
-    assert set(texts) == {"r", "c", "t", "d"}
-    assert texts["r"]["properties"]["type"] == {
-        "const": ev.ROOM_CREATED,
-        "description": "The Lark event type, verbatim.",
-    }
+    assert set(texts) == {"r", "ru", "rd", "lc", "lu", "ld", "c", "t", "d"}
+    for lark_type, topic in TOPICS.by_type.items():
+        if lark_type not in ev.THIRD_PARTY_TYPES:
+            assert texts[topic]["properties"]["type"] == {
+                "const": lark_type,
+                "description": "The Lark event type, verbatim.",
+            }
     assert texts["t"]["properties"]["type"]["enum"] == list(ev.THIRD_PARTY_TYPES)
     assert texts["d"]["properties"]["type"]["enum"] == [ev.DEAD_LETTER_TYPE]
-    shared = Topics.from_names(room_created="x", reserve_config_updated="x", third_party="t", dead_letter="d")
+    shared = Topics.from_names(
+        room_created="x",
+        room_updated="x",
+        room_deleted="rd",
+        room_level_created="lc",
+        room_level_updated="lu",
+        room_level_deleted="ld",
+        reserve_config_updated="c",
+        third_party="t",
+        dead_letter="d",
+    )
     with pytest.raises(ValueError, match="no single schema"):
         schema_texts(shared)
     with pytest.raises(ValueError, match="dead-letter topic"):
-        schema_texts(Topics.from_names(room_created="r", reserve_config_updated="c", third_party="t", dead_letter="r"))
+        schema_texts(
+            Topics.from_names(
+                room_created="r",
+                room_updated="ru",
+                room_deleted="rd",
+                room_level_created="lc",
+                room_level_updated="lu",
+                room_level_deleted="ld",
+                reserve_config_updated="c",
+                third_party="t",
+                dead_letter="r",
+            )
+        )
 
 
 def settings(**env: str) -> Any:
@@ -65,6 +99,12 @@ def test_registry_settings_are_checked_without_echoing_values() -> None:
             BRIDGE_SCHEMA_REGISTRY_URL="https://sr.example.com",
             BRIDGE_TOPIC_ROOM_CREATED="all",
             BRIDGE_TOPIC_RESERVE_CONFIG_UPDATED="all",
+        )
+    with pytest.raises(SettingsError, match="one schema per topic"):
+        settings(
+            BRIDGE_SCHEMA_REGISTRY_URL="https://sr.example.com",
+            BRIDGE_TOPIC_ROOM_LEVEL_UPDATED="levels",
+            BRIDGE_TOPIC_ROOM_LEVEL_DELETED="levels",
         )
     with_password = settings(
         BRIDGE_SCHEMA_REGISTRY_URL="https://sr.example.com",

@@ -20,7 +20,17 @@ from bridge_devtools.platform import compact
 from tests.support.schemas import SCHEMAS_DIR, validator
 
 ROOT = SCHEMAS_DIR
-TOPICS = Topics.from_names(room_created="a", reserve_config_updated="b", third_party="c", dead_letter="d")
+TOPICS = Topics.from_names(
+    room_created="a",
+    room_updated="a.room_updated",
+    room_deleted="a.room_deleted",
+    room_level_created="a.level_created",
+    room_level_updated="a.level_updated",
+    room_level_deleted="a.level_deleted",
+    reserve_config_updated="b",
+    third_party="c",
+    dead_letter="d",
+)
 
 
 def test_checked_in_files_equal_generated() -> None:
@@ -83,3 +93,33 @@ def test_dead_letter_records_validate() -> None:
     with pytest.raises(DeadLetterCause) as info:
         decode(auth)
     v.validate(json.loads(dead_letter(auth, info.value, received_ms=1, topics=TOPICS).value))
+
+
+#: The room and room-level kinds (docs/protocol.md §9.4-§9.8) and, for each, a sibling kind whose
+#: ``data`` their schema must refuse.
+NEW_KINDS = {
+    ev.ROOM_UPDATED: ev.ROOM_LEVEL_UPDATED,
+    ev.ROOM_DELETED: ev.ROOM_UPDATED,
+    ev.ROOM_LEVEL_CREATED: ev.ROOM_CREATED,
+    ev.ROOM_LEVEL_UPDATED: ev.ROOM_LEVEL_DELETED,
+    ev.ROOM_LEVEL_DELETED: ev.ROOM_LEVEL_CREATED,
+}
+
+
+def _envelope(body: dict[str, object]) -> dict[str, object]:
+    [rec] = normalize(decode(read_inbound(compact(body))), TOPICS)
+    env: dict[str, object] = json.loads(rec.value)
+    return env
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_the_new_schemas_take_their_records_with_unmodelled_fields_and_refuse_other_shapes(kind: str) -> None:
+    v = validator(f"envelope/v1/{kind}.schema.json")
+    body = sample(kind)
+    body["event"]["floor"] = {"name": "3F"}  # a field the platform may add tomorrow
+    env = _envelope(body)
+    v.validate(env)
+    assert env["data"]["_unmodelled"] == {"/event/floor": {"name": "3F"}}  # type: ignore[index]
+    other = _envelope(sample(NEW_KINDS[kind]))
+    assert not v.is_valid({**env, "data": other["data"]})  # closed content model
+    assert not v.is_valid({**other, "type": kind, "dataschema": ev.dataschema_id(kind)})

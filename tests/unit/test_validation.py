@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import envelope as ev
-from bridge.samples import sample
+from bridge.samples import SAMPLE_TYPES, sample
 from bridge.validation import Invalid, convert, locate
 
 _MSGSPEC_PATH = re.compile(r"^(?P<detail>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.S)
@@ -85,11 +85,7 @@ def _mutate(draw: st.DrawFn, value: Any) -> Any:
 
 @st.composite
 def mutated_events(draw: st.DrawFn) -> tuple[Any, Any]:
-    kind = draw(
-        st.sampled_from(
-            ["vc.room.created_v1", "vc.reserve_config.updated_v1", "third_party_meeting_room_event_created"]
-        )
-    )
+    kind = draw(st.sampled_from(SAMPLE_TYPES))
     event = sample(kind)["event"]
     for _ in range(draw(st.integers(1, 3))):
         event = _mutate(draw, event)
