@@ -19,14 +19,16 @@ event id is known carries it in the Kafka header ``lark_event_id``
   broker is asked to hold each fetch until :data:`FETCH_MIN_BYTES` are there or
   :data:`FETCH_MAX_WAIT_MS` passed, so that under steady traffic the tail does not fetch once per
   new record (the profiles are in BENCHMARKS.md): it costs a fetch per 64 KiB or per 100 ms, and
-  an id reaches the ledger ≤ 100 ms later.
+  an id reaches the ledger ≈ 100 ms later while every broker answers.
 
 An event that fans out to several records (header ``lark_record_part: <index>/<count>``) counts
 as delivered once all its records are read; until then the ledger keeps which are, so that a
 retry after a partial failure (here or on another replica) publishes only the missing ones.
 
 What remains: two replicas that receive the *same* delivery within one publish-plus-tail-lag
-window of each other (≈ 100 ms; the platform's retries come 15 s apart) can both publish it. Ids
+window of each other (≈ 100 ms while every broker answers, seconds under broker faults:
+docs/delivery.md, "Dedup"; the platform's retries come 15 s apart, and a retry waits for the feed
+at the barrier) can both publish it. Ids
 replayed at start are marked at replay time, so they are remembered up to one TTL longer than
 needed — never shorter. Partitions added while running are not followed until a restart.
 """
