@@ -8,7 +8,10 @@ type=RoomCreatedEnvelope)``). JSON Schemas in ``schemas/`` are generated from th
 Record value: a CloudEvents 1.0 event in structured JSON mode (UTF-8), Kafka header
 ``content-type: application/cloudevents+json; charset=utf-8``; the Kafka key is ``partitionkey``
 (UTF-8). See docs/envelope.md ("Envelope v1", "Schemas and versioning") for the attribute
-table and the versioning policy.
+table and the versioning policy. A topic in *binary* content mode (``BRIDGE_CLOUDEVENTS_MODE``)
+carries the same event as the CloudEvents Kafka protocol binding maps it: the value is ``data``
+alone and every other attribute is a header (:func:`to_binary`; :func:`structured_from_binary`
+turns such a record back into the structured JSON these models decode).
 
 ``data`` keeps Lark's field names and nesting, with types normalized: numeric strings become
 integers (units in each field's description), ids stay strings. Fields the bridge does not model
@@ -20,6 +23,7 @@ Token fields are never carried.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 import msgspec
@@ -31,6 +35,15 @@ ENVELOPE_VERSION: Final = 1
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 #: The envelope's ``datacontenttype`` attribute: ``data`` is JSON.
 DATA_CONTENT_TYPE: Final = "application/json"
+#: The Kafka header naming the value's media type: the event format in structured mode
+#: (:data:`CONTENT_TYPE`), ``datacontenttype`` in binary mode (CloudEvents Kafka binding §3.2.1).
+CONTENT_TYPE_HEADER: Final = "content-type"
+#: Prefix of the Kafka header of each CloudEvents attribute in binary content mode
+#: (CloudEvents Kafka binding §3.2.3.1): ``id`` → ``ce_id``.
+BINARY_HEADER_PREFIX: Final = "ce_"
+#: The attributes of type Integer in the CloudEvents type system (the others are strings): in
+#: binary mode their headers carry the canonical string form, decimal digits.
+INTEGER_ATTRIBUTES: Final = frozenset({"envelopeversion"})
 #: The prefix of every ``dataschema`` value (:func:`dataschema_id`, :func:`dead_letter_schema_id`).
 SCHEMA_ID_BASE: Final = "urn:lark-bridge:schema"
 
@@ -124,6 +137,8 @@ def dead_letter_schema_id(version: int = 1) -> str:
     """
     return f"{SCHEMA_ID_BASE}:dead_letter:v{version}"
 
+
+_encoder: Final = msgspec.json.Encoder()
 
 # The docstrings of the models below, and the descriptions in their ``Meta``, are the published
 # schemas' descriptions (msgspec puts them there; schemas/PUBLISHED.sha256 pins the files): they
@@ -534,3 +549,85 @@ class DeadLetterEnvelope(msgspec.Struct, omit_defaults=True, frozen=True, kw_onl
     larkeventid: str | None = None
     tenantkey: str | None = None
     appid: str | None = None
+
+
+# ---- content modes (CloudEvents Kafka protocol binding) ------------------------------------
+
+
+def to_binary(envelope: CloudEvent[Any] | DeadLetterEnvelope) -> tuple[tuple[tuple[str, bytes], ...], bytes]:
+    """Map an envelope to CloudEvents binary content mode (the Kafka protocol binding, §3.2).
+
+    Args:
+        envelope: An envelope (:class:`CloudEvent` subclass or :class:`DeadLetterEnvelope`).
+
+    Returns:
+        ``(headers, value)``: ``value`` is ``data`` as JSON — the same bytes the structured
+        record has under ``data``; ``headers`` has ``content-type`` (``datacontenttype``) first,
+        then ``ce_<attribute>`` for every other attribute that is set, in the envelope's field
+        order, each value UTF-8 (integers as decimal digits).
+
+    Raises:
+        TypeError: An attribute is neither a string nor an integer (no envelope has one).
+    """
+    headers: list[tuple[str, bytes]] = []
+    for name in envelope.__struct_fields__:
+        value = getattr(envelope, name)
+        if name == "data" or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise TypeError(f"attribute {name} is {type(value).__name__}, not a string or an integer")
+        text = value.encode("utf-8") if isinstance(value, str) else str(value).encode("ascii")
+        if name == "datacontenttype":
+            headers.insert(0, (CONTENT_TYPE_HEADER, text))
+        else:
+            headers.append((BINARY_HEADER_PREFIX + name, text))
+    return tuple(headers), _encoder.encode(envelope.data)
+
+
+def is_structured(headers: Iterable[tuple[str, bytes]]) -> bool:
+    """Tell a structured-mode record from a binary-mode one, as the Kafka binding says (§3).
+
+    Args:
+        headers: The record's Kafka headers.
+
+    Returns:
+        True when a ``content-type`` header starts with ``application/cloudevents`` (any case);
+        False otherwise: binary mode.
+    """
+    return any(
+        name.lower() == CONTENT_TYPE_HEADER and value[:23].lower() == b"application/cloudevents"
+        for name, value in headers
+    )
+
+
+def structured_from_binary(headers: Iterable[tuple[str, bytes]], value: bytes) -> bytes:
+    """Rebuild the structured JSON of a binary-mode record, to decode it with these models.
+
+    Args:
+        headers: The record's Kafka headers: ``ce_<attribute>`` (names in any case), and
+            ``content-type`` for ``datacontenttype``; any other header is not an attribute.
+        value: The record's value: ``data`` as JSON text (not checked here: decoding the result
+            with a model checks it).
+
+    Returns:
+        A JSON object: each attribute (an :data:`INTEGER_ATTRIBUTES` one as a number), and
+        ``data``, ``value`` itself.
+
+    Raises:
+        ValueError: A header value is not UTF-8, or an integer attribute is not decimal digits.
+    """
+    attributes: dict[str, Any] = {}
+    for name, raw in headers:
+        lower = name.lower()
+        if lower == CONTENT_TYPE_HEADER:
+            attributes["datacontenttype"] = raw.decode("utf-8")
+        elif lower.startswith(BINARY_HEADER_PREFIX):
+            attribute, text = lower[len(BINARY_HEADER_PREFIX) :], raw.decode("utf-8")
+            if attribute in INTEGER_ATTRIBUTES:
+                if not (text.isascii() and text.isdigit()):
+                    raise ValueError(f"header {name} is not an integer")
+                attributes[attribute] = int(text)
+            else:
+                attributes[attribute] = text
+    attributes["data"] = msgspec.Raw(value)
+    return _encoder.encode(attributes)
