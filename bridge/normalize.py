@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -31,10 +31,23 @@ _CONTENT_TYPE_HEADER: Final = ("content-type", ev.CONTENT_TYPE.encode("ascii"))
 
 
 def _headers(event_id: str | None) -> tuple[tuple[str, bytes], ...]:
-    """Kafka headers of a record: content type, and the event id when known."""
+    """Kafka headers of a structured record: content type, and the event id when known."""
     if event_id is None:
         return (_CONTENT_TYPE_HEADER,)
     return (_CONTENT_TYPE_HEADER, (ev.EVENT_ID_HEADER, event_id.encode("utf-8")))
+
+
+def _encoded(
+    envelope: ev.CloudEvent[Any] | ev.DeadLetterEnvelope, binary: bool, event_id: str | None
+) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+    """A record's value and headers in its topic's content mode: structured, the envelope and
+    :func:`_headers`; binary (:func:`bridge.envelope.to_binary`), ``data`` and the attribute
+    headers, then the bridge's own headers as in structured mode."""
+    if not binary:
+        return _encoder.encode(envelope), _headers(event_id)
+    attributes, value = ev.to_binary(envelope)
+    own = () if event_id is None else ((ev.EVENT_ID_HEADER, event_id.encode("utf-8")),)
+    return value, (*attributes, *own)
 
 
 #: A third-party event's records carry its whole ``meeting_rooms`` list while it lists at most
@@ -54,8 +67,10 @@ class Record:
         topic: The topic it goes to.
         key: The record key, UTF-8 bytes; None for an unkeyed record (a dead letter without a
             event id).
-        value: The envelope, JSON bytes (CloudEvents 1.0 structured mode; docs/envelope.md).
-        headers: The Kafka headers, ``(name, value bytes)`` pairs: ``content-type``, and
+        value: The envelope, JSON bytes (CloudEvents 1.0 structured mode; docs/envelope.md), or
+            on a topic in binary mode (:attr:`Topics.binary`) its ``data`` alone.
+        headers: The Kafka headers, ``(name, value bytes)`` pairs: ``content-type`` (binary
+            mode: the ``datacontenttype``, then a ``ce_<attribute>`` header per attribute), and
             :data:`bridge.envelope.EVENT_ID_HEADER` when the event id is known (plus
             :data:`bridge.envelope.RECORD_PART_HEADER` when the event has several records).
         lark_type: The Lark type, for logs and metrics (``"unknown"`` on a dead letter of an
@@ -82,10 +97,14 @@ class Topics:
     Attributes:
         by_type: ``{Lark type: topic name}``; the three third-party kinds map to one topic.
         dead_letter: The dead-letter topic's name.
+        binary: The topics whose records are in CloudEvents binary content mode
+            (``BRIDGE_CLOUDEVENTS_MODE`` and its overrides); the others are structured. Default:
+            none.
     """
 
     by_type: Mapping[str, str]
     dead_letter: str
+    binary: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topics:
@@ -95,9 +114,11 @@ class Topics:
             settings: The bridge's settings.
 
         Returns:
-            The topic map.
+            The topic map, with each topic's content mode.
         """
+        modes = settings.cloudevents_modes()
         return cls.from_names(
+            binary=[topic for topic, mode in modes.items() if mode == "binary"],
             room_created=settings.topic_room_created,
             room_updated=settings.topic_room_updated,
             room_deleted=settings.topic_room_deleted,
@@ -122,6 +143,7 @@ class Topics:
         reserve_config_updated: str,
         third_party: str,
         dead_letter: str,
+        binary: Iterable[str] = (),
     ) -> Topics:
         """Build the map from the nine configured names.
 
@@ -135,6 +157,8 @@ class Topics:
             reserve_config_updated: The topic of ``vc.reserve_config.updated_v1`` events.
             third_party: The one topic all three third-party kinds share.
             dead_letter: The dead-letter topic.
+            binary: The topics in CloudEvents binary content mode. Default: none (all
+                structured).
 
         Returns:
             The topic map.
@@ -149,7 +173,7 @@ class Topics:
             ev.RESERVE_CONFIG_UPDATED: reserve_config_updated,
         }
         by_type.update(dict.fromkeys(ev.THIRD_PARTY_TYPES, third_party))
-        return cls(by_type=by_type, dead_letter=dead_letter)
+        return cls(by_type=by_type, dead_letter=dead_letter, binary=frozenset(binary))
 
     def all(self) -> tuple[str, ...]:
         """List every distinct topic name.
@@ -263,16 +287,17 @@ def normalize(event: DecodedEvent, topics: Topics) -> list[Record]:
     else:
         keyed = [(event.event_id, data.uid, data)]
     envelope_type = ev.ENVELOPE_TYPES[event.lark_type]
-    headers = _headers(event.event_id)
+    binary = topic in topics.binary
     count = len(keyed)
     records = []
     for index, (record_id, key, record_data) in enumerate(keyed):
         envelope = envelope_type(id=record_id, subject=key, partitionkey=key, data=record_data, **common)
+        value, headers = _encoded(envelope, binary, event.event_id)
         records.append(
             Record(
                 topic=topic,
                 key=key.encode("utf-8"),
-                value=_encoder.encode(envelope),
+                value=value,
                 headers=headers if count == 1 else (*headers, ev.part_header(index, count)),
                 lark_type=event.lark_type,
                 event_id=event.event_id,
@@ -344,11 +369,12 @@ def dead_letter(
             payload=body,
         ),
     )
+    value, headers = _encoded(envelope, topics.dead_letter in topics.binary, record_id)
     return Record(
         topic=topics.dead_letter,
         key=event_id.encode("utf-8") if event_id else None,
-        value=_encoder.encode(envelope),
-        headers=_headers(record_id),
+        value=value,
+        headers=headers,
         lark_type=inbound.lark_type or "unknown",
         event_id=record_id,
     )

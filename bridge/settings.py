@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "BRIDGE_"
@@ -79,6 +79,44 @@ class EventLoop(enum.StrEnum):
 
     UVLOOP = "uvloop"
     ASYNCIO = "asyncio"
+
+
+class CloudEventsMode(enum.StrEnum):
+    """CloudEvents content mode of a topic's records (the Kafka protocol binding): ``structured``
+    (the value is the whole event as JSON) or ``binary`` (the value is ``data`` alone, the other
+    attributes are ``ce_*`` headers; docs/envelope.md, "Binary content mode")."""
+
+    STRUCTURED = "structured"
+    BINARY = "binary"
+
+
+def parse_mode_overrides(text: str | None) -> dict[str, CloudEventsMode]:
+    """Read ``BRIDGE_CLOUDEVENTS_MODE_OVERRIDES``: ``topic=mode`` pairs separated by commas.
+
+    Args:
+        text: The variable's value; None or blank: no override. Blanks around names, modes and
+            commas are ignored, and so is an empty pair (a trailing comma).
+
+    Returns:
+        ``{topic: mode}``.
+
+    Raises:
+        ValueError: A pair without ``=``, an empty topic, a mode other than ``structured`` or
+            ``binary``, or a topic named twice; the message names it.
+    """
+    out: dict[str, CloudEventsMode] = {}
+    for pair in (text or "").split(","):
+        if not pair.strip():
+            continue
+        topic, sep, mode = (part.strip() for part in pair.partition("="))
+        if not sep or not topic:
+            raise ValueError(f"{pair.strip()!r} is not topic=mode")
+        if mode not in set(CloudEventsMode):
+            raise ValueError(f"topic {topic!r}: mode {mode!r} is not structured or binary")
+        if topic in out:
+            raise ValueError(f"topic {topic!r} is named twice")
+        out[topic] = CloudEventsMode(mode)
+    return out
 
 
 class Compression(enum.StrEnum):
@@ -274,6 +312,18 @@ class Settings(BaseSettings):
         description="Topic of third_party_meeting_room_event_created/updated/deleted.",
     )
     topic_dead_letter: str = Field("lark.bridge.dead_letter", min_length=1, description="Dead-letter topic.")
+    cloudevents_mode: CloudEventsMode = Field(
+        CloudEventsMode.STRUCTURED,
+        description="CloudEvents content mode of every topic's records, the dead-letter topic's too: "
+        "structured (the value is the whole event as JSON) or binary (the value is the event's data "
+        "alone, the other attributes are ce_* headers and content-type; docs/envelope.md).",
+    )
+    cloudevents_mode_overrides: str | None = Field(
+        None,
+        description="Topics whose content mode differs from BRIDGE_CLOUDEVENTS_MODE, as "
+        "topic=mode pairs separated by commas (e.g. lark.vc.room.created_v1=binary); each topic "
+        "must be one of BRIDGE_TOPIC_*.",
+    )
 
     # --- Schema registry ------------------------------------------------------------------------
     schema_registry_url: str | None = Field(
@@ -380,6 +430,23 @@ class Settings(BaseSettings):
             raise ValueError("must not carry credentials: use BRIDGE_SCHEMA_REGISTRY_USERNAME/_PASSWORD")
         return v.rstrip("/")
 
+    @field_validator("cloudevents_mode_overrides")
+    @classmethod
+    def _mode_overrides(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or not v.strip():
+            return None
+        overrides = parse_mode_overrides(v)
+        topic_fields = [name for name in cls.model_fields if name.startswith("topic_")]
+        if all(name in info.data for name in topic_fields):  # else a topic's own error is reported
+            topics = {info.data[name] for name in topic_fields}
+            unknown = sorted(set(overrides) - topics)
+            if unknown:
+                raise ValueError(
+                    f"names {', '.join(repr(t) for t in unknown)}, not a topic of the bridge "
+                    f"(BRIDGE_TOPIC_*: {', '.join(sorted(topics))})"
+                )
+        return v
+
     @field_validator("kafka_topic_replication_factor", "kafka_topic_min_insync_replicas", mode="before")
     @classmethod
     def _blank_int_is_unset(cls, v: Any) -> Any:
@@ -421,6 +488,17 @@ class Settings(BaseSettings):
                     "BRIDGE_KAFKA_SASL_USERNAME and BRIDGE_KAFKA_SASL_PASSWORD are required with a SASL_* protocol"
                 )
         return self
+
+    def cloudevents_modes(self) -> dict[str, CloudEventsMode]:
+        """Say each topic's CloudEvents content mode.
+
+        Returns:
+            ``{topic: mode}`` for every ``BRIDGE_TOPIC_*`` topic: its override
+            (``BRIDGE_CLOUDEVENTS_MODE_OVERRIDES``), else ``BRIDGE_CLOUDEVENTS_MODE``.
+        """
+        overrides = parse_mode_overrides(self.cloudevents_mode_overrides)
+        topics = {getattr(self, name) for name in type(self).model_fields if name.startswith("topic_")}
+        return {topic: overrides.get(topic, self.cloudevents_mode) for topic in sorted(topics)}
 
     @property
     def webhook_enabled(self) -> bool:

@@ -47,6 +47,7 @@ UNSET_SAMPLES: dict[str, Any] = {
     "BRIDGE_SCHEMA_REGISTRY_USERNAME": "bridge-registry-user",
     "BRIDGE_SCHEMA_REGISTRY_CAFILE": "/etc/ssl/registry/ca.pem",
     "BRIDGE_LARK_APP_ID": "cli_a1b2c3d4e5f6",
+    "BRIDGE_CLOUDEVENTS_MODE_OVERRIDES": "lark.vc.room.created_v1=binary,lark.bridge.dead_letter=structured",
 }
 # One sentinel per secret value key under `secrets:` in values.yaml.
 SENTINELS = {
@@ -762,3 +763,30 @@ def test_the_long_connection_needs_no_ingress_and_takes_its_secret_from_the_secr
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in r.container["env"] if "valueFrom" in e}
     assert refs["BRIDGE_LARK_APP_SECRET"] == "lark-app-secret"
     assert len(render(EVERYTHING_ON, secret_sets()).of_kind("Ingress")) == 1
+
+
+# --- CloudEvents content modes -----------------------------------------------------------------
+
+
+def test_content_modes_reach_the_bridge(render: RenderFn) -> None:
+    config = {
+        "cloudevents_mode": "binary",
+        "cloudevents_mode_overrides": "lark.bridge.dead_letter=structured, lark.vc.room.created_v1=binary",
+    }
+    r = render({"config": config}, {"secrets.larkVerificationToken": "t"})
+    modes = load_settings(container_environment(r)).cloudevents_modes()
+    assert modes["lark.bridge.dead_letter"] == "structured"
+    assert {t for t, m in modes.items() if m == "binary"} == set(modes) - {"lark.bridge.dead_letter"}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"cloudevents_mode": "avro"},
+        {"cloudevents_mode_overrides": "lark.vc.room.created_v1=avro"},
+        {"cloudevents_mode_overrides": "lark.vc.room.created_v1"},
+    ],
+)
+def test_the_schema_refuses_a_bad_content_mode(render: RenderFn, config: dict[str, str]) -> None:
+    with pytest.raises(HelmError, match="cloudevents_mode"):
+        render({"config": config}, {"secrets.larkVerificationToken": "t"})
