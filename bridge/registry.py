@@ -12,8 +12,9 @@ made at start and by the ``schemas`` CLI, never on the hot path:
 
 Subjects follow the default ``TopicNameStrategy``: ``<topic>-value``, one schema per topic
 (:func:`bridge.schemas.topic_schema`: the third-party topic's covers its three change types, the
-dead-letter topic has its own). A framed record value is ``0x00`` (magic byte), the schema id as
-a 4-byte big-endian integer, then the same CloudEvents JSON as without a registry — byte for byte
+dead-letter topic has its own; a topic in CloudEvents binary content mode gets the schema of its
+records' ``data``, their whole value). A framed record value is ``0x00`` (magic byte), the schema id as
+a 4-byte big-endian integer, then the same JSON as without a registry — byte for byte
 what confluent-kafka's ``JSONSerializer`` writes for that document (compact separators, UTF-8),
 so its ``JSONDeserializer``, Kafka Connect's ``JsonSchemaConverter`` and Apicurio's serdes read it.
 
@@ -90,7 +91,8 @@ def schema_texts(topics: Topics) -> dict[str, str]:
     restart finds the same id.
 
     Args:
-        topics: The topic map.
+        topics: The topic map (a topic in :attr:`~bridge.normalize.Topics.binary` gets the
+            schema of its records' ``data``).
 
     Returns:
         ``{topic: schema JSON text}`` for every topic of ``topics``.
@@ -102,10 +104,12 @@ def schema_texts(topics: Topics) -> dict[str, str]:
     kinds: dict[str, set[str]] = {}
     for lark_type, topic in topics.by_type.items():
         kinds.setdefault(topic, set()).add(lark_type)
-    out = {topic: _text(topic_schema(frozenset(types))) for topic, types in kinds.items()}
+    out = {
+        topic: _text(topic_schema(frozenset(types), binary=topic in topics.binary)) for topic, types in kinds.items()
+    }
     if topics.dead_letter in out:
         raise ValueError("the dead-letter topic must not also carry events (one schema per topic)")
-    out[topics.dead_letter] = _text(topic_schema(None))
+    out[topics.dead_letter] = _text(topic_schema(None, binary=topics.dead_letter in topics.binary))
     return out
 
 

@@ -17,9 +17,18 @@ generate. Layout::
     schemas/envelope/v1/third_party_meeting_room_event.schema.json
                                                      the third-party topic's: its three types
     schemas/envelope/v1/examples/<lark type>.json    the normalized documented sample(s)
+    schemas/envelope/v1/data/<lark type>.schema.json ``data`` alone: a binary-mode record's value
+    schemas/envelope/v1/data/third_party_meeting_room_event.schema.json
+                                                     the three third-party types' (one shape)
     schemas/dead_letter/v1/dead_letter.schema.json
     schemas/dead_letter/v1/examples/dead_letter.json
+    schemas/dead_letter/v1/data/dead_letter.schema.json
     schemas/PUBLISHED.sha256                         hashes of released files (never change)
+
+A topic in CloudEvents binary content mode (``BRIDGE_CLOUDEVENTS_MODE``) has ``data`` alone as
+its record value, so its schema (:func:`topic_schema` with ``binary=True``) is the ``data``
+schema; the record's ``ce_dataschema`` header still names the envelope schema, as in
+structured mode (the attribute is the same in both modes), whose ``data`` is this schema.
 
 Versioning policy: docs/envelope.md, "Schemas and versioning"; the registry: docs/registry.md.
 """
@@ -120,26 +129,79 @@ def third_party_topic_schema() -> dict[str, Any]:
     }
 
 
-def topic_schema(lark_types: frozenset[str] | None) -> dict[str, Any]:
+def data_schema(data_type: type[Any], title: str) -> dict[str, Any]:
+    """Generate the schema of one ``data`` model: a binary-mode record's whole value.
+
+    Args:
+        data_type: The model (a value of :data:`bridge.envelope.DATA_TYPES`, or
+            :class:`bridge.envelope.DeadLetterData`).
+        title: The schema's title.
+
+    Returns:
+        The JSON Schema (draft-07) as a dict, the same shape as the envelope schema's ``data``.
+    """
+    root = _inline_root(msgspec.json.schema(data_type))
+    return {"$schema": DRAFT, **_draft07(root), "title": title}
+
+
+def event_data_schema(lark_type: str) -> dict[str, Any]:
+    """Generate the ``data`` schema of one Lark type (:func:`data_schema`).
+
+    Args:
+        lark_type: A key of :data:`bridge.envelope.DATA_TYPES`; the three third-party types have
+            one shape, :data:`THIRD_PARTY_TOPIC`'s.
+
+    Returns:
+        The JSON Schema (draft-07) as a dict.
+
+    Raises:
+        KeyError: ``lark_type`` is not a key of :data:`bridge.envelope.DATA_TYPES`.
+    """
+    name = (
+        "third_party_meeting_room_event_{created,updated,deleted}" if lark_type in ev.THIRD_PARTY_TYPES else lark_type
+    )
+    return data_schema(
+        ev.DATA_TYPES[lark_type],
+        f"Lark {name}, data of envelope v1 (the record value in CloudEvents binary content mode)",
+    )
+
+
+def dead_letter_data_schema() -> dict[str, Any]:
+    """Generate the ``data`` schema of dead-letter records v1 (:func:`data_schema`).
+
+    Returns:
+        The JSON Schema (draft-07) as a dict.
+    """
+    return data_schema(
+        ev.DeadLetterData,
+        "Lark bridge dead-letter record v1, data (the record value in CloudEvents binary content mode)",
+    )
+
+
+def topic_schema(lark_types: frozenset[str] | None, *, binary: bool = False) -> dict[str, Any]:
     """Pick the one schema of a topic.
 
     Args:
         lark_types: The Lark types the topic carries; None for the dead-letter topic.
+        binary: Whether the topic's records are in CloudEvents binary content mode (the value is
+            ``data`` alone). Default False.
 
     Returns:
         The JSON Schema (draft-07) as a dict: :func:`dead_letter_schema`,
-        :func:`envelope_schema` of the one type, or :func:`third_party_topic_schema`.
+        :func:`envelope_schema` of the one type, or :func:`third_party_topic_schema`; in binary
+        mode, :func:`dead_letter_data_schema` or :func:`event_data_schema` instead.
 
     Raises:
         ValueError: A mix no single envelope schema covers (e.g. room and reserve-config events
             on one topic).
     """
     if lark_types is None:
-        return dead_letter_schema()
-    if len(lark_types) == 1:
-        return envelope_schema(next(iter(lark_types)))
-    if lark_types <= set(ev.THIRD_PARTY_TYPES):
-        return third_party_topic_schema()
+        return dead_letter_data_schema() if binary else dead_letter_schema()
+    if len(lark_types) == 1 or lark_types <= set(ev.THIRD_PARTY_TYPES):
+        one = min(lark_types)
+        if binary:
+            return event_data_schema(one)
+        return envelope_schema(one) if len(lark_types) == 1 else third_party_topic_schema()
     raise ValueError(f"no single schema covers {sorted(lark_types)} on one topic")
 
 
@@ -225,7 +287,11 @@ def generated_files() -> dict[str, str]:
     """
     files = {f"envelope/v1/{t}.schema.json": _dump(envelope_schema(t)) for t in ev.LARK_TYPES}
     files[f"envelope/v1/{THIRD_PARTY_TOPIC}.schema.json"] = _dump(third_party_topic_schema())
+    for t in ev.LARK_TYPES:
+        stem = THIRD_PARTY_TOPIC if t in ev.THIRD_PARTY_TYPES else t
+        files[f"envelope/v1/data/{stem}.schema.json"] = _dump(event_data_schema(t))
     files["dead_letter/v1/dead_letter.schema.json"] = _dump(dead_letter_schema())
+    files["dead_letter/v1/data/dead_letter.schema.json"] = _dump(dead_letter_data_schema())
     for stem, records in examples().items():
         folder = "dead_letter/v1" if stem == "dead_letter" else "envelope/v1"
         files[f"{folder}/examples/{stem}.json"] = _dump(records)

@@ -29,7 +29,10 @@ def published() -> dict[str, str]:
 
 
 def subject(rel: str) -> str:
-    return Path(rel).name.removesuffix(".schema.json") + "-value"
+    """A subject per file: ``<stem>-value``, ``<stem>.data-value`` for a ``data`` schema (the
+    value of a binary-mode topic), which has the same stem as its envelope's."""
+    stem = Path(rel).name.removesuffix(".schema.json")
+    return f"{stem}.data-value" if Path(rel).parent.name == "data" else f"{stem}-value"
 
 
 def check(url: str, rel: str, schema: dict[str, Any]) -> tuple[int, Any]:
@@ -51,11 +54,13 @@ def test_published_then_current_is_accepted_and_a_breaking_change_is_refused(reg
     with_optional["properties"]["tomorrowsfield"] = {"type": "string"}
     assert check(url, rel, with_optional) == (200, {"is_compatible": True})
 
+    # an envelope's attribute, or a data schema's first required field
+    name = "time" if "time" in current["properties"] else current["required"][0]
     removed = copy.deepcopy(current)  # a required attribute removed
-    del removed["properties"]["time"]
-    removed["required"].remove("time")
+    del removed["properties"][name]
+    removed["required"].remove(name)
     assert check(url, rel, removed) == (200, {"is_compatible": False})
 
     retyped = copy.deepcopy(current)  # an attribute's type changed
-    retyped["properties"]["id"] = {"type": "integer"}
+    retyped["properties"]["id" if "id" in current["properties"] else name] = {"type": "integer"}
     assert check(url, rel, retyped) == (200, {"is_compatible": False})
