@@ -15,6 +15,11 @@ letter on; an id already there is not published again — so replaying twice, or
 the platform later redelivered successfully, publishes nothing twice. A fan-out written in part is
 completed with only its missing records. What still fails stays in the dead-letter topic (nothing
 is deleted or rewritten) and is reported.
+
+Content modes: dead letters are read in either CloudEvents content mode, record by record (a
+topic's ``BRIDGE_CLOUDEVENTS_MODE`` may have changed while it held records), with or without a
+schema registry's wire prefix; replayed records take the mode their target topics have now, as a
+live event's would.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from bridge.inbound import UnreadableJSON, read_inbound
 from bridge.metrics import Metrics
 from bridge.normalize import Record, Topics, normalize
 from bridge.publish import Publisher
-from bridge.registry import WIRE_PREFIX_BYTES, SchemaIds
+from bridge.registry import MAGIC_BYTE, WIRE_PREFIX_BYTES, SchemaIds
 from bridge.settings import Settings
 
 #: Kafka header of a replayed record: the dead letter it came from, ``<topic>/<partition>/<offset>``.
@@ -158,8 +163,10 @@ async def read(
 ) -> AsyncIterator[DeadLetter]:
     """Read back the dead letters of ``BRIDGE_TOPIC_DEAD_LETTER`` that a selection admits.
 
-    Reads up to the end offsets at the call, in partition order. A record that is not a
-    dead-letter envelope is skipped.
+    Reads up to the end offsets at the call, in partition order. Records of either CloudEvents
+    content mode are read (the topic's mode may have changed over time: each record's
+    ``content-type`` header says which it is), framed by a schema registry or not. A record that
+    is not a dead-letter envelope is skipped.
 
     Args:
         settings: The Kafka connection and ``topic_dead_letter``.
@@ -224,9 +231,18 @@ async def read(
 
 
 def _dead_letter(topic: str, m: Any) -> DeadLetter | None:
+    """The dead letter a consumed record holds, in either CloudEvents content mode and with or
+    without a schema registry's wire prefix; None when it is not a dead-letter envelope."""
+    value, headers = m.value, m.headers or ()
+    if not isinstance(value, bytes):
+        return None
+    if value[:1] == MAGIC_BYTE:  # framed by a registry (JSON text never starts with a NUL)
+        value = value[WIRE_PREFIX_BYTES:]
     try:
-        env = _envelope.decode(m.value)
-    except (msgspec.DecodeError, TypeError):
+        if not ev.is_structured(headers) and any(n.lower().startswith(ev.BINARY_HEADER_PREFIX) for n, _ in headers):
+            value = ev.structured_from_binary(headers, value)
+        env = _envelope.decode(value)
+    except (ValueError, TypeError):  # msgspec.DecodeError is a ValueError
         return None
     d = env.data
     return DeadLetter(

@@ -42,6 +42,7 @@ class Message:
     partition: int = 2
     offset: int = 41
     timestamp: int = 1_700_000_000_000
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def read_back(payload: dict[str, Any], failure: DeadLetterCause, *, carry_payload: bool = True) -> DeadLetter:
@@ -53,7 +54,7 @@ def read_back(payload: dict[str, Any], failure: DeadLetterCause, *, carry_payloa
         topics=TOPICS,
         carry_payload=carry_payload,
     )
-    dl = _dead_letter("dlq", Message(record.value))
+    dl = _dead_letter("dlq", Message(record.value, headers=record.headers))
     assert dl is not None
     return dl
 
