@@ -31,7 +31,7 @@ from msgspec import Meta
 
 #: The envelope's ``envelopeversion`` attribute.
 ENVELOPE_VERSION: Final = 1
-#: The Kafka ``content-type`` header of every record (CloudEvents 1.0 Kafka binding, structured mode).
+#: The Kafka ``content-type`` header of a structured-mode record (CloudEvents 1.0 Kafka binding, §3.3.1).
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 #: The envelope's ``datacontenttype`` attribute: ``data`` is JSON.
 DATA_CONTENT_TYPE: Final = "application/json"
