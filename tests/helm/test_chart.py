@@ -762,3 +762,17 @@ def test_the_long_connection_needs_no_ingress_and_takes_its_secret_from_the_secr
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in r.container["env"] if "valueFrom" in e}
     assert refs["BRIDGE_LARK_APP_SECRET"] == "lark-app-secret"
     assert len(render(EVERYTHING_ON, secret_sets()).of_kind("Ingress")) == 1
+
+
+def test_the_ip_allowlist_renders_as_the_bridge_reads_it(render: RenderFn) -> None:
+    # "off" is a YAML 1.1 boolean when unquoted: the default must still reach the bridge as text.
+    env = container_environment(render(None, {"secrets.larkVerificationToken": "t"}))
+    assert env["BRIDGE_LARK_IP_ALLOWLIST"] == "off" and env["BRIDGE_HTTP_TRUSTED_PROXY_HOPS"] == "0"
+    assert load_settings(env).lark_ip_allowlist == "off"
+    on = {"config": {"lark_ip_allowlist": "enforce", "lark_app_id": "cli_a1b2", "http_trusted_proxy_hops": 1}}
+    env = container_environment(render(on, {"secrets.larkVerificationToken": "t", "secrets.larkAppSecret": "s"}))
+    settings = load_settings(env)
+    assert (settings.lark_ip_allowlist, settings.http_trusted_proxy_hops) == ("enforce", 1)
+    assert settings.lark_ip_allowlist_refresh_s == 21_600
+    with pytest.raises(HelmError, match="lark_ip_allowlist"):
+        render({"config": {"lark_ip_allowlist": "on"}})
