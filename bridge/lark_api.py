@@ -69,6 +69,7 @@ from bridge.settings import Settings
 
 __all__ = [
     "FEISHU_DOMAIN",
+    "FIXED_ERROR_NAMES",
     "INVALID_TOKEN_CODES",
     "LARK_DOMAIN",
     "MAX_OUTBOUND_IP_PAGE_SIZE",
@@ -211,6 +212,12 @@ INVALID_TOKEN_CODES: Final = frozenset(
 )
 #: Codes that are the server's trouble: retried like HTTP 5xx.
 _SERVER_CODES: Final = frozenset({ErrorCode.INTERNAL_ERROR})
+
+
+#: The fixed :attr:`LarkApiError.name` values beside the :class:`ErrorCode` names and the
+#: ``code_<n>``, ``http_<status>`` and ``transport_<ExceptionType>`` families (a bounded set, for
+#: metric labels).
+FIXED_ERROR_NAMES: Final = ("bad_data", "deadline_exceeded", "not_json", "page_token_loop", "no_answer")
 
 
 def _code_name(code: int | None, http_status: int | None) -> str:

@@ -357,6 +357,11 @@ class FakeLarkApi:
         HTTP ``status``; ``endpoint="auth.tenant_access_token"`` targets the token endpoint."""
         self._faults.append(_Fault(n, status, code, msg, dict(headers or {}), endpoint))
 
+    @property
+    def faults_pending(self) -> int:
+        """Faulty answers still to be served."""
+        return sum(f.remaining for f in self._faults)
+
     def clear_faults(self) -> None:
         """Drop the faults not served yet."""
         self._faults.clear()
