@@ -1,4 +1,4 @@
-"""Command line: ``python -m bridge {serve,schemas,dead-letters,config-reference,metrics-reference}``.
+"""Command line: ``python -m bridge {serve,schemas,dead-letters,platform,config-reference,metrics-reference}``.
 
 ``serve`` runs the bridge with the configuration from ``BRIDGE_*`` environment variables (exit
 code 2 and a message naming the variable when one is bad). ``schemas write|check`` generates or
@@ -8,7 +8,10 @@ codes: :data:`EXIT_OK`, :data:`EXIT_REFUSED`, :data:`EXIT_CONFIG`, :data:`EXIT_R
 ``dead-letters list|replay`` lists the dead-letter topic's records or replays them through
 today's decode and normalize (:mod:`bridge.dead_letters`; exit codes :data:`EXIT_OK` all
 replayed or already delivered, :data:`EXIT_REFUSED` some still fail, :data:`EXIT_CONFIG`,
-:data:`EXIT_REGISTRY` the broker is unreachable). ``config-reference`` and ``metrics-reference`` print
+:data:`EXIT_REGISTRY` the broker is unreachable). ``platform egress-ips`` prints the platform's
+event egress IPs as CIDRs, JSON or NetworkPolicy peers (:mod:`bridge.cli_platform`; exit codes
+:data:`EXIT_OK`, :data:`EXIT_REFUSED` the platform refused, :data:`EXIT_CONFIG`,
+:data:`EXIT_REGISTRY` the platform is unreachable). ``config-reference`` and ``metrics-reference`` print
 the generated tables of ``docs/configuration.md`` and ``docs/metrics.md``. (The demo and the local
 broker are development tools outside the package: ``bridge_devtools``.)
 """
@@ -89,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     dead.add_argument("--json", action="store_true", help="one JSON object a line instead of a table")
     dead.add_argument("--dry-run", action="store_true", help="replay: say what would happen, publish nothing")
+    platform = sub.add_parser(
+        "platform",
+        help="ask the platform's Open API with the app's credentials (egress-ips: the webhook's source addresses)",
+        description="egress-ips: the addresses the platform pushes webhook events from (GET "
+        "/open-apis/event/v1/outbound_ip; the app needs the event:ip_list permission), fetched with "
+        "BRIDGE_LARK_APP_ID / BRIDGE_LARK_APP_SECRET at BRIDGE_LARK_DOMAIN. --format plain: one CIDR a "
+        "line (for a WAF or security group); json; networkpolicy: Kubernetes NetworkPolicy ipBlock peers "
+        f"(YAML). Exit codes: {EXIT_OK} ok, {EXIT_REFUSED} the platform refused or listed nothing usable, "
+        f"{EXIT_CONFIG} bad settings or arguments, {EXIT_REGISTRY} the platform unreachable.",
+    )
+    platform.add_argument("action", choices=("egress-ips",))
+    platform.add_argument(
+        "--format", choices=("plain", "json", "networkpolicy"), default="plain", help="output format (default plain)"
+    )
     sub.add_parser("config-reference", help="print the settings table of docs/configuration.md (markdown)")
     sub.add_parser("metrics-reference", help="print the metrics table of docs/metrics.md (markdown)")
     return parser
@@ -135,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         from bridge.cli_dead_letters import run_dead_letters
 
         return run_dead_letters(dead_letter_settings, args)
+    if args.command == "platform":
+        platform_settings = _tool_settings()
+        if platform_settings is None:
+            return EXIT_CONFIG
+        from bridge.cli_platform import run_platform
+
+        return run_platform(platform_settings, args)
     if args.command == "config-reference":
         from bridge.settings import settings_markdown
 
@@ -149,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tool_settings() -> Settings | None:
-    """Settings of a command that talks to Kafka or the registry but never to the platform (the
-    verification token is not needed); None after printing the bad variable to stderr."""
+    """Settings of a command that never takes webhook events (the verification token is not
+    needed); None after printing the bad variable to stderr."""
     env = dict(os.environ)
     env.setdefault("BRIDGE_LARK_VERIFICATION_TOKEN", "not-used-by-this-command")
     try:

@@ -19,9 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge.dedup import DeliveryLedger
 from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink, KafkaDelivery
+from bridge.egress_ips import EgressIps
 from bridge.ingress.http import json_answer as _answer
 from bridge.ingress.long_connection import LongConnection
 from bridge.ingress.webhook import handle_event, request_context_middleware
+from bridge.lark_api import LarkApi
 from bridge.metrics import Metrics
 from bridge.normalize import Topics
 from bridge.publish import Publisher
@@ -41,13 +43,17 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 def not_ready_reason(state: AppState) -> str | None:
     """Why the bridge is not ready (``shutting_down``, the producer's reason, the schema
-    registry's, ``dedup_replay``, ``long_connection_down``), or None when it is: the producer is
-    connected, the topics exist, every topic's schema id is known (with a registry), the dedup
-    ledger is replayed and — with the long connection as the only ingress — its WebSocket is
-    open (docs/long_connection.md §9.4; with ``both`` the webhook keeps its traffic meanwhile)."""
+    registry's, ``dedup_replay``, ``long_connection_down``, ``egress_ips_unknown``), or None when
+    it is: the producer is connected, the topics exist, every topic's schema id is known (with a
+    registry), the dedup ledger is replayed, — with the long connection as the only ingress — its
+    WebSocket is open (docs/long_connection.md §9.4; with ``both`` the webhook keeps its traffic
+    meanwhile) and — with ``BRIDGE_LARK_IP_ALLOWLIST=enforce`` — the platform's egress IP list
+    was fetched."""
     reason = delivery_not_ready_reason(state)
     if reason is None and state.long_connection is not None and not state.settings.webhook_enabled:
         return state.long_connection.not_ready_reason()
+    if reason is None and state.egress_ips is not None:
+        return state.egress_ips.not_ready_reason()
     return reason
 
 
@@ -91,6 +97,7 @@ def create_app(
     consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
     registry_client_factory: Callable[[], RegistryClient] | None = None,
     long_connection_session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+    lark_api_factory: Callable[[aiohttp.ClientSession], LarkApi] | None = None,
     tracer_provider: Any | None = None,
 ) -> web.Application:
     """Build the bridge's aiohttp app from ``settings``.
@@ -103,7 +110,10 @@ def create_app(
     ``BRIDGE_SCHEMA_REGISTRY_URL`` set, the topics' schema ids are resolved in the same cleanup
     context, and records are framed in the Confluent wire format. ``tracer_provider``: the
     OpenTelemetry provider of the spans (:mod:`bridge.tracing`; default: the global one, a no-op
-    unless something configured it — tracing off).
+    unless something configured it — tracing off). With ``BRIDGE_LARK_IP_ALLOWLIST`` on (and the
+    webhook), the platform's egress IP list is fetched and refreshed by
+    :class:`bridge.egress_ips.EgressIps` through the Open API client ``lark_api_factory`` builds
+    (default :meth:`bridge.lark_api.LarkApi.from_settings`).
     """
     metrics = Metrics()
     tracing = Tracing(tracer_provider)
@@ -161,6 +171,9 @@ def create_app(
             session_factory=long_connection_session_factory,
             tracing=tracing,
         )
+    egress_ips: EgressIps | None = None
+    if settings.webhook_enabled and settings.lark_ip_allowlist != "off":
+        egress_ips = EgressIps(settings, metrics, api_factory=lark_api_factory)
     app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=[request_context_middleware])
     state = app[STATE] = AppState(
         settings,
@@ -173,6 +186,7 @@ def create_app(
         schema_ids,
         long_connection=long_connection,
         tracing=tracing,
+        egress_ips=egress_ips,
     )
     metrics.ready.set_function(lambda: 0.0 if not_ready_reason(state) else 1.0)
     if settings.webhook_enabled:
@@ -184,6 +198,8 @@ def create_app(
     services: list[Service] = [
         s
         for s in (
+            # first: the list is fetched while the producer connects; closed last
+            egress_ips,
             schema_ids,
             publisher,
             # between the producer and the feed: closing it waits for publishes whose requests

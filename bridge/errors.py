@@ -13,11 +13,13 @@
     │                                 the status is for logs and metrics, nginx's convention)
     ├── AuthenticationError 401       signature, decryption, token or freshness failed;
     │                                 ``reason`` is one of :data:`AUTH_REASONS`
+    ├── Forbidden           403       the client's address is not among the platform's egress IPs
+    │                                 (``ip_not_allowed``; BRIDGE_LARK_IP_ALLOWLIST=enforce)
     └── Unavailable         503       the event could not be delivered now; the platform retries
         │                             (``publish_timeout``, ``broker_unavailable``,
         │                             ``publish_failed``, ``shutting_down``, ``bodies_in_flight``,
-        │                             ``dedup_replay``, ``dedup_barrier``, ``schema_ids_unknown``); carries
-        │                             ``retry_after_s``
+        │                             ``dedup_replay``, ``dedup_barrier``, ``schema_ids_unknown``,
+        │                             ``egress_ips_unknown``); carries ``retry_after_s``
         └── PublishFailed     503     the broker refused or lost some of an event's records
                                       (``broker_unavailable``); carries ``acked``, the indices of
                                       those it did acknowledge
@@ -170,12 +172,27 @@ class AuthenticationError(BridgeError):
         super().__init__(reason)
 
 
+class Forbidden(BridgeError):
+    """403: the request's client address is not in the allow-list of the platform's egress IPs
+    (``BRIDGE_LARK_IP_ALLOWLIST=enforce``); answered before the body is read.
+
+    Takes no arguments; ``reason`` is ``ip_not_allowed``.
+    """
+
+    status = 403
+    message = "forbidden"
+
+    def __init__(self) -> None:
+        super().__init__("ip_not_allowed")
+
+
 class Unavailable(BridgeError):
     """503 with ``Retry-After``: the event was not delivered now and must be retried.
 
     Args:
         reason: Why (``publish_timeout``, ``broker_unavailable``, ``publish_failed``,
-            ``shutting_down``, ``bodies_in_flight``, ``dedup_replay``, ``dedup_barrier``, ``schema_ids_unknown``).
+            ``shutting_down``, ``bodies_in_flight``, ``dedup_replay``, ``dedup_barrier``,
+            ``schema_ids_unknown``, ``egress_ips_unknown``).
         retry_after_s: Sent as the ``Retry-After`` header, in seconds (int). Default 15.
     """
 

@@ -1,8 +1,8 @@
 """The one adapter for the platform's Open API (Feishu/Lark server API) of a self-built app.
 
 Everything the bridge asks the platform over HTTP with a ``tenant_access_token`` goes through
-:class:`LarkApi`: meeting rooms, room levels and reservation limits today; egress IPs or the
-long connection's count later, each as one :class:`Endpoint` and one method. Callers see typed
+:class:`LarkApi`: meeting rooms, room levels, reservation limits and the platform's event egress
+IPs today; the long connection's count later, each as one :class:`Endpoint` and one method. Callers see typed
 results (msgspec models) and one error tree; the token, the rate limits and the retries stay
 inside.
 
@@ -69,8 +69,11 @@ from bridge.settings import Settings
 
 __all__ = [
     "FEISHU_DOMAIN",
+    "FIXED_ERROR_NAMES",
     "INVALID_TOKEN_CODES",
     "LARK_DOMAIN",
+    "MAX_OUTBOUND_IP_PAGE_SIZE",
+    "OUTBOUND_IP_LIST",
     "RATE_LIMIT_CODE",
     "REFRESH_EARLY_S",
     "RESERVE_SCOPE",
@@ -91,6 +94,7 @@ __all__ = [
     "LarkServerError",
     "LarkTransportError",
     "Limit",
+    "OutboundIpPage",
     "RateLimiter",
     "ReserveConfig",
     "ReserveScopeConfig",
@@ -113,8 +117,10 @@ LARK_DOMAIN: Final = "https://open.larksuite.com"
 #: Seconds before a token's expiry at which it is fetched again (the platform returns a new one
 #: once less than 30 min are left).
 REFRESH_EARLY_S: Final = 300.0
-#: Largest ``page_size`` of the paged endpoints (the docs' 数据校验规则: 最大值 100).
+#: Largest ``page_size`` of the paged vc endpoints (the docs' 数据校验规则: 最大值 100).
 MAX_PAGE_SIZE: Final = 100
+#: Largest ``page_size`` of ``GET /open-apis/event/v1/outbound_ip`` (its page: 最大值 50).
+MAX_OUTBOUND_IP_PAGE_SIZE: Final = 50
 #: The response header with the request's log id (the docs' "调用 API" page; the SDK's ``X_TT_LOGID``).
 LOG_ID_HEADER: Final = "X-Tt-Logid"
 #: Seconds until a rate-limit window resets (频控策略), read from a rate-limit answer.
@@ -150,6 +156,8 @@ class ErrorCode(enum.IntEnum):
     DATA_CONFLICT = 121006
     #: vc reserve_scope: HTTP 400, no such room or level, or ``scope_type`` does not match it.
     INVALID_SCOPE_ID = 126001
+    #: event outbound_ip: HTTP 400, a paging parameter is invalid ("获取事件出口 IP").
+    EVENT_PARAM_INVALID = 1810001
     #: Generic: invalid parameter (e.g. a token request without ``app_id``).
     INVALID_PARAMETER = 10003
     #: Generic: get tenant access token fail.
@@ -204,6 +212,12 @@ INVALID_TOKEN_CODES: Final = frozenset(
 )
 #: Codes that are the server's trouble: retried like HTTP 5xx.
 _SERVER_CODES: Final = frozenset({ErrorCode.INTERNAL_ERROR})
+
+
+#: The fixed :attr:`LarkApiError.name` values beside the :class:`ErrorCode` names and the
+#: ``code_<n>``, ``http_<status>`` and ``transport_<ExceptionType>`` families (a bounded set, for
+#: metric labels).
+FIXED_ERROR_NAMES: Final = ("bad_data", "deadline_exceeded", "not_json", "page_token_loop", "no_answer")
 
 
 def _code_name(code: int | None, http_status: int | None) -> str:
@@ -384,6 +398,16 @@ class RoomLevelPage(msgspec.Struct, frozen=True, kw_only=True):
     has_more: bool = False
 
 
+class OutboundIpPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of ``GET /open-apis/event/v1/outbound_ip`` ("获取事件出口 IP"): ``ip_list``, the
+    addresses (or ranges) the platform pushes events from, as text; ``has_more``; and
+    ``page_token`` (present only when ``has_more``)."""
+
+    ip_list: list[str] | None = None
+    page_token: str | None = None
+    has_more: bool = False
+
+
 class _RoomAnswer(msgspec.Struct, frozen=True, kw_only=True):
     room: Room
 
@@ -494,7 +518,7 @@ _HEAD = msgspec.json.Decoder(_Head)
 _TOKEN_ANSWER = msgspec.json.Decoder(_TokenAnswer, strict=False)
 _DATA_DECODERS: Final[Mapping[type[Any], msgspec.json.Decoder[Any]]] = {
     cls: msgspec.json.Decoder(cls, strict=False)
-    for cls in (RoomPage, RoomLevelPage, _RoomAnswer, _RoomLevelAnswer, ReserveConfig)
+    for cls in (RoomPage, RoomLevelPage, _RoomAnswer, _RoomLevelAnswer, ReserveConfig, OutboundIpPage)
 }
 
 
@@ -552,7 +576,18 @@ RESERVE_SCOPE: Final = Endpoint(
     (Limit(100, 60.0),),
     _DOCS + "vc-v1/scope_config/reserve_scope",
 )
-_ENDPOINTS: Final = (ROOM_LIST, ROOM_GET, ROOM_LEVEL_LIST, ROOM_LEVEL_GET, RESERVE_SCOPE)
+#: The page ("获取事件出口 IP", https://open.feishu.cn/document/server-docs/event-subscription-guide/list;
+#: permission ``event:ip_list``, tenant_access_token) names no rate limit, nor does the SDK:
+#: this assumes 频控策略 level 3 (100/min), the strictest common read tier — a refresh every few
+#: hours asks for a page or two — and the rate-limit answer is waited out all the same.
+OUTBOUND_IP_LIST: Final = Endpoint(
+    "event.outbound_ip.list",
+    "GET",
+    "/open-apis/event/v1/outbound_ip",
+    (Limit(100, 60.0),),
+    _DOCS + "event-subscription-guide/list",
+)
+_ENDPOINTS: Final = (ROOM_LIST, ROOM_GET, ROOM_LEVEL_LIST, ROOM_LEVEL_GET, RESERVE_SCOPE, OUTBOUND_IP_LIST)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -982,6 +1017,55 @@ class LarkApi:
             ReserveConfig,
             query=_query(scope_id=scope_id, scope_type=str(int(scope_type)), user_id_type=user_id_type),
         )
+
+    async def list_outbound_ips_page(
+        self, *, page_size: int = MAX_OUTBOUND_IP_PAGE_SIZE, page_token: str | None = None
+    ) -> OutboundIpPage:
+        """One page of ``GET /open-apis/event/v1/outbound_ip`` ("获取事件出口 IP",
+        https://open.feishu.cn/document/server-docs/event-subscription-guide/list; permission
+        ``event:ip_list``; no documented rate limit, see :data:`OUTBOUND_IP_LIST`): the egress
+        addresses the platform pushes events to the app's request URL from. They change; the
+        platform recommends fetching them again regularly (every 6 h).
+
+        Args:
+            page_size: 1-50 entries per page (default 50).
+            page_token: the previous page's ``page_token``; None for the first page.
+
+        Returns:
+            The page: ``ip_list``, ``has_more``, ``page_token`` (only when ``has_more``).
+
+        Raises:
+            ValueError: ``page_size`` outside 1-50.
+            LarkApiError: ``SCOPE_REQUIRED`` (99991672) when the app lacks ``event:ip_list``,
+                ``EVENT_PARAM_INVALID`` (1810001) for a bad page token, and the rest of the tree.
+        """
+        if not 1 <= page_size <= MAX_OUTBOUND_IP_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1-{MAX_OUTBOUND_IP_PAGE_SIZE}, got {page_size}")
+        return await self._call(
+            OUTBOUND_IP_LIST, OutboundIpPage, query=_query(page_size=page_size, page_token=page_token)
+        )
+
+    async def list_outbound_ips(self, *, page_size: int = MAX_OUTBOUND_IP_PAGE_SIZE) -> AsyncIterator[str]:
+        """Every egress address of the platform's event pushes, page after page
+        (:meth:`list_outbound_ips_page`).
+
+        Yields:
+            Each entry of ``ip_list`` as the platform wrote it (an IPv4 or IPv6 address, or a
+            CIDR range), in the platform's order; parsing them is the caller's (see
+            :mod:`bridge.allowlist`).
+
+        Raises:
+            LarkApiError: as :meth:`list_outbound_ips_page`, or ``page_token_loop`` when the
+                platform hands back the same token with ``has_more`` twice in a row.
+        """
+        token: str | None = None
+        while True:
+            page = await self.list_outbound_ips_page(page_size=page_size, page_token=token)
+            for entry in page.ip_list or ():
+                yield entry
+            token = _next_token(OUTBOUND_IP_LIST, page.has_more, page.page_token, token)
+            if token is None:
+                return
 
     # ---- the machinery -----------------------------------------------------------------------
 

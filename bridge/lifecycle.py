@@ -2,7 +2,8 @@
 
 Every long-lived part of the bridge that works in the background — the producer's supervisor
 (:class:`bridge.publish.Publisher`), the dedup ledger's feed (:class:`bridge.dedup_feed.LedgerFeed`),
-the schema ids (:class:`bridge.registry.SchemaIds`), the long connection — has the shape of
+the schema ids (:class:`bridge.registry.SchemaIds`), the long connection, the platform's egress IP
+list (:class:`bridge.egress_ips.EgressIps`) — has the shape of
 :class:`BackgroundService`: ``start()`` returns at once and never raises (the work goes on in a
 task), ``close()`` ends it, and ``not_ready_reason()`` says why it cannot serve yet (None when it
 can). The app starts them in order in one cleanup context and closes them in reverse order

@@ -236,6 +236,31 @@ class Metrics:
             "waited for the dedup feed to catch up with the broker before publishing.",
             registry=r,
         )
+        self.egress_ips = Gauge(
+            "bridge_egress_ips",
+            "Ranges in the allow-list of the platform's egress IPs (BRIDGE_LARK_IP_ALLOWLIST), as last "
+            "fetched; 0 before the first fetch.",
+            registry=r,
+        )
+        self.egress_ips_age_seconds = Gauge(
+            "bridge_egress_ips_age_seconds",
+            "Seconds since the egress IP list was last fetched successfully (+Inf before the first "
+            "fetch; 0 with BRIDGE_LARK_IP_ALLOWLIST=off).",
+            registry=r,
+        )
+        self.egress_ips_refresh_failures = Counter(
+            "bridge_egress_ips_refresh_failures_total",
+            "Failed fetches of the egress IP list (each attempt), by error name; the last good list stays in use.",
+            ["reason"],
+            registry=r,
+        )
+        self.unlisted_requests = Counter(
+            "bridge_unlisted_requests_total",
+            "Webhook requests from an address not in the egress IP list, by BRIDGE_LARK_IP_ALLOWLIST "
+            "mode: enforce (answered 403) or report (let through).",
+            ["mode"],
+            registry=r,
+        )
         # Cached children of the metrics written for every event (see Children).
         self.requests_by: Children[Counter] = Children(self.requests)
         self.request_latency_by: Children[Histogram] = Children(self.request_latency)
@@ -244,6 +269,7 @@ class Metrics:
         self.duplicates_by: Children[Counter] = Children(self.duplicates)
         self.long_connection_frames_by: Children[Counter] = Children(self.long_connection_frames)
         self.long_connection_acks_by: Children[Counter] = Children(self.long_connection_acks)
+        self.unlisted_by: Children[Counter] = Children(self.unlisted_requests)
 
 
 # ---- the metrics reference (docs/metrics.md) ------------------------------------------------------
@@ -307,10 +333,12 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
     from aiokafka.errors import KafkaError
 
     from bridge.dedup import LOCAL, LOG
+    from bridge.egress_ips import EGRESS_FAILURES
     from bridge.envelope import LARK_TYPES, DeadLetterReason
     from bridge.errors import AUTH_REASONS
     from bridge.ingress.connect import RETRYABLE_CODES
     from bridge.ingress.long_connection import FRAME_KINDS
+    from bridge.lark_api import FIXED_ERROR_NAMES, ErrorCode
     from bridge.settings import Settings
 
     topic_settings = (
@@ -336,12 +364,12 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
             "outcome": LabelValues(
                 (
                     *("published", "duplicate", "dead_lettered", "handshake"),
-                    *("bad_request", "unauthorized", "timeout", "too_large", "unsupported_encoding"),
+                    *("bad_request", "unauthorized", "forbidden", "timeout", "too_large", "unsupported_encoding"),
                     *("client_disconnected", "unavailable", "http_error", "cancelled", "error"),
                 )
             ),
             "status": LabelValues(
-                ("200", "400", "401", "405", "408", "413", "415", "499", "500", "503"),
+                ("200", "400", "401", "403", "405", "408", "413", "415", "499", "500", "503"),
                 note="`405` with `http_error`: a method other than POST; `499`: the client hung up, or shutdown "
                 "cut the request short",
             ),
@@ -415,6 +443,16 @@ def label_values() -> dict[str, dict[str, LabelValues]]:
         },
         "bridge_long_connection_frames_total": {"kind": LabelValues(FRAME_KINDS)},
         "bridge_long_connection_acks_total": {"code": LabelValues(("200", "500"), note="200 handled, 500 re-push")},
+        "bridge_egress_ips_refresh_failures_total": {
+            "reason": LabelValues(
+                (*(code.name for code in ErrorCode if code), *FIXED_ERROR_NAMES, *EGRESS_FAILURES),
+                families=("code_<n>", "http_<status>", "transport_<exception class>"),
+                note="the Open API error's name (`bridge.lark_api.ErrorCode`, e.g. `SCOPE_REQUIRED` when the "
+                "app lacks `event:ip_list`, or `bridge.lark_api.FIXED_ERROR_NAMES`, e.g. `deadline_exceeded`), "
+                "`empty_list` (no usable entry), `error` (anything else)",
+            )
+        },
+        "bridge_unlisted_requests_total": {"mode": LabelValues(("enforce", "report"))},
     }
 
 

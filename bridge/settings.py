@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -226,6 +226,40 @@ class Settings(BaseSettings):
         description="Largest event payload accepted over the long connection (split messages "
         "reassembled), in bytes; larger is acked as a failure.",
     )
+
+    # --- Webhook allow-list: the platform's egress IPs ---------------------------------------
+    lark_ip_allowlist: Literal["off", "enforce", "report"] = Field(
+        "off",
+        description="Check the webhook's client address against the platform's event egress IPs "
+        "(GET /open-apis/event/v1/outbound_ip, fetched with BRIDGE_LARK_APP_ID/SECRET; the app needs "
+        "the event:ip_list permission): off; enforce (an unlisted address gets 403 before its body is "
+        "read; 503 until the list was fetched once); report (only counted and logged). The long "
+        'connection is not affected (docs/operations.md, "Allow-listing the platform\'s egress IPs").',
+    )
+    lark_ip_allowlist_refresh_s: int = Field(
+        21_600,
+        ge=60,
+        description="How often the egress IP list is fetched again, in seconds (the platform "
+        "recommends 6 h); a failed fetch keeps the last list and is retried sooner, with backoff.",
+    )
+    http_trusted_proxy_hops: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Proxies of yours in front of the bridge that each append to X-Forwarded-For "
+        "(ingress controller, load balancer): 0 trusts no header (the TCP peer is the client); N "
+        "takes the N-th address from the right of X-Forwarded-For, and a request with fewer "
+        "entries counts as unlisted.",
+    )
+
+    @model_validator(mode="after")
+    def _allowlist_needs_the_app(self) -> Settings:
+        if self.lark_ip_allowlist != "off" and (not self.lark_app_id or self.lark_app_secret is None):
+            raise ValueError(
+                "BRIDGE_LARK_APP_ID and BRIDGE_LARK_APP_SECRET are required with BRIDGE_LARK_IP_ALLOWLIST="
+                + self.lark_ip_allowlist
+            )
+        return self
 
     # --- Kafka --------------------------------------------------------------------------------
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Comma-separated host:port list.")

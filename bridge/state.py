@@ -13,6 +13,7 @@ from aiohttp import web
 from bridge.dedup import DeliveryLedger
 from bridge.dedup_feed import LedgerFeed
 from bridge.delivery import EventSink
+from bridge.egress_ips import EgressIps
 from bridge.ingress.long_connection import LongConnection
 from bridge.logs import RequestIds
 from bridge.metrics import Metrics
@@ -34,6 +35,8 @@ class AppState:
     ``long_connection`` without the long connection (``BRIDGE_LARK_SUBSCRIPTION_MODE``). ``body_bytes_in_flight``:
     request body bytes received and held by requests being handled (``BRIDGE_HTTP_MAX_BODY_BYTES_IN_FLIGHT``).
     ``request_ids`` names requests that bring no ``X-Request-Id``; ``tracing`` makes their spans.
+    ``egress_ips``: the platform's egress IP list the webhook checks clients against, None with
+    ``BRIDGE_LARK_IP_ALLOWLIST=off`` or without the webhook.
     """
 
     settings: Settings
@@ -49,6 +52,7 @@ class AppState:
     body_bytes_in_flight: int = 0
     request_ids: RequestIds = field(default_factory=RequestIds)
     tracing: Tracing = field(default_factory=Tracing)
+    egress_ips: EgressIps | None = None
 
 
 STATE = web.AppKey("bridge_state", AppState)

@@ -13,7 +13,9 @@ An aiohttp app that answers as the platform docs describe (the pages are named i
   ``GET /open-apis/vc/v1/rooms/:room_id``, ``GET /open-apis/vc/v1/room_levels``
   (``room_level_id`` parent, paged), ``GET /open-apis/vc/v1/room_levels/:room_level_id``
   (``0`` = the tenant's level), ``GET /open-apis/vc/v1/reserve_configs/reserve_scope``
-  (``scope_id``, ``scope_type`` 1 level / 2 room): each needs ``Authorization: Bearer <token>``;
+  (``scope_id``, ``scope_type`` 1 level / 2 room), ``GET /open-apis/event/v1/outbound_ip``
+  (``page_size`` ≤ 50, ``page_token``; the platform's event egress addresses): each needs
+  ``Authorization: Bearer <token>``;
 - every answer carries an ``X-Tt-Logid`` header; an error answer ``{"code", "msg", "error":
   {"log_id", "troubleshooter"}}`` with the HTTP status of the page's error table;
 - the documented rate limits (1000/min and 50/s; 100/min for reserve_scope), counted per
@@ -23,7 +25,8 @@ An aiohttp app that answers as the platform docs describe (the pages are named i
 
 State a test changes: :meth:`~FakeLarkApi.add_level`, :meth:`~FakeLarkApi.add_room`,
 :meth:`~FakeLarkApi.update_room`, :meth:`~FakeLarkApi.remove_room`,
-:meth:`~FakeLarkApi.set_reserve_config`, :meth:`~FakeLarkApi.populate`. Faults:
+:meth:`~FakeLarkApi.set_reserve_config`, :meth:`~FakeLarkApi.populate`,
+:attr:`~FakeLarkApi.outbound_ips` (a list; :meth:`~FakeLarkApi.set_outbound_ips`). Faults:
 :meth:`~FakeLarkApi.rate_limit_next`, :meth:`~FakeLarkApi.fail_next` (a 5xx),
 :meth:`~FakeLarkApi.answer_next` (any code), :meth:`~FakeLarkApi.expire_tokens`,
 :meth:`~FakeLarkApi.clear_faults`. Every request is
@@ -42,7 +45,11 @@ The fake's own choices, where the docs say nothing:
 - the tenant's level has its own ``omb_…`` id (``0`` is an alias for it in the ``get`` path),
   ``parent_id`` ``""`` and ``path`` ``[]``; a level's ``path`` is its ancestors from the
   tenant's level down to its parent, a room's is its level's path plus its level;
-- a scope without reservation limits set answers ``{}`` as ``data``.
+- a scope without reservation limits set answers ``{}`` as ``data``;
+- outbound_ip: ``page_size`` defaults to 10 and must be 1-50 (else 400 / 1810001, the page's one
+  error code), ``page_token`` is an offset as above; no rate limit is enforced (its page names
+  none); the default list is the three addresses the platform announced in December 2024
+  ("飞书开放平台事件与回调新增出口 IP") and a documentation range.
 """
 
 from __future__ import annotations
@@ -86,6 +93,12 @@ LIMITS: Final[Mapping[str, tuple[tuple[int, float], ...]]] = {
 REUSE_ABOVE_S: Final = 1800.0
 MAX_PAGE_SIZE: Final = 100
 DEFAULT_PAGE_SIZE: Final = 20
+MAX_OUTBOUND_IP_PAGE_SIZE: Final = 50
+DEFAULT_OUTBOUND_IP_PAGE_SIZE: Final = 10
+#: The outbound_ip page's error code for a bad paging parameter.
+OUTBOUND_IP_PARAM_CODE: Final = 1810001
+#: The fake's egress addresses until a test sets others.
+DEFAULT_OUTBOUND_IPS: Final = ("101.126.59.7", "101.126.59.8", "101.126.59.9", "203.0.113.0/28")
 MAX_RECORDS: Final = 100_000
 _USER_ID_TYPES: Final = frozenset({"open_id", "union_id", "user_id"})
 
@@ -166,6 +179,8 @@ class FakeLarkApi:
         }
         self.rooms: dict[str, dict[str, Any]] = {}
         self.reserve_configs: dict[tuple[int, str], dict[str, Any]] = {}
+        #: What ``GET /open-apis/event/v1/outbound_ip`` lists, in order (a test may change it).
+        self.outbound_ips: list[str] = list(DEFAULT_OUTBOUND_IPS)
         self.calls: list[Call] = []
         #: Tokens handed out, token → expiry on :attr:`clock`.
         self.tokens: dict[str, float] = {}
@@ -182,6 +197,7 @@ class FakeLarkApi:
         self.app.router.add_get("/open-apis/vc/v1/room_levels", self._list_levels)
         self.app.router.add_get("/open-apis/vc/v1/room_levels/{room_level_id}", self._get_level)
         self.app.router.add_get("/open-apis/vc/v1/reserve_configs/reserve_scope", self._reserve_scope)
+        self.app.router.add_get("/open-apis/event/v1/outbound_ip", self._outbound_ip)
 
     # ---- running -------------------------------------------------------------------------------
 
@@ -291,6 +307,10 @@ class FakeLarkApi:
         (``approve_config``, ``time_config``, ``reserve_scope_config``)."""
         self.reserve_configs[(self._scope_type_of(scope_id), scope_id)] = dict(config)
 
+    def set_outbound_ips(self, entries: list[str] | tuple[str, ...]) -> None:
+        """What the outbound_ip listing answers from now on (addresses or CIDRs, as text)."""
+        self.outbound_ips = list(entries)
+
     def populate(self, *, rooms: int, levels: int, top_levels: int = 5) -> None:
         """Build a tree: ``levels`` levels (``top_levels`` under the tenant; the others three to
         a parent, in order, so 50 levels are 5 at the top, 15 under them and 30 a level deeper)
@@ -336,6 +356,11 @@ class FakeLarkApi:
         """The next ``n`` calls (of ``endpoint``, or any API call) get ``{"code", "msg"}`` with
         HTTP ``status``; ``endpoint="auth.tenant_access_token"`` targets the token endpoint."""
         self._faults.append(_Fault(n, status, code, msg, dict(headers or {}), endpoint))
+
+    @property
+    def faults_pending(self) -> int:
+        """Faulty answers still to be served."""
+        return sum(f.remaining for f in self._faults)
 
     def clear_faults(self) -> None:
         """Drop the faults not served yet."""
@@ -436,6 +461,22 @@ class FakeLarkApi:
             return dict(self.reserve_configs.get((int(scope_type), scope_id), {}))
 
         return await self._handle(request, "vc.reserve_config.reserve_scope", answer)
+
+    async def _outbound_ip(self, request: web.Request) -> web.Response:
+        async def answer() -> dict[str, Any]:
+            try:
+                size = int(request.query.get("page_size", DEFAULT_OUTBOUND_IP_PAGE_SIZE))
+                start = int(request.query.get("page_token") or 0)
+            except ValueError:
+                raise _Answer(400, OUTBOUND_IP_PARAM_CODE, "param is invalid") from None
+            entries = self.outbound_ips
+            if not 1 <= size <= MAX_OUTBOUND_IP_PAGE_SIZE or not 0 <= start <= len(entries):
+                raise _Answer(400, OUTBOUND_IP_PARAM_CODE, "param is invalid")
+            end = start + size
+            more = end < len(entries)
+            return {"ip_list": entries[start:end], **({"page_token": str(end)} if more else {}), "has_more": more}
+
+        return await self._handle(request, "event.outbound_ip.list", answer)
 
     # ---- the common path -----------------------------------------------------------------------
 

@@ -11,11 +11,19 @@ Answers (README "HTTP interface"):
        event is acknowledged by the broker (or it is a duplicate of a delivered one)
 400    body not a JSON object
 401    authentication failed (fixed body; the reason goes to the log and metrics only)
+403    the client's address is not among the platform's egress IPs
+       (``BRIDGE_LARK_IP_ALLOWLIST=enforce``), answered before the body is read
 408    the body did not arrive within ``BRIDGE_ANSWER_DEADLINE_S`` of the request
 413    body over ``BRIDGE_HTTP_MAX_BODY_BYTES``
 415    a ``Content-Encoding`` other than identity (the platform never compresses)
-503    not delivered now (broker away, publish timeout, shutting down) + ``Retry-After``
+503    not delivered now (broker away, publish timeout, shutting down; in ``enforce`` mode
+       before the egress IP list was first fetched) + ``Retry-After``
 ====== ===================================================================================
+
+The allow-list (:func:`check_source`) is the first thing :func:`handle_event` does, before any
+byte of the body is read: the client's address (the peer, or the ``X-Forwarded-For`` entry that
+``BRIDGE_HTTP_TRUSTED_PROXY_HOPS`` names, :func:`bridge.allowlist.client_address`) against
+the list :class:`bridge.egress_ips.EgressIps` keeps. The handshake is checked like any event.
 
 Every answer comes within ``BRIDGE_ANSWER_DEADLINE_S`` (under the platform's 3 s) of the
 request's arrival: reading the body and waiting for the broker share that one deadline. A
@@ -40,11 +48,13 @@ import structlog
 from aiohttp import hdrs, web
 from opentelemetry.trace import SpanKind
 
+from bridge.allowlist import client_address
 from bridge.errors import (
     AuthenticationError,
     BodyTooLarge,
     BridgeError,
     ClientDisconnected,
+    Forbidden,
     RequestTimeout,
     Unavailable,
     UnsupportedEncoding,
@@ -80,6 +90,7 @@ REQUEST_LOG = web.RequestKey("bridge_request_log", RequestLog)
 _OUTCOME_OF_STATUS = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     408: "timeout",
     413: "too_large",
     415: "unsupported_encoding",
@@ -114,7 +125,7 @@ def map_error(exc: Exception) -> ErrorAnswer:
 
     Returns:
         For a :class:`~bridge.errors.BridgeError`: its class's status and fixed ``{"msg": …}``,
-        the outcome of that status (``bad_request``, ``unauthorized``, ``timeout``, ``too_large``,
+        the outcome of that status (``bad_request``, ``unauthorized``, ``forbidden``, ``timeout``, ``too_large``,
         ``unsupported_encoding``, ``client_disconnected``, ``unavailable``; else ``error``) and,
         for :class:`~bridge.errors.Unavailable`, ``Retry-After`` in whole seconds. For anything
         else: :data:`INTERNAL_ERROR` (500 ``internal error``).
@@ -214,10 +225,49 @@ async def _handle_logged(
             )
 
 
+#: Seconds in ``Retry-After`` while no egress IP list was fetched yet (``enforce``).
+EGRESS_IPS_RETRY_AFTER_S: Final = 5
+
+
+def check_source(request: web.Request, rl: RequestLog) -> None:
+    """The allow-list of the platform's egress IPs, applied before any body byte is read.
+
+    Without ``BRIDGE_LARK_IP_ALLOWLIST`` (off) it does nothing. Otherwise the client's address
+    (:func:`bridge.allowlist.client_address` with ``BRIDGE_HTTP_TRUSTED_PROXY_HOPS``) is looked
+    up in the current list; an unlisted one is counted (``bridge_unlisted_requests_total{mode}``)
+    and logged with the request's line (``client_address``, capped).
+
+    Raises:
+        Forbidden: ``enforce`` and the address is not listed (or missing).
+        Unavailable: ``egress_ips_unknown`` — ``enforce`` and no list was fetched yet.
+    """
+    egress = request.app[STATE].egress_ips
+    if egress is None:
+        return
+    allowlist = egress.allowlist
+    enforce = egress.mode == "enforce"
+    if allowlist is None:
+        if enforce:
+            raise Unavailable("egress_ips_unknown", retry_after_s=EGRESS_IPS_RETRY_AFTER_S)
+        return
+    state = request.app[STATE]
+    address = client_address(
+        request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, ()), state.settings.http_trusted_proxy_hops
+    )
+    if allowlist.admits(address):
+        return
+    state.metrics.unlisted_by(egress.mode).inc()
+    rl.fields["client_address"] = capped(address) or "-"
+    if enforce:
+        raise Forbidden()
+    rl.fields["unlisted"] = True
+
+
 async def handle_event(request: web.Request) -> web.Response:
-    """``POST {BRIDGE_HTTP_PATH}``: verify → (handshake answer | deliver) → answer."""
+    """``POST {BRIDGE_HTTP_PATH}``: allow-list → verify → (handshake answer | deliver) → answer."""
     state = request.app[STATE]
     rl = request[REQUEST_LOG]
+    check_source(request, rl)  # before any byte of the body is read
     if state.draining:
         raise Unavailable("shutting_down", retry_after_s=5)
     encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()

@@ -790,3 +790,17 @@ def test_content_modes_reach_the_bridge(render: RenderFn) -> None:
 def test_the_schema_refuses_a_bad_content_mode(render: RenderFn, config: dict[str, str]) -> None:
     with pytest.raises(HelmError, match="cloudevents_mode"):
         render({"config": config}, {"secrets.larkVerificationToken": "t"})
+
+
+def test_the_ip_allowlist_renders_as_the_bridge_reads_it(render: RenderFn) -> None:
+    # "off" is a YAML 1.1 boolean when unquoted: the default must still reach the bridge as text.
+    env = container_environment(render(None, {"secrets.larkVerificationToken": "t"}))
+    assert env["BRIDGE_LARK_IP_ALLOWLIST"] == "off" and env["BRIDGE_HTTP_TRUSTED_PROXY_HOPS"] == "0"
+    assert load_settings(env).lark_ip_allowlist == "off"
+    on = {"config": {"lark_ip_allowlist": "enforce", "lark_app_id": "cli_a1b2", "http_trusted_proxy_hops": 1}}
+    env = container_environment(render(on, {"secrets.larkVerificationToken": "t", "secrets.larkAppSecret": "s"}))
+    settings = load_settings(env)
+    assert (settings.lark_ip_allowlist, settings.http_trusted_proxy_hops) == ("enforce", 1)
+    assert settings.lark_ip_allowlist_refresh_s == 21_600
+    with pytest.raises(HelmError, match="lark_ip_allowlist"):
+        render({"config": {"lark_ip_allowlist": "on"}})

@@ -216,6 +216,35 @@ async def test_pages_follow_page_token_and_has_more(fake, session, clock) -> Non
         await api.list_rooms_page(page_size=101)
 
 
+async def test_outbound_ips_follow_page_token_and_has_more(fake, session, clock) -> None:
+    entries = [f"198.51.100.{i}" for i in range(120)] + ["2001:db8::/32"]
+    fake.set_outbound_ips(entries)
+    api = client(session, fake, clock)
+    assert [e async for e in api.list_outbound_ips()] == entries
+    calls = fake.api_calls("event.outbound_ip.list")
+    assert [c.query.get("page_token") for c in calls] == [None, "50", "100"]
+    assert {c.query["page_size"] for c in calls} == {"50"} and {c.status for c in calls} == {200}
+    last = await api.list_outbound_ips_page(page_token="100")
+    assert not last.has_more and last.page_token is None and last.ip_list == entries[100:]
+    small = [e async for e in api.list_outbound_ips(page_size=7)]
+    assert small == entries
+    with pytest.raises(ValueError, match="page_size"):
+        await api.list_outbound_ips_page(page_size=51)
+
+
+async def test_outbound_ip_errors_are_named(fake, session, clock) -> None:
+    api = client(session, fake, clock)
+    with pytest.raises(LarkApiError) as caught:
+        await api.list_outbound_ips_page(page_token="not-an-offset")
+    assert (caught.value.name, caught.value.http_status) == ("EVENT_PARAM_INVALID", 400)
+    fake.answer_next(99991672, "Access denied. One of the following scopes is required: [event:ip_list].")
+    with pytest.raises(LarkApiError) as caught:
+        [e async for e in api.list_outbound_ips()]
+    assert caught.value.name == "SCOPE_REQUIRED" and caught.value.endpoint == "event.outbound_ip.list"
+    fake.set_outbound_ips([])
+    assert [e async for e in api.list_outbound_ips()] == []
+
+
 async def test_state_changes_show_in_the_next_listing(fake, session, clock) -> None:
     a = fake.add_room("a")["room_id"]
     b = fake.add_room("b")["room_id"]

@@ -4,12 +4,14 @@ Three checks, before the fake is trusted to test the client:
 
 1. every JSON answer of the fake parses into the SDK's own response class of that API
    (``lark_oapi.api.vc.v1`` ``ListRoomResponse``, ``GetRoomResponse``, ``ListRoomLevelResponse``,
-   ``GetRoomLevelResponse``, ``ReserveScopeReserveConfigResponse``; the token manager's
+   ``GetRoomLevelResponse``, ``ReserveScopeReserveConfigResponse``; ``lark_oapi.api.event.v1``
+   ``ListOutboundIpResponse``; the token manager's
    ``AccessTokenResponse``), with no key the SDK does not know and every value of the type the
    SDK declares — except the differences listed in :data:`DOCS_VS_SDK`, where the docs (which
    the fake follows) and the SDK's generated types disagree;
 2. our msgspec models have the SDK's fields, no more and no fewer (except :data:`SDK_ONLY`);
-3. the SDK's own client gets a token from the fake and lists rooms and levels through it.
+3. the SDK's own client gets a token from the fake and lists rooms, levels and the event egress
+   IPs through it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import aiohttp
 import lark_oapi as lark
 import msgspec
 import pytest
+from lark_oapi.api.event.v1 import ListOutboundIpRequest, ListOutboundIpResponse
+from lark_oapi.api.event.v1.model import list_outbound_ip_response_body as sdk_outbound_ip_page
 from lark_oapi.api.vc.v1 import (
     GetRoomLevelRequest,
     GetRoomLevelResponse,
@@ -200,6 +204,8 @@ async def _answers(fake: FakeLarkApi) -> dict[str, tuple[type, dict[str, Any], s
                 {"scope_id": top["room_level_id"], "scope_type": "1"},
             ),
             "error": (GetRoomResponse, "/open-apis/vc/v1/rooms/omm_missing", {}),
+            "outbound_ips_page": (ListOutboundIpResponse, "/open-apis/event/v1/outbound_ip", {"page_size": "2"}),
+            "outbound_ips_last": (ListOutboundIpResponse, "/open-apis/event/v1/outbound_ip", {"page_token": "2"}),
         }
         for name, (cls, path, query) in gets.items():
             async with s.get(path, params=query, headers=auth) as resp:
@@ -228,6 +234,11 @@ async def test_every_answer_of_the_fake_parses_into_the_sdks_response_class(fake
     assert rooms.data.rooms[0].room_status.contact_ids == ["ou_3ec3f6a28a0d08c45d895276e8e5e19b"]
     last = answers["rooms_last"][0](answers["rooms_last"][1])
     assert last.data.has_more is False and last.data.page_token is None and len(last.data.rooms) == 1
+    ips = answers["outbound_ips_page"][0](answers["outbound_ips_page"][1])
+    assert ips.data.has_more is True and ips.data.page_token == "2" and ips.data.ip_list == fake.outbound_ips[:2]
+    ips_last = answers["outbound_ips_last"][0](answers["outbound_ips_last"][1])
+    assert ips_last.data.has_more is False and ips_last.data.page_token is None
+    assert ips_last.data.ip_list == fake.outbound_ips[2:]
     token = AccessTokenResponse(answers["token"][1])
     assert token.tenant_access_token.startswith("t-") and token.expire == 7200
 
@@ -249,6 +260,11 @@ async def test_our_models_decode_the_same_answers_as_the_sdk(fake) -> None:
     assert reserve.approve_config and reserve.approve_config.approvers
     assert reserve.approve_config.approvers[0].user_id == sdk_reserve_body.approve_config.approvers[0].user_id
     assert reserve.time_config and reserve.time_config.opening_hour == int(sdk_reserve_body.time_config.opening_hour)
+    ips = msgspec.json.decode(
+        json.dumps(answers["outbound_ips_page"][1]["data"]), type=ours.OutboundIpPage, strict=False
+    )
+    sdk_ips = ListOutboundIpResponse(answers["outbound_ips_page"][1]).data
+    assert (ips.ip_list, ips.page_token, ips.has_more) == (sdk_ips.ip_list, sdk_ips.page_token, sdk_ips.has_more)
 
 
 @pytest.mark.parametrize(
@@ -266,6 +282,7 @@ async def test_our_models_decode_the_same_answers_as_the_sdk(fake) -> None:
         (ours.ReserveScopeConfig, sdk_reserve_scope_config.ReserveScopeConfig),
         (ours.SubscribeUser, sdk_subscribe_user.SubscribeUser),
         (ours.SubscribeDepartment, sdk_subscribe_department.SubscribeDepartment),
+        (ours.OutboundIpPage, sdk_outbound_ip_page.ListOutboundIpResponseBody),
     ],
 )
 def test_our_models_have_the_sdks_fields(model: type, sdk_class: type) -> None:
@@ -276,7 +293,7 @@ def test_our_models_have_the_sdks_fields(model: type, sdk_class: type) -> None:
 async def test_the_sdks_client_works_against_the_fake(fake) -> None:
     sub = next(lv for lv in fake.levels.values() if lv["name"] == "Floor 1")
 
-    def sdk_calls() -> tuple[Any, Any]:
+    def sdk_calls() -> tuple[Any, Any, Any]:
         client = (
             lark.Client.builder()
             .app_id(fake.app_id)
@@ -289,11 +306,19 @@ async def test_the_sdks_client_works_against_the_fake(fake) -> None:
             ListRoomRequest.builder().room_level_id(sub["room_level_id"]).page_size(100).build()
         )
         level = client.vc.v1.room_level.get(GetRoomLevelRequest.builder().room_level_id("0").build())
-        return rooms, level
+        ips = client.event.v1.outbound_ip.list(ListOutboundIpRequest.builder().page_size(50).build())
+        return rooms, level, ips
 
-    rooms, level = await asyncio.to_thread(sdk_calls)
+    rooms, level, ips = await asyncio.to_thread(sdk_calls)
     assert rooms.success(), (rooms.code, rooms.msg)
     assert sorted(r.room_id for r in rooms.data.rooms) == sorted(fake.rooms)
-    assert rooms.get_log_id() == fake.calls[-2].log_id
+    assert rooms.get_log_id() == fake.calls[-3].log_id
     assert level.success() and level.data.room_level.room_level_id == fake.tenant_level_id
-    assert [c.endpoint for c in fake.calls] == ["auth.tenant_access_token", "vc.room.list", "vc.room_level.get"]
+    assert ips.success() and ips.data.ip_list == fake.outbound_ips and ips.data.has_more is False
+    assert ips.get_log_id() == fake.calls[-1].log_id
+    assert [c.endpoint for c in fake.calls] == [
+        "auth.tenant_access_token",
+        "vc.room.list",
+        "vc.room_level.get",
+        "event.outbound_ip.list",
+    ]

@@ -76,6 +76,18 @@ def test_request_outcomes_and_statuses_are_those_the_webhook_and_delivery_set() 
     assert set(declared("bridge_requests_total", "status").values) == {str(s) for s in statuses}
 
 
+def test_egress_refresh_failure_reasons_cover_every_open_api_error_name() -> None:
+    from bridge.lark_api import FIXED_ERROR_NAMES
+
+    literal = set(re.findall(r'name="(\w+)"', source("lark_api.py")))
+    literal |= {"no_answer"}  # _code_name's own
+    assert literal == set(FIXED_ERROR_NAMES)
+    reasons = declared("bridge_egress_ips_refresh_failures_total", "reason")
+    for name in ("SCOPE_REQUIRED", "code_1234", "http_502", "transport_ClientConnectorError", *FIXED_ERROR_NAMES):
+        assert reasons.admits(name), name
+    assert reasons.admits("empty_list") and reasons.admits("error") and not reasons.admits("SCOPE REQUIRED")
+
+
 def test_producer_replacement_reasons_are_the_fatal_errors() -> None:
     fatal = {cls.__name__ for cls in publish._FATAL}
     assert set(declared("bridge_producer_replacements_total", "reason").values) == fatal | {publish.TRANSACTION_STUCK}

@@ -168,6 +168,28 @@ def test_the_ingress_decides_which_credentials_are_required() -> None:
     assert both.webhook_enabled and both.long_connection_enabled
 
 
+@pytest.mark.parametrize("mode", ["enforce", "report"])
+def test_the_ip_allowlist_needs_the_app_credentials(mode: str) -> None:
+    base = {"BRIDGE_LARK_VERIFICATION_TOKEN": "t", "BRIDGE_LARK_IP_ALLOWLIST": mode}
+    with pytest.raises(
+        SettingsError, match=f"BRIDGE_LARK_APP_SECRET are required with BRIDGE_LARK_IP_ALLOWLIST={mode}"
+    ):
+        load_settings(base)
+    with pytest.raises(SettingsError, match="BRIDGE_LARK_APP_ID and"):
+        load_settings({**base, "BRIDGE_LARK_APP_ID": "cli_a1", "BRIDGE_LARK_APP_SECRET": ""})
+    s = load_settings({**base, "BRIDGE_LARK_APP_ID": "cli_a1", "BRIDGE_LARK_APP_SECRET": "s-2f"})
+    assert s.lark_ip_allowlist == mode and s.lark_ip_allowlist_refresh_s == 21_600
+    assert s.http_trusted_proxy_hops == 0
+    off = load_settings({"BRIDGE_LARK_VERIFICATION_TOKEN": "t"})
+    assert off.lark_ip_allowlist == "off"  # the default needs nothing
+    with pytest.raises(SettingsError, match="BRIDGE_LARK_IP_ALLOWLIST"):
+        load_settings({**base, "BRIDGE_LARK_IP_ALLOWLIST": "on"})
+    with pytest.raises(SettingsError, match="BRIDGE_HTTP_TRUSTED_PROXY_HOPS"):
+        load_settings({"BRIDGE_LARK_VERIFICATION_TOKEN": "t", "BRIDGE_HTTP_TRUSTED_PROXY_HOPS": "-1"})
+    with pytest.raises(SettingsError, match="BRIDGE_LARK_IP_ALLOWLIST_REFRESH_S"):
+        load_settings({"BRIDGE_LARK_VERIFICATION_TOKEN": "t", "BRIDGE_LARK_IP_ALLOWLIST_REFRESH_S": "10"})
+
+
 def test_a_renamed_variable_is_still_read_under_its_old_name_unless_the_new_one_is_set() -> None:
     base = {"BRIDGE_LARK_VERIFICATION_TOKEN": "t"}
     assert load_settings({**base, "BRIDGE_KAFKA_PUBLISH_TIMEOUT_S": "1.5"}).answer_deadline_s == 1.5
