@@ -686,6 +686,10 @@ def test_alerts_select_this_release_and_carry_severity_and_extra_labels(render: 
     assert rules["LarkBridgeNotReady"]["for"] == "5m"
     lc = {"config": {"lark_subscription_mode": "both", "lark_app_id": "cli_a1b2"}, "prometheusRule": {"enabled": True}}
     assert "LarkBridgeLongConnectionDown" in alerts(render(lc, secret_sets()))
+    assert "LarkBridgeEgressIpsStale" not in rules  # the allow-list is off by default
+    on = {"config": {"lark_ip_allowlist": "report", "lark_app_id": "cli_a1b2", "lark_ip_allowlist_refresh_s": 3600}}
+    stale = alerts(render({**on, "prometheusRule": {"enabled": True}}, secret_sets()))["LarkBridgeEgressIpsStale"]
+    assert stale["expr"].endswith("> 7200") and "bridge_egress_ips_age_seconds" in stale["expr"]
 
 
 def test_alert_thresholds_are_validated_by_the_schema(render: RenderFn) -> None:

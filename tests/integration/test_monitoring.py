@@ -85,7 +85,7 @@ MONITORING = {
     "serviceMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
-    "config": {"lark_subscription_mode": "both", "lark_app_id": APP_ID},
+    "config": {"lark_subscription_mode": "both", "lark_app_id": APP_ID, "lark_ip_allowlist": "report"},
     "secrets": {"larkVerificationToken": "t", "larkAppSecret": "s"},
 }
 
