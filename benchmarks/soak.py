@@ -239,6 +239,8 @@ class Sample:
     #: connections the driver's pool opened, and requests it sent on a pooled one, in the interval
     window_conns_opened: int = 0
     window_conns_reused: int = 0
+    #: per replica, the most requests the driver had in flight to it at once in the interval
+    window_peak_in_flight: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -351,6 +353,8 @@ class SoakDriver(chaos.PlatformDriver):
         self.connector: aiohttp.TCPConnector | None = None
         self.conns_opened = 0
         self.conns_reused = 0
+        self.in_flight: Counter[int] = Counter()  # by replica port
+        self.peak_in_flight: Counter[int] = Counter()
 
     def _connector(self) -> aiohttp.TCPConnector:
         if self.client_pool == "fifo":
@@ -366,9 +370,26 @@ class SoakDriver(chaos.PlatformDriver):
         async def reused(*_: Any) -> None:
             self.conns_reused += 1
 
+        async def started(_: Any, __: Any, params: Any) -> None:
+            port = params.url.port
+            self.in_flight[port] += 1
+            self.peak_in_flight[port] = max(self.peak_in_flight[port], self.in_flight[port])
+
+        async def ended(_: Any, __: Any, params: Any) -> None:
+            self.in_flight[params.url.port] -= 1
+
         trace.on_connection_create_end.append(opened)
         trace.on_connection_reuseconn.append(reused)
+        trace.on_request_start.append(started)
+        trace.on_request_end.append(ended)
+        trace.on_request_exception.append(ended)
         return trace
+
+    def take_peak_in_flight(self, port: int) -> int:
+        """The most requests in flight to ``port`` at once since the last call."""
+        peak = self.peak_in_flight[port]
+        self.peak_in_flight[port] = self.in_flight[port]
+        return peak
 
     def pool(self, port: int) -> tuple[int | None, int | None]:
         """(idle, in use) connections of the pool to ``port`` (None before the run or when
@@ -515,7 +536,7 @@ def table(samples: Sequence[Sample]) -> str:
             "RSS MiB",
             "fds (http conns)",
             "http conns by state",
-            "driver: pool idle+in use, opened",
+            "driver: pool idle+in use, opened, peak in flight",
             "series",
             "ledger",
             "CPU % replicas",
@@ -543,7 +564,8 @@ def table(samples: Sequence[Sample]) -> str:
                 per(s, lambda r: f"{fmt(r.fds)} ({fmt(r.http_conns)})"),
                 per(s, lambda r: fmt_states(r.http_conn_states)),
                 " / ".join(f"{fmt(a)}+{fmt(b)}" for a, b in zip(s.driver_pool_idle, s.driver_pool_in_use, strict=False))
-                + f", {s.window_conns_opened:,}",
+                + f", {s.window_conns_opened:,}, "
+                + " / ".join(str(n) for n in s.window_peak_in_flight),
                 per(s, lambda r: fmt(r.series)),
                 per(s, lambda r: fmt(r.ledger)),
                 cpu,
@@ -649,11 +671,15 @@ def plot(samples: Sequence[Sample], warmup_s: float, checks: Sequence[Check], pa
             color=c,
             label=f"pool to replica {i}",
         )
+        peaks = [(s.t_s / 60, s.window_peak_in_flight[i]) for s in samples if i < len(s.window_peak_in_flight)]
+        pool_ax.plot(
+            [x for x, _ in peaks], [y for _, y in peaks], "--", color=c, lw=0.8, label=f"peak in flight to {i}"
+        )
     pool_ax.plot(
         [s.t_s / 60 for s in samples], [s.window_conns_opened for s in samples], "k:", label="opened in the interval"
     )
     conns_ax.set_title("inbound HTTP connections by TCP state", fontsize=9)
-    pool_ax.set_title("driver's pool: idle + in use (dotted: opened per interval)", fontsize=9)
+    pool_ax.set_title("driver's pool: idle + in use; dashed: peak in flight; dotted: opened", fontsize=9)
     conns_ax.legend(fontsize=7)
     pool_ax.legend(fontsize=7)
     for ax in flat:
@@ -731,6 +757,7 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
                 [in_use for _, in_use in pools],
                 driver.conns_opened - opened,
                 driver.conns_reused - reused,
+                [driver.take_peak_in_flight(port) for _, _, port in procs],
             )
             opened, reused = driver.conns_opened, driver.conns_reused
             samples.append(s)
@@ -750,7 +777,8 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
                 + " / ".join(fmt_states(c) for c in s.driver_conn_states)
                 + ", pool idle+in use "
                 + " / ".join(f"{fmt(a)}+{fmt(b)}" for a, b in pools)
-                + f", opened {s.window_conns_opened:,} reused {s.window_conns_reused:,}",
+                + f", opened {s.window_conns_opened:,} reused {s.window_conns_reused:,}, peak in flight "
+                + " / ".join(str(n) for n in s.window_peak_in_flight),
                 flush=True,
             )
             return s
