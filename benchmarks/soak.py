@@ -10,13 +10,18 @@ every delivery still published exactly once at the end? (harness: tests/support/
    ``--rate`` deliveries/s (default 200: see BENCHMARKS.md's soak section for why), open loop, for
    ``--duration-s`` (default 30 minutes): each delivery to a random replica, no
    200 within 3 s → the same request again to a random replica after ``--retry-interval-s``, then
-   twice as long each time, up to 4 tries (the platform's behaviour, its gaps shortened).
+   twice as long each time, up to 4 tries (the platform's behaviour, its gaps shortened). Its
+   keep-alive pool (``--client-pool``) is LIFO by default (:class:`LifoConnector`): the
+   connections beyond the current concurrency close after 10 s idle; aiohttp's own FIFO pool
+   (``fifo``) keeps every connection a burst of slow answers ever opened (BENCHMARKS.md).
 3. Every ``--sample-s`` (and before the traffic, and at its end) samples each replica: RSS
    (``VmRSS``), open fds (``/proc/<pid>/fd``; those that are inbound HTTP connections from the
-   driver counted apart), CPU, the number of series on its ``/metrics`` and the dedup ledger's size
-   (``bridge_dedup_entries``); and, from the driver, the answers by status and the latency
-   p50/p99 of the attempts that ended in the interval (client-side: start of the request to the
-   whole answer).
+   driver counted apart, and those by TCP state from ``/proc/<pid>/net/tcp{,6}``: ``ESTABLISHED``,
+   ``CLOSE_WAIT`` — the client closed, the replica not yet —, …), CPU, the number of series on
+   its ``/metrics`` and the dedup ledger's size (``bridge_dedup_entries``); and, from the driver,
+   the answers by status and the latency p50/p99 of the attempts that ended in the interval
+   (client-side: start of the request to the whole answer), its connections to each replica by
+   TCP state, its pool's idle and busy connections and how many it opened in the interval.
 4. Once every delivery settled and the topics stopped growing, reads every topic back
    (``read_committed``) and checks with the chaos checker that every delivery answered 200 has
    exactly its records: none lost, none twice.
@@ -30,9 +35,9 @@ every delivery still published exactly once at the end? (harness: tests/support/
    keeps both at a plateau after the default warm-up.
 
 Prints a table per sample, the verdict and a Markdown section for BENCHMARKS.md; writes every
-sample as JSON (``--json``) and a plot of RSS / fds / series / ledger per replica (``--plot``;
-default: both in the state dir). Exit status 0 when flat and exactly-once (and both replicas still
-alive), 1 otherwise.
+sample as JSON (``--json``) and a plot of RSS / fds / series / ledger / connections by state per
+replica and the driver's pool (``--plot``; default: both in the state dir). Exit status 0 when
+flat and exactly-once (and both replicas still alive), 1 otherwise.
 
 Loopback only; bounded in time; stops what it starts.
 """
@@ -93,18 +98,63 @@ def scan_metrics(text: str) -> tuple[int, float | None]:
     return series, ledger
 
 
-def inbound_socket_inodes(tables: Iterable[str], port: int) -> set[int]:
-    """Inodes of the TCP sockets in ``/proc/net/tcp``/``tcp6`` texts whose local port is ``port``
-    and that are not listening (state ``0A``): the connections clients opened to that port."""
-    out = set()
+#: ``/proc/net/tcp``'s ``st`` column (the kernel's include/net/tcp_states.h) → the state's name.
+TCP_STATES: Final = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+    "0C": "NEW_SYN_RECV",
+}
+
+
+def tcp_sockets(
+    tables: Iterable[str], *, local_port: int | None = None, remote_port: int | None = None
+) -> dict[int, str]:
+    """Inode → state name (:data:`TCP_STATES`) of the TCP sockets in ``/proc/net/tcp``/``tcp6``
+    texts whose local port is ``local_port`` and/or remote port is ``remote_port``, listeners
+    (``LISTEN``) and sockets no fd holds (inode 0: ``TIME_WAIT``, orphans) left out."""
+    out = {}
     for text in tables:
         for line in text.splitlines()[1:]:
             f = line.split()
-            if len(f) < 10 or ":" not in f[1]:
+            if len(f) < 10 or ":" not in f[1] or ":" not in f[2] or f[3] == "0A" or f[9] == "0":
                 continue
-            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] != "0A":
-                out.add(int(f[9]))
+            if local_port is not None and int(f[1].rsplit(":", 1)[1], 16) != local_port:
+                continue
+            if remote_port is not None and int(f[2].rsplit(":", 1)[1], 16) != remote_port:
+                continue
+            out[int(f[9])] = TCP_STATES.get(f[3].upper(), f[3])
     return out
+
+
+def inbound_socket_inodes(tables: Iterable[str], port: int) -> set[int]:
+    """Inodes of the TCP sockets in ``/proc/net/tcp``/``tcp6`` texts whose local port is ``port``
+    and that are not listening (state ``0A``): the connections clients opened to that port."""
+    return set(tcp_sockets(tables, local_port=port))
+
+
+def states_of(links: Iterable[str], sockets: dict[int, str]) -> dict[str, int]:
+    """How many of the fd link targets ``links`` (``socket:[inode]``) are in ``sockets`` (inode →
+    state, :func:`tcp_sockets`), by state, sorted by name."""
+    counts = Counter(sockets[i] for i in map(socket_inode, links) if i is not None and i in sockets)
+    return dict(sorted(counts.items()))
+
+
+def fmt_states(states: dict[str, int] | None) -> str:
+    """``{"CLOSE_WAIT": 2, "ESTABLISHED": 40}`` → ``"ESTABLISHED 40, CLOSE_WAIT 2"`` (ESTABLISHED
+    first); ``"-"`` for none, ``"?"`` when not read."""
+    if states is None:
+        return "?"
+    order = sorted(states, key=lambda k: (k != "ESTABLISHED", k))
+    return ", ".join(f"{k} {states[k]}" for k in order) or "-"
 
 
 def socket_inode(link: str) -> int | None:
@@ -154,6 +204,9 @@ class ReplicaSample:
     series: int | None = None
     ledger: float | None = None
     cpu_s: float | None = None
+    #: the inbound HTTP connections by TCP state (``ESTABLISHED``, ``CLOSE_WAIT``: the client
+    #: closed and the replica did not, …), from ``/proc/<pid>/net/tcp{,6}``
+    http_conn_states: dict[str, int] | None = None
 
     @property
     def other_fds(self) -> int | None:
@@ -177,6 +230,17 @@ class Sample:
     brokers_rss_bytes: list[int | None] = field(default_factory=list)
     brokers_cpu_s: float | None = None  # all nodes together
     runner_cpu_s: float | None = None  # this process: driver, sampler
+    #: the driver's side, per replica: its connections to the replica by TCP state as the kernel
+    #: sees them (this process's sockets whose remote port is the replica's), and its pool's
+    #: idle connections and those carrying a request (None: not readable)
+    driver_conn_states: list[dict[str, int] | None] = field(default_factory=list)
+    driver_pool_idle: list[int | None] = field(default_factory=list)
+    driver_pool_in_use: list[int | None] = field(default_factory=list)
+    #: connections the driver's pool opened, and requests it sent on a pooled one, in the interval
+    window_conns_opened: int = 0
+    window_conns_reused: int = 0
+    #: per replica, the most requests the driver had in flight to it at once in the interval
+    window_peak_in_flight: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -250,11 +314,99 @@ def window_stats(attempts: Sequence[chaos.Attempt]) -> tuple[dict[str, int], flo
 # -- the run ------------------------------------------------------------------------------------------
 
 
+#: Seconds the driver keeps an idle connection (``--client-pool lifo``): below the bridge's
+#: 15 s (bridge/server.py ``IDLE_TIMEOUT_S``), so that it never sends on one the bridge is closing.
+CLIENT_KEEPALIVE_S: Final = 10.0
+
+
+class LifoConnector(aiohttp.TCPConnector):
+    """aiohttp's pool, handing out its idle connections last in, first out.
+
+    aiohttp's own pool is a FIFO (``_get`` takes the idle connection released longest ago,
+    ``_release`` appends): under steady traffic it cycles through every connection it ever opened,
+    so none stays idle for its keep-alive timeout and the pool keeps the most connections a burst
+    of slow answers ever needed. Here a released connection goes to the front instead: the ones
+    beyond the current concurrency stay idle and close after ``keepalive_timeout``."""
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        conns = self._conns.get(key)
+        if conns and conns[-1][0] is protocol:
+            conns.rotate(1)  # the last appended → the first ``_get`` takes
+
+
 class SoakDriver(chaos.PlatformDriver):
     """The chaos driver without its memory growth: a settled delivery drops its payload and
-    request (the checker needs only its id and expected records), and finished tasks are not kept."""
+    request (the checker needs only its id and expected records), and finished tasks are not kept.
+
+    ``client_pool``: ``"fifo"``, aiohttp's own pool (what the chaos driver uses; at most 512
+    connections, idle ones closed after 15 s); ``"lifo"``, :class:`LifoConnector` with a
+    :data:`CLIENT_KEEPALIVE_S` keep-alive. Counts the connections its pool opens and reuses."""
 
     failures: list[BaseException]
+
+    def __init__(self, *args: Any, client_pool: str = "lifo", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if client_pool not in ("lifo", "fifo"):
+            raise ValueError(f"client_pool: lifo or fifo, not {client_pool!r}")
+        self.client_pool = client_pool
+        self.connector: aiohttp.TCPConnector | None = None
+        self.conns_opened = 0
+        self.conns_reused = 0
+        self.in_flight: Counter[int] = Counter()  # by replica port
+        self.peak_in_flight: Counter[int] = Counter()
+
+    def _connector(self) -> aiohttp.TCPConnector:
+        if self.client_pool == "fifo":
+            return aiohttp.TCPConnector(limit=512)
+        return LifoConnector(limit=512, keepalive_timeout=CLIENT_KEEPALIVE_S)
+
+    def _trace(self) -> aiohttp.TraceConfig:
+        trace = aiohttp.TraceConfig()
+
+        async def opened(*_: Any) -> None:
+            self.conns_opened += 1
+
+        async def reused(*_: Any) -> None:
+            self.conns_reused += 1
+
+        async def started(_: Any, __: Any, params: Any) -> None:
+            port = params.url.port
+            self.in_flight[port] += 1
+            self.peak_in_flight[port] = max(self.peak_in_flight[port], self.in_flight[port])
+
+        async def ended(_: Any, __: Any, params: Any) -> None:
+            self.in_flight[params.url.port] -= 1
+
+        trace.on_connection_create_end.append(opened)
+        trace.on_connection_reuseconn.append(reused)
+        trace.on_request_start.append(started)
+        trace.on_request_end.append(ended)
+        trace.on_request_exception.append(ended)
+        return trace
+
+    def take_peak_in_flight(self, port: int) -> int:
+        """The most requests in flight to ``port`` at once since the last call."""
+        peak = self.peak_in_flight[port]
+        self.peak_in_flight[port] = self.in_flight[port]
+        return peak
+
+    def pool(self, port: int) -> tuple[int | None, int | None]:
+        """(idle, in use) connections of the pool to ``port`` (None before the run or when
+        aiohttp's internals are not what this expects)."""
+        c = self.connector
+        if c is None:
+            return None, None
+        try:
+            idle = sum(len(q) for k, q in c._conns.items() if k.port == port)
+            in_use = 0
+            for proto in c._acquired:
+                peer = proto.transport.get_extra_info("peername") if proto.transport is not None else None
+                if peer is not None and peer[1] == port:
+                    in_use += 1
+        except (AttributeError, TypeError, IndexError):
+            return None, None
+        return idle, in_use
 
     async def _deliver(self, session: aiohttp.ClientSession, d: chaos.Delivery) -> None:
         try:
@@ -276,8 +428,8 @@ class SoakDriver(chaos.PlatformDriver):
                 self.failures.append(task.exception())  # type: ignore[arg-type]
 
         t0 = loop.time()
-        connector = aiohttp.TCPConnector(limit=512)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        self.connector = self._connector()
+        async with aiohttp.ClientSession(connector=self.connector, trace_configs=[self._trace()]) as session:
             for i in range(count):
                 delay = t0 + i / self.rate_per_s - loop.time()
                 if delay > 0:
@@ -289,6 +441,7 @@ class SoakDriver(chaos.PlatformDriver):
                 task.add_done_callback(done)
             while pending:
                 await asyncio.gather(*list(pending), return_exceptions=True)
+        self.connector = None
         self.log.ended = time.time()
         return self.log
 
@@ -314,24 +467,47 @@ def _cpu_sum(pids: Iterable[int | None]) -> float | None:
     return total
 
 
-def count_fds(pid: int, port: int) -> tuple[int | None, int | None]:
-    """(open fds, of which inbound connections to ``port``) of process ``pid``."""
+def fd_links(pid: int) -> list[str] | None:
+    """The link targets of process ``pid``'s open fds (None: the process is gone)."""
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return None, None
-    inbound = inbound_socket_inodes((_read(f"/proc/{pid}/net/tcp"), _read(f"/proc/{pid}/net/tcp6")), port)
-    conns = 0
+        return None
+    links = []
     for n in names:
-        with contextlib.suppress(OSError):
-            if socket_inode(os.readlink(f"/proc/{pid}/fd/{n}")) in inbound:
-                conns += 1
-    return len(names), conns
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{n}"))
+        except OSError:
+            links.append("")  # closed meanwhile: still counted as open, as before
+    return links
+
+
+def _tcp_tables(pid: int) -> tuple[str, str]:
+    return _read(f"/proc/{pid}/net/tcp"), _read(f"/proc/{pid}/net/tcp6")
+
+
+def conn_states(
+    pid: int, *, local_port: int | None = None, remote_port: int | None = None
+) -> tuple[int | None, dict[str, int] | None]:
+    """(open fds, the TCP connections among them with that local and/or remote port, by state) of
+    process ``pid``; (None, None) when it is gone."""
+    links = fd_links(pid)
+    if links is None:
+        return None, None
+    sockets = tcp_sockets(_tcp_tables(pid), local_port=local_port, remote_port=remote_port)
+    return len(links), states_of(links, sockets)
+
+
+def count_fds(pid: int, port: int) -> tuple[int | None, int | None]:
+    """(open fds, of which inbound connections to ``port``) of process ``pid``."""
+    fds, states = conn_states(pid, local_port=port)
+    return fds, None if states is None else sum(states.values())
 
 
 async def sample_replica(session: aiohttp.ClientSession, i: int, pid: int, port: int) -> ReplicaSample:
     s = ReplicaSample(i, pid, rss_bytes=tools.proc_status(pid, "VmRSS"))
-    s.fds, s.http_conns = count_fds(pid, port)
+    s.fds, s.http_conn_states = conn_states(pid, local_port=port)
+    s.http_conns = None if s.http_conn_states is None else sum(s.http_conn_states.values())
     with contextlib.suppress(OSError, IndexError, ValueError):
         s.cpu_s = tools.cpu_seconds(pid)
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
@@ -359,6 +535,8 @@ def table(samples: Sequence[Sample]) -> str:
             "p50 / p99 ms",
             "RSS MiB",
             "fds (http conns)",
+            "http conns by state",
+            "driver: pool idle+in use, opened, peak in flight",
             "series",
             "ledger",
             "CPU % replicas",
@@ -384,6 +562,10 @@ def table(samples: Sequence[Sample]) -> str:
                 f"{fmt(s.window_p50_ms, '.1f')} / {fmt(s.window_p99_ms, '.1f')}",
                 per(s, lambda r: fmt(None if r.rss_bytes is None else r.rss_bytes / MIB, ".1f")),
                 per(s, lambda r: f"{fmt(r.fds)} ({fmt(r.http_conns)})"),
+                per(s, lambda r: fmt_states(r.http_conn_states)),
+                " / ".join(f"{fmt(a)}+{fmt(b)}" for a, b in zip(s.driver_pool_idle, s.driver_pool_in_use, strict=False))
+                + f", {s.window_conns_opened:,}, "
+                + " / ".join(str(n) for n in s.window_peak_in_flight),
                 per(s, lambda r: fmt(r.series)),
                 per(s, lambda r: fmt(r.ledger)),
                 cpu,
@@ -421,7 +603,7 @@ def plot(samples: Sequence[Sample], warmup_s: float, checks: Sequence[Check], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=100, sharex=True)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 6.5), dpi=100, sharex=True)
     panels = (
         ("rss_bytes", "RSS, MiB"),
         ("fds", "open fds (dotted: without HTTP conns)"),
@@ -430,7 +612,9 @@ def plot(samples: Sequence[Sample], warmup_s: float, checks: Sequence[Check], pa
     )
     replicas = sorted({r.replica for s in samples for r in s.replicas})
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
-    for ax, (m, title) in zip(axes.flat, panels, strict=True):
+    flat = list(axes.flat)
+    for ax, (m, title) in zip(flat[0:2] + flat[3:5], panels, strict=True):
+        ax.set_title(title, fontsize=9)
         unit = MIB if m == "rss_bytes" else 1
         for i in replicas:
             c = colors[i % len(colors)]
@@ -456,12 +640,54 @@ def plot(samples: Sequence[Sample], warmup_s: float, checks: Sequence[Check], pa
                         linestyles="--",
                         lw=0.8,
                     )
+    conns_ax, pool_ax = flat[2], flat[5]
+    states = sorted(
+        {k for s in samples for r in s.replicas for k in (r.http_conn_states or {})},
+        key=lambda k: (k != "ESTABLISHED", k),
+    )
+    styles = ("-", "--", "-.", ":")
+    for i in replicas:
+        c = colors[i % len(colors)]
+        for n, state in enumerate(states):
+            pts = [
+                (s.t_s / 60, (r.http_conn_states or {}).get(state, 0))
+                for s in samples
+                for r in s.replicas
+                if r.replica == i and r.http_conn_states is not None
+            ]
+            conns_ax.plot(
+                [x for x, _ in pts], [y for _, y in pts], styles[n % len(styles)], color=c, label=f"r{i} {state}"
+            )
+        pts2 = [
+            (s.t_s / 60, s.driver_pool_idle[i], s.driver_pool_in_use[i])
+            for s in samples
+            if i < len(s.driver_pool_idle) and s.driver_pool_idle[i] is not None
+        ]
+        pool_ax.plot(
+            [x for x, _, _ in pts2],
+            [a + (b or 0) for _, a, b in pts2 if a is not None],
+            "-o",
+            ms=3,
+            color=c,
+            label=f"pool to replica {i}",
+        )
+        peaks = [(s.t_s / 60, s.window_peak_in_flight[i]) for s in samples if i < len(s.window_peak_in_flight)]
+        pool_ax.plot(
+            [x for x, _ in peaks], [y for _, y in peaks], "--", color=c, lw=0.8, label=f"peak in flight to {i}"
+        )
+    pool_ax.plot(
+        [s.t_s / 60 for s in samples], [s.window_conns_opened for s in samples], "k:", label="opened in the interval"
+    )
+    conns_ax.set_title("inbound HTTP connections by TCP state", fontsize=9)
+    pool_ax.set_title("driver's pool: idle + in use; dashed: peak in flight; dotted: opened", fontsize=9)
+    conns_ax.legend(fontsize=7)
+    pool_ax.legend(fontsize=7)
+    for ax in flat:
         ax.axvline(warmup_s / 60, color="k", lw=0.8, ls=":")
-        ax.set_title(title, fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.set_ylim(bottom=0)
     for ax in axes[1]:
-        ax.set_xlabel("minutes of traffic (dotted line: end of warm-up; dashed: limits)")
+        ax.set_xlabel("minutes of traffic (dotted: end of warm-up; dashed: limits)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Soak: two bridge replicas on a 3-node cluster, steady traffic", fontsize=10)
     fig.tight_layout()
@@ -502,15 +728,18 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
             retry_gaps_s=gaps,
             tries=4,
             seed=args.seed,
+            client_pool=args.client_pool,
         )
         procs = [(i, p.pid, port) for i, (p, port) in enumerate(zip(pair.procs, pair.ports, strict=True))]
         seen = 0
+        opened = reused = 0
 
         async def take(session: aiohttp.ClientSession, t_s: float) -> Sample:
-            nonlocal seen
+            nonlocal seen, opened, reused
             reps = [await sample_replica(session, i, pid, port) for i, pid, port in procs]
             attempts = driver.log.attempts[seen:]
             seen += len(attempts)
+            pools = [driver.pool(port) for _, _, port in procs]
             statuses, p50, p99 = window_stats(attempts)
             s = Sample(
                 t_s,
@@ -523,7 +752,14 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
                 [cluster.nodes[n].rss_bytes() for n in sorted(cluster.nodes)],
                 _cpu_sum(cluster.nodes[n].pid for n in sorted(cluster.nodes)),
                 _cpu_sum([os.getpid()]),
+                [conn_states(os.getpid(), remote_port=port)[1] for _, _, port in procs],
+                [idle for idle, _ in pools],
+                [in_use for _, in_use in pools],
+                driver.conns_opened - opened,
+                driver.conns_reused - reused,
+                [driver.take_peak_in_flight(port) for _, _, port in procs],
             )
+            opened, reused = driver.conns_opened, driver.conns_reused
             samples.append(s)
             print(
                 f"+{t_s:5.0f}s {s.deliveries:,} deliveries; answers {statuses or '-'} p50 {fmt(p50, '.1f')} ms "
@@ -534,7 +770,15 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
                 + "; series "
                 + " / ".join(fmt(r.series) for r in reps)
                 + "; ledger "
-                + " / ".join(fmt(r.ledger) for r in reps),
+                + " / ".join(fmt(r.ledger) for r in reps)
+                + "; http conns by state "
+                + " / ".join(fmt_states(r.http_conn_states) for r in reps)
+                + "; driver: conns "
+                + " / ".join(fmt_states(c) for c in s.driver_conn_states)
+                + ", pool idle+in use "
+                + " / ".join(f"{fmt(a)}+{fmt(b)}" for a, b in pools)
+                + f", opened {s.window_conns_opened:,} reused {s.window_conns_reused:,}, peak in flight "
+                + " / ".join(str(n) for n in s.window_peak_in_flight),
                 flush=True,
             )
             return s
@@ -667,6 +911,26 @@ def markdown(
         ok = "—" if not mine else ("flat" if all(ch.ok for ch in mine) else "**grows**")
         cells = [vals(s, m, unit, spec) for s in (samples[0], base, last)]
         md.append(f"| {label} | {' | '.join(cells)} | {rule} | {ok} |")
+    snaps = (samples[0], base, last)
+    md.append(
+        "| inbound HTTP connections by TCP state | "
+        + " | ".join(
+            "—" if x is None else " / ".join(fmt_states(r.http_conn_states) for r in x.replicas) for x in snaps
+        )
+        + " | reported | — |"
+    )
+    md.append(
+        f"| the driver's pool ({args.client_pool}): idle + in use | "
+        + " | ".join(
+            "—"
+            if x is None
+            else " / ".join(
+                f"{fmt(a)} + {fmt(b)}" for a, b in zip(x.driver_pool_idle, x.driver_pool_in_use, strict=False)
+            )
+            for x in snaps
+        )
+        + " | reported | — |"
+    )
     answers = ", ".join(f"{k}: {v:,}" for k, v in res["statuses"].items())
     md += [
         "",
@@ -716,13 +980,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-interval-s", type=float, default=15.0, help="first retry gap, doubling (default 15)")
     parser.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
     parser.add_argument("--rooms", type=int, default=1000, help="room pool (keys) of the traffic (default 1000)")
+    parser.add_argument(
+        "--client-pool",
+        choices=("lifo", "fifo"),
+        default="lifo",
+        help="the driver's keep-alive pool: lifo (default; idle connections beyond the current concurrency "
+        "close after 10 s) or fifo (aiohttp's own, as up to 2026-12: keeps every connection a burst opened)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--state-dir", help="cluster data and bridge logs (default: a new temp dir, kept)")
     parser.add_argument(
         "--json", metavar="PATH", help="every sample and the results (default: soak.json in the state dir)"
     )
     parser.add_argument(
-        "--plot", metavar="PATH", help="PNG of RSS / fds / series / ledger (default: soak.png in the state dir)"
+        "--plot",
+        metavar="PATH",
+        help="PNG of RSS, fds, series, ledger, connections (default: soak.png in the state dir)",
     )
     args = parser.parse_args(argv)
     if args.sample_s <= 0 or args.duration_s <= 0 or args.rate <= 0:
