@@ -175,6 +175,13 @@ class Topics:
         by_type.update(dict.fromkeys(ev.THIRD_PARTY_TYPES, third_party))
         return cls(by_type=by_type, dead_letter=dead_letter, binary=frozenset(binary))
 
+    @classmethod
+    def single(cls, events: str, *, dead_letter: str) -> Topics:
+        """A map that sends every event kind to ``events`` and dead letters to ``dead_letter`` (all
+        structured): for checks that look at records, not at where they go (the samples' check of
+        :mod:`bridge.schemas`, tests)."""
+        return cls(by_type=dict.fromkeys(ev.LARK_TYPES, events), dead_letter=dead_letter)
+
     def all(self) -> tuple[str, ...]:
         """List every distinct topic name.
 

@@ -246,17 +246,7 @@ def examples() -> dict[str, list[Any]]:
     from bridge.normalize import Topics, dead_letter, normalize
     from bridge.samples import sample
 
-    topics = Topics.from_names(
-        room_created="t",
-        room_updated="t",
-        room_deleted="t",
-        room_level_created="t",
-        room_level_updated="t",
-        room_level_deleted="t",
-        reserve_config_updated="t",
-        third_party="t",
-        dead_letter="dlq",
-    )
+    topics = Topics.single("t", dead_letter="dlq")
 
     def records_of(body: dict[str, Any]) -> list[Any]:
         inbound = read_inbound(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())

@@ -30,6 +30,7 @@ from bridge.schemas import topic_schema
 from bridge.settings import SettingsError, load_settings
 from bridge_devtools.platform import compact
 from tests.support.schemas import validator
+from tests.support.topics import NAMES, TOPICS
 
 BASE_ENV = {"BRIDGE_LARK_VERIFICATION_TOKEN": "t"}
 RECEIVED_MS = 1_608_725_990_000
@@ -121,18 +122,7 @@ def test_an_override_of_one_topic_leaves_the_others_as_they_were() -> None:
 
 # ---- binary mode: value and headers ----------------------------------------------------------
 
-NAMES = {
-    "room_created": "t.room",
-    "room_updated": "t.room_updated",
-    "room_deleted": "t.room_deleted",
-    "room_level_created": "t.level_created",
-    "room_level_updated": "t.level_updated",
-    "room_level_deleted": "t.level_deleted",
-    "reserve_config_updated": "t.cfg",
-    "third_party": "t.3p",
-    "dead_letter": "t.dlq",
-}
-STRUCTURED = Topics.from_names(**NAMES)
+STRUCTURED = TOPICS
 BINARY = Topics.from_names(**NAMES, binary=NAMES.values())
 _raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
 

@@ -12,21 +12,11 @@ from bridge import envelope as ev
 from bridge.decode import decode, parse_create_time, parse_ts_seconds
 from bridge.errors import DeadLetterCause
 from bridge.inbound import InboundEvent, read_inbound
-from bridge.normalize import MAX_FANOUT_ROOMS, MAX_LISTED_ROOMS, Topics, dead_letter, normalize, rfc3339_ms
+from bridge.normalize import MAX_FANOUT_ROOMS, MAX_LISTED_ROOMS, dead_letter, normalize, rfc3339_ms
 from bridge.samples import SAMPLE_TYPES, sample
 from bridge_devtools.platform import compact
+from tests.support.topics import TOPICS
 
-TOPICS = Topics.from_names(
-    room_created="t.room",
-    room_updated="t.room_updated",
-    room_deleted="t.room_deleted",
-    room_level_created="t.level_created",
-    room_level_updated="t.level_updated",
-    room_level_deleted="t.level_deleted",
-    reserve_config_updated="t.cfg",
-    third_party="t.3p",
-    dead_letter="t.dlq",
-)
 TOKENS = ("rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV", "41a9425ea7df4536a7623e38fa321bae")
 
 

@@ -17,22 +17,12 @@ from bridge.errors import Unavailable
 from bridge.inbound import InboundEvent, read_inbound
 from bridge.kafka import record_bytes
 from bridge.metrics import Metrics
-from bridge.normalize import Record, Topics
+from bridge.normalize import Record
 from bridge_devtools.platform import compact
 from tests.support.fakes import FailingPublisher, GatedPublisher, PartialPublisher, RecordingPublisher
 from tests.support.samples import ROOM_CREATED, THIRD_PARTY_CREATED, sample_event
+from tests.support.topics import TOPICS
 
-TOPICS = Topics.from_names(
-    room_created="t.room",
-    room_updated="t.room_updated",
-    room_deleted="t.room_deleted",
-    room_level_created="t.level_created",
-    room_level_updated="t.level_updated",
-    room_level_deleted="t.level_deleted",
-    reserve_config_updated="t.cfg",
-    third_party="t.3p",
-    dead_letter="t.dlq",
-)
 RECEIVED_MS = 1_763_000_000_000
 SHORT_S = 0.05  # a request timeout that a held publish always outlives
 

@@ -21,17 +21,7 @@ from bridge_devtools.platform import Platform, compact
 from tests.support.samples import with_token
 from tests.support.schemas import dead_letter_validator, envelope_validators
 
-TOPICS = Topics.from_names(
-    room_created="t",
-    room_updated="t",
-    room_deleted="t",
-    room_level_created="t",
-    room_level_updated="t",
-    room_level_deleted="t",
-    reserve_config_updated="t",
-    third_party="t",
-    dead_letter="dlq",
-)
+TOPICS = Topics.single("t", dead_letter="dlq")
 TOKEN = sample("vc.room.created_v1")["header"]["token"]
 KEY = "ek-hostile"
 
