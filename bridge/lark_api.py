@@ -54,7 +54,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
@@ -881,16 +881,15 @@ class LarkApi:
             LarkApiError: as :meth:`list_rooms_page`, or ``page_token_loop`` when the platform
                 hands back the same token with ``has_more`` twice in a row.
         """
-        token: str | None = None
-        while True:
-            page = await self.list_rooms_page(
+
+        async def page(token: str | None) -> tuple[Sequence[Room] | None, bool, str | None]:
+            p = await self.list_rooms_page(
                 room_level_id=room_level_id, page_size=page_size, page_token=token, user_id_type=user_id_type
             )
-            for room in page.rooms or ():
-                yield room
-            token = _next_token(ROOM_LIST, page.has_more, page.page_token, token)
-            if token is None:
-                return
+            return p.rooms, p.has_more, p.page_token
+
+        async for room in _paged(ROOM_LIST, page):
+            yield room
 
     async def get_room_level(self, room_level_id: str) -> RoomLevel:
         """``GET /open-apis/vc/v1/room_levels/:room_level_id`` ("查询会议室层级详情",
@@ -943,14 +942,13 @@ class LarkApi:
         Yields:
             Each :class:`RoomLevel` in the platform's order.
         """
-        token: str | None = None
-        while True:
-            page = await self.list_room_levels_page(room_level_id=room_level_id, page_size=page_size, page_token=token)
-            for level in page.items or ():
-                yield level
-            token = _next_token(ROOM_LEVEL_LIST, page.has_more, page.page_token, token)
-            if token is None:
-                return
+
+        async def page(token: str | None) -> tuple[Sequence[RoomLevel] | None, bool, str | None]:
+            p = await self.list_room_levels_page(room_level_id=room_level_id, page_size=page_size, page_token=token)
+            return p.items, p.has_more, p.page_token
+
+        async for level in _paged(ROOM_LEVEL_LIST, page):
+            yield level
 
     async def walk_room_levels(self, room_level_id: str | None = None) -> AsyncIterator[RoomLevel]:
         """Every level below ``room_level_id`` (None: the whole tree from the tenant's top),
@@ -1058,14 +1056,13 @@ class LarkApi:
             LarkApiError: as :meth:`list_outbound_ips_page`, or ``page_token_loop`` when the
                 platform hands back the same token with ``has_more`` twice in a row.
         """
-        token: str | None = None
-        while True:
-            page = await self.list_outbound_ips_page(page_size=page_size, page_token=token)
-            for entry in page.ip_list or ():
-                yield entry
-            token = _next_token(OUTBOUND_IP_LIST, page.has_more, page.page_token, token)
-            if token is None:
-                return
+
+        async def page(token: str | None) -> tuple[Sequence[str] | None, bool, str | None]:
+            p = await self.list_outbound_ips_page(page_size=page_size, page_token=token)
+            return p.ip_list, p.has_more, p.page_token
+
+        async for entry in _paged(OUTBOUND_IP_LIST, page):
+            yield entry
 
     # ---- the machinery -----------------------------------------------------------------------
 
@@ -1306,13 +1303,27 @@ def _check_page_size(page_size: int) -> None:
         raise ValueError(f"page_size must be 1-{MAX_PAGE_SIZE}, got {page_size}")
 
 
-def _next_token(endpoint: Endpoint, has_more: bool, token: str | None, previous: str | None) -> str | None:
-    """The next page's token, None when the listing is complete."""
-    if not has_more or not token:
-        return None
-    if token == previous:
-        raise LarkApiError(endpoint=endpoint.name, name="page_token_loop")
-    return token
+async def _paged(
+    endpoint: Endpoint, page: Callable[[str | None], Awaitable[tuple[Sequence[_T] | None, bool, str | None]]]
+) -> AsyncIterator[_T]:
+    """Every item of a paged listing: ``page(token)`` fetches one page (None: the first) and gives
+    its ``(items, has_more, page_token)``; the next page is asked for only once the caller got past
+    the current one.
+
+    Raises:
+        LarkApiError: ``page_token_loop`` when the platform hands back the same token with
+            ``has_more`` twice in a row, and whatever ``page`` raises.
+    """
+    token: str | None = None
+    while True:
+        items, has_more, next_token = await page(token)
+        for item in items or ():
+            yield item
+        if not has_more or not next_token:
+            return
+        if next_token == token:
+            raise LarkApiError(endpoint=endpoint.name, name="page_token_loop")
+        token = next_token
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
