@@ -551,3 +551,21 @@ def test_from_settings_reads_the_app_credentials() -> None:
     without = load_settings({"BRIDGE_LARK_VERIFICATION_TOKEN": "t"})
     with pytest.raises(ValueError, match="BRIDGE_LARK_APP_ID"):
         LarkApi.from_settings(None, without)  # type: ignore[arg-type]
+
+
+async def test_paging_stops_at_the_last_page_and_refuses_a_token_that_repeats() -> None:
+    from bridge.lark_api import ROOM_LIST, _paged
+
+    pages = {None: (["a", "b"], True, "p2"), "p2": (["c"], True, "p3"), "p3": (None, False, "ignored")}
+    asked: list[str | None] = []
+
+    async def page(token: str | None) -> tuple[list[str] | None, bool, str | None]:
+        asked.append(token)
+        return pages[token]
+
+    assert [x async for x in _paged(ROOM_LIST, page)] == ["a", "b", "c"]
+    assert asked == [None, "p2", "p3"]
+    pages["p2"] = (["c"], True, "p2")  # the platform hands back the same token
+    with pytest.raises(LarkApiError) as caught:
+        [x async for x in _paged(ROOM_LIST, page)]
+    assert caught.value.name == "page_token_loop"
