@@ -58,6 +58,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import copy
 import hashlib
 import json
 import secrets
@@ -101,6 +102,32 @@ OUTBOUND_IP_PARAM_CODE: Final = 1810001
 DEFAULT_OUTBOUND_IPS: Final = ("101.126.59.7", "101.126.59.8", "101.126.59.9", "203.0.113.0/28")
 MAX_RECORDS: Final = 100_000
 _USER_ID_TYPES: Final = frozenset({"open_id", "union_id", "user_id"})
+
+
+#: The docs' example answer of reserve_configs/reserve_scope (查询会议室预定限制): a config tests can set.
+DOC_RESERVE_CONFIG: Final[Mapping[str, Any]] = {
+    "approve_config": {
+        "approval_switch": 1,
+        "approval_condition": 1,
+        "meeting_duration": 3,
+        "approvers": [{"user_id": "ou_a27b0xxxc98f856"}],
+    },
+    "time_config": {
+        "if_cover_child_scope": True,
+        "time_switch": 1,
+        "days_in_advance": 30,
+        "opening_hour": "27900",
+        "start_time": "0",
+        "end_time": "86400",
+        "max_duration": 24,
+    },
+    "reserve_scope_config": {
+        "if_cover_child_scope": True,
+        "allow_all_users": 0,
+        "allow_users": [{"user_id": "ou_a27bxxx8f856"}],
+        "allow_depts": [{"department_id": "od-47d8b5xxxcc5f61a"}],
+    },
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +332,7 @@ class FakeLarkApi:
     def set_reserve_config(self, scope_id: str, config: Mapping[str, Any]) -> None:
         """The reservation limits of a room (``omm_…``) or level: the answer's ``data``
         (``approve_config``, ``time_config``, ``reserve_scope_config``)."""
-        self.reserve_configs[(self._scope_type_of(scope_id), scope_id)] = dict(config)
+        self.reserve_configs[(self._scope_type_of(scope_id), scope_id)] = copy.deepcopy(dict(config))
 
     def set_outbound_ips(self, entries: list[str] | tuple[str, ...]) -> None:
         """What the outbound_ip listing answers from now on (addresses or CIDRs, as text)."""

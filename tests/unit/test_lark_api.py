@@ -35,7 +35,7 @@ from bridge.lark_api import (
     TokenBucket,
 )
 from bridge.settings import load_settings
-from bridge_devtools.lark_api import LIMITS, FakeLarkApi
+from bridge_devtools.lark_api import DOC_RESERVE_CONFIG, LIMITS, FakeLarkApi
 
 SECRET = "s3cret-of-the-fake-app"
 
@@ -262,29 +262,7 @@ async def test_single_room_level_and_reserve_config(fake, session, clock) -> Non
     room = fake.add_room("测试会议室", level["room_level_id"])
     fake.set_reserve_config(
         room["room_id"],
-        {  # the docs' example answer
-            "approve_config": {
-                "approval_switch": 1,
-                "approval_condition": 1,
-                "meeting_duration": 3,
-                "approvers": [{"user_id": "ou_a27b0xxxc98f856"}],
-            },
-            "time_config": {
-                "if_cover_child_scope": True,
-                "time_switch": 1,
-                "days_in_advance": 30,
-                "opening_hour": "27900",
-                "start_time": "0",
-                "end_time": "86400",
-                "max_duration": 24,
-            },
-            "reserve_scope_config": {
-                "if_cover_child_scope": True,
-                "allow_all_users": 0,
-                "allow_users": [{"user_id": "ou_a27bxxx8f856"}],
-                "allow_depts": [{"department_id": "od-47d8b5xxxcc5f61a"}],
-            },
-        },
+        DOC_RESERVE_CONFIG,
     )
     api = client(session, fake, clock)
     got = await api.get_room(room["room_id"])

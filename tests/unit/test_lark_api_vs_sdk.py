@@ -55,7 +55,7 @@ from lark_oapi.core.model.error import Error
 from lark_oapi.core.token.access_token_response import AccessTokenResponse
 
 from bridge import lark_api as ours
-from bridge_devtools.lark_api import FakeLarkApi
+from bridge_devtools.lark_api import DOC_RESERVE_CONFIG, FakeLarkApi
 
 #: Where the docs (and so the fake) and the SDK's declared types differ: ``path → (docs, SDK)``.
 #: The SDK does not convert on parsing, so its objects simply hold the strings; our client
@@ -76,30 +76,6 @@ DOCS_VS_SDK: dict[str, tuple[str, str]] = {
 SDK_ONLY: dict[type, set[str]] = {
     sdk_subscribe_user.SubscribeUser: {"user_name"},
     sdk_subscribe_department.SubscribeDepartment: {"department_name"},
-}
-#: The docs' example answer of reserve_configs/reserve_scope.
-DOC_RESERVE_CONFIG = {
-    "approve_config": {
-        "approval_switch": 1,
-        "approval_condition": 1,
-        "meeting_duration": 3,
-        "approvers": [{"user_id": "ou_a27b0xxxc98f856"}],
-    },
-    "time_config": {
-        "if_cover_child_scope": True,
-        "time_switch": 1,
-        "days_in_advance": 30,
-        "opening_hour": "27900",
-        "start_time": "0",
-        "end_time": "86400",
-        "max_duration": 24,
-    },
-    "reserve_scope_config": {
-        "if_cover_child_scope": True,
-        "allow_all_users": 0,
-        "allow_users": [{"user_id": "ou_a27bxxx8f856"}],
-        "allow_depts": [{"department_id": "od-47d8b5xxxcc5f61a"}],
-    },
 }
 _BASE_KEYS = {"code", "msg", "error"}
 #: The token answer's fields, which ``AccessTokenResponse`` sets in ``__init__`` (typed
